@@ -1,0 +1,64 @@
+//! Portcullis custom resources: [`ApiRoute`] and [`TokenPolicy`] (group `portcullis.dev`,
+//! version `v1alpha1`, namespaced), their status types, and the generated CRD YAML.
+//!
+//! The types carry their own validation: OpenAPI schema bounds plus CEL
+//! (`x-kubernetes-validations`) rules with messages a person can act on, so the
+//! Kubernetes API server rejects what it can at `kubectl apply` time. The same rules run
+//! client-side (see [`validate`]) for manifests read from disk in standalone mode.
+//!
+//! No IO happens here; the enforcement core (`portcullis-policy`) turns these types into a
+//! `Snapshot`.
+
+pub mod route;
+pub mod status;
+pub mod token_policy;
+pub mod validate;
+
+pub use route::{
+    ApiRoute, ApiRouteSpec, AuthMode, Backend, PolicyRef, RouteMatch, RouteRule, RouteTimeouts,
+    ServiceBackend,
+};
+pub use status::{Condition, ConditionStatus, ProxiesStatus, ResourceStatus};
+pub use token_policy::{
+    IssuerSpec, Jwk, JwkSet, JwksSource, Revocation, SecretKeyRef, TokenPolicy, TokenPolicySpec,
+};
+
+use kube::CustomResourceExt;
+
+/// The API group of every Portcullis resource.
+pub const GROUP: &str = "portcullis.dev";
+/// The API version of every Portcullis resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// JWS algorithms Portcullis can verify. Anything else (above all `none`) is refused.
+pub const SUPPORTED_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256",
+    "HS384", "HS512",
+];
+
+/// Renders both CRDs as one multi-document YAML stream, in a stable order
+/// (`ApiRoute`, then `TokenPolicy`): the output of `portcullis crd` and the content of `crds/`.
+pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for (i, crd) in [ApiRoute::crd(), TokenPolicy::crd()].iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_yaml::to_string(crd)?);
+    }
+    Ok(out)
+}
+
+/// One CRD per file, as `(file name, YAML)`: the layout of the `crds/` directory.
+pub fn crd_files() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
+    Ok(vec![
+        (
+            "apiroutes.portcullis.dev.yaml",
+            serde_yaml::to_string(&ApiRoute::crd())?,
+        ),
+        (
+            "tokenpolicies.portcullis.dev.yaml",
+            serde_yaml::to_string(&TokenPolicy::crd())?,
+        ),
+    ])
+}

@@ -1,0 +1,199 @@
+//! `ApiRoute`: what is protected, and what each path demands of a token.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::status::ResourceStatus;
+
+/// An ApiRoute exposes a backend on one or more hosts and says, rule by rule, which token
+/// scopes each path and method demands. Tokens are judged by the TokenPolicy named in
+/// `policyRef`. A request that matches no rule is answered 404 and never reaches the
+/// backend; a rule without scopes still needs a valid token unless it says `auth: none`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "portcullis.dev",
+    version = "v1alpha1",
+    kind = "ApiRoute",
+    plural = "apiroutes",
+    singular = "apiroute",
+    shortname = "ar",
+    category = "portcullis",
+    namespaced,
+    status = "ResourceStatus",
+    doc = "ApiRoute exposes a backend on a set of hosts and says which token scopes each path and method demands.",
+    printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.hosts"),
+    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policyRef.name"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].reason"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiRouteSpec {
+    /// Host names this route answers for, matched against the request's Host (or HTTP/2
+    /// :authority) without its port. Exact names (`api.example.com`) win over wildcards
+    /// (`*.example.com`, which matches exactly one extra label). At least one is required.
+    #[schemars(length(max = 32), inner(length(max = 253)))]
+    #[x_kube(
+        validation = Rule::new("self.size() > 0").message("spec.hosts must list at least one host name, e.g. api.example.com"),
+        validation = Rule::new("self.all(h, h.matches('^(\\\\*\\\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))").message("each host must be a lowercase DNS name, optionally starting with '*.' (e.g. api.example.com or *.example.com), without a port")
+    )]
+    pub hosts: Vec<String>,
+
+    /// The TokenPolicy, in this namespace, that says which tokens are trusted here.
+    pub policy_ref: PolicyRef,
+
+    /// Where allowed requests are sent: a Service in this namespace, or (standalone mode
+    /// only) a URL.
+    pub backend: Backend,
+
+    /// Rules, tried most specific first: an exact `path` beats a `pathPrefix`, a longer
+    /// prefix beats a shorter one, a rule naming methods beats one that does not. A request
+    /// no rule matches gets 404.
+    #[schemars(length(max = 256))]
+    #[serde(default)]
+    pub rules: Vec<RouteRule>,
+
+    /// Pass the client's `Authorization` header on to the backend. Off by default: the
+    /// backend gets the claims named in the policy's `forwardClaims` instead of the token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pass_authorization: bool,
+
+    /// Timeouts for calls to the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<RouteTimeouts>,
+}
+
+/// A reference to a TokenPolicy in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyRef {
+    /// Name of the TokenPolicy.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The backend of a route: exactly one of `service` or `url`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("has(self.service) != has(self.url)").message("backend needs exactly one of service or url")
+)]
+pub struct Backend {
+    /// A Service in the route's namespace, reached through cluster DNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceBackend>,
+    /// A base URL (`http://127.0.0.1:8080`), for standalone mode and for backends outside
+    /// the cluster. The request path is appended to it.
+    #[schemars(length(max = 2048))]
+    #[x_kube(
+        validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("backend.url must start with http:// or https://")
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// A Service and port to send traffic to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServiceBackend {
+    /// Name of the Service, in the route's namespace.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Port of the Service (1-65535).
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// Timeouts for calls to the backend, as durations like `500ms`, `30s`, `5m`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTimeouts {
+    /// Time allowed to open a connection to the backend (default 5s).
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(crate::token_policy::DURATION_RULE).message("connect must be a positive duration such as 500ms, 5s or 1m"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
+    /// Time allowed for the backend to send its response headers (default 30s). Streaming
+    /// bodies are not cut by it.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(crate::token_policy::DURATION_RULE).message("request must be a positive duration such as 500ms, 30s or 5m"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+}
+
+/// One rule: a match, and what a token must hold to pass it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!(has(self.auth) && self.auth == 'none') || ((!has(self.requiredScopes) || self.requiredScopes.size() == 0) && (!has(self.anyScopes) || self.anyScopes.size() == 0))").message("a rule with auth: none is public and cannot also demand requiredScopes or anyScopes; remove one of them")
+)]
+pub struct RouteRule {
+    /// Which requests this rule applies to.
+    #[serde(rename = "match")]
+    pub matches: RouteMatch,
+
+    /// Scopes the token must hold, all of them (whole words; `orders:read` does not
+    /// satisfy `orders`).
+    #[schemars(length(max = 64), inner(length(max = 128)))]
+    #[x_kube(validation = Rule::new(SCOPES_RULE).message("each scope must be one word of printable characters without spaces, quotes or backslashes, e.g. orders:read"))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_scopes: Vec<String>,
+
+    /// Scopes of which the token must hold at least one.
+    #[schemars(length(max = 64), inner(length(max = 128)))]
+    #[x_kube(validation = Rule::new(SCOPES_RULE).message("each scope must be one word of printable characters without spaces, quotes or backslashes, e.g. orders:read"))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub any_scopes: Vec<String>,
+
+    /// `none` makes the matched paths public: no token is asked for or checked. Leave it
+    /// out (or say `required`) to demand a valid token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthMode>,
+}
+
+/// The CEL rule every scope list carries (RFC 6749 scope-token characters).
+const SCOPES_RULE: &str = "self.all(s, s.matches('^[!#-\\\\[\\\\]-~]+$'))";
+
+/// Whether a rule asks for a token.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// A valid token is required (the default).
+    #[default]
+    Required,
+    /// No token is asked for: the path is public.
+    None,
+}
+
+/// What a rule matches: exactly one of `path` or `pathPrefix`, and optionally methods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.path) != has(self.pathPrefix)").message("match needs exactly one of path or pathPrefix")
+)]
+pub struct RouteMatch {
+    /// An exact request path, e.g. `/orders/export`. The query string is not part of it.
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("match.path must start with /"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+
+    /// A path prefix matched on segment boundaries: `/orders` matches `/orders` and
+    /// `/orders/1`, never `/ordersX`. `/` matches everything.
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("match.pathPrefix must start with /"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+
+    /// HTTP methods (upper case) this rule applies to; empty means every method.
+    #[schemars(length(max = 16), inner(length(max = 16)))]
+    #[x_kube(validation = Rule::new("self.all(m, m in ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'CONNECT', 'TRACE'])").message("methods must be upper-case HTTP methods: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, CONNECT or TRACE"))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+}

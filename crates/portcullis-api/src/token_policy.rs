@@ -1,0 +1,254 @@
+//! `TokenPolicy`: which tokens are trusted, how they are checked, and which are revoked.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::status::ResourceStatus;
+
+/// The CEL rule every duration field carries: Go-style positive durations (`30s`, `5m`,
+/// `1h30m`, `500ms`). A leading minus sign or an unknown unit fails it.
+pub(crate) const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$')";
+
+/// A TokenPolicy says which bearer tokens are trusted (issuers, audiences, algorithms and
+/// keys), how their lifetime and claims are checked, which claims reach the backend, and
+/// which tokens are revoked. ApiRoutes name it in `policyRef`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "portcullis.dev",
+    version = "v1alpha1",
+    kind = "TokenPolicy",
+    plural = "tokenpolicies",
+    singular = "tokenpolicy",
+    shortname = "tp",
+    category = "portcullis",
+    namespaced,
+    status = "ResourceStatus",
+    doc = "TokenPolicy says which bearer tokens are trusted, how their lifetime and claims are checked, and which are revoked.",
+    printcolumn(name = "Issuers", type_ = "string", json_path = ".spec.issuers[*].issuer"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].reason"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenPolicySpec {
+    /// Trusted token issuers. A token whose `iss` claim names none of them is refused.
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.size() > 0").message("spec.issuers must list at least one trusted issuer"))]
+    pub issuers: Vec<IssuerSpec>,
+
+    /// The claim that holds the token's scopes: a space-separated string (`scope`, as in
+    /// RFC 8693) or an array of strings (`scp`). Default `scope`.
+    #[schemars(length(min = 1, max = 128))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_claim: Option<String>,
+
+    /// Leeway allowed when checking `exp`, `nbf` and `iat` against the clock, as a
+    /// duration (`30s`, `1m`). Default `30s`.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("clockSkew must be a positive duration such as 30s, 5m or 1h"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew: Option<String>,
+
+    /// Refuse tokens whose lifetime (`exp - iat`) is longer than this duration (`15m`,
+    /// `1h`). Tokens without `iat` are refused when this is set. Unset: no limit.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("maxTokenLifetime must be a positive duration such as 15m or 1h"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_lifetime: Option<String>,
+
+    /// Claims every token must carry (e.g. `sub`, `jti`).
+    #[schemars(length(max = 32), inner(length(min = 1, max = 128)))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_claims: Vec<String>,
+
+    /// Claims copied into request headers for the backend, as `claim: Header-Name`
+    /// (e.g. `sub: X-User`). A client-sent header of the same name is removed first, so it
+    /// cannot be forged.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(k, self[k].matches('^[A-Za-z0-9][-A-Za-z0-9]*$'))").message("forwardClaims values must be HTTP header names such as X-User (letters, digits and dashes)"))]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forward_claims: BTreeMap<String, String>,
+
+    /// Revoked tokens. Each entry names exactly one of `jti`, `tokenSha256`, `subject`
+    /// (with `issuedBefore`) or `keyId`, and may carry `expiresAt`, after which it is
+    /// ignored and pruned.
+    #[schemars(length(max = 10000))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revocations: Vec<Revocation>,
+}
+
+/// A trusted issuer: its name, accepted audiences and algorithms, and where its keys are.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!self.algorithms.exists(a, a.startsWith('HS')) || has(self.jwks.secretRef)").message("HS256/HS384/HS512 need a shared secret kept in a Secret: set jwks.secretRef"),
+    validation = Rule::new("!self.algorithms.exists(a, a.startsWith('HS')) || self.algorithms.all(a, a.startsWith('HS'))").message("do not mix HS* with public-key algorithms in one issuer: a shared secret and a public key cannot share a key set")
+)]
+pub struct IssuerSpec {
+    /// The issuer identifier, compared exactly with the token's `iss` claim
+    /// (e.g. `https://auth.example.com/`).
+    #[schemars(length(min = 1, max = 512))]
+    pub issuer: String,
+
+    /// Audiences accepted in the token's `aud` claim; a token must name at least one.
+    #[schemars(length(max = 16), inner(length(min = 1, max = 512)))]
+    #[x_kube(validation = Rule::new("self.size() > 0").message("audiences must list at least one audience: Portcullis refuses tokens not meant for it"))]
+    pub audiences: Vec<String>,
+
+    /// Signature algorithms accepted from this issuer (an allow-list): RS256, RS384, RS512,
+    /// PS256, PS384, PS512, ES256, ES384, EdDSA, or HS256/384/512 with a shared secret from
+    /// a Secret. `none` is never accepted.
+    #[schemars(length(max = 12), inner(length(max = 16)))]
+    #[x_kube(
+        validation = Rule::new("self.size() > 0").message("algorithms must list at least one signature algorithm, e.g. RS256"),
+        validation = Rule::new("self.all(a, a.lowerAscii() != 'none')").message("algorithm none is never allowed: tokens must be signed"),
+        validation = Rule::new("self.all(a, a.lowerAscii() == 'none' || a in ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'EdDSA', 'HS256', 'HS384', 'HS512'])").message("unknown algorithm: use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384 or HS512")
+    )]
+    pub algorithms: Vec<String>,
+
+    /// Where the verification keys come from.
+    pub jwks: JwksSource,
+}
+
+/// Key material for an issuer: exactly one of `inline`, `secretRef` or `uri`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("[has(self.inline), has(self.secretRef), has(self.uri)].exists_one(x, x)").message("jwks needs exactly one of inline, secretRef or uri")
+)]
+pub struct JwksSource {
+    /// A JWKS document written as YAML (`keys: [{kty: RSA, kid: ..., n: ..., e: AQAB}]`).
+    /// Public keys only; shared secrets (`kty: oct`) belong in a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<JwkSet>,
+
+    /// A key in a Secret of this namespace holding a JWKS (JSON), a PEM public key, or,
+    /// for HS* algorithms, the raw shared secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+
+    /// An HTTPS URL serving the issuer's JWKS, fetched and refreshed so keys can rotate
+    /// without restarts.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1') || self.startsWith('http://localhost') || self.startsWith('http://[::1]')").message("jwks.uri must use https:// (plain http only for loopback addresses)"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+}
+
+/// A key inside a Secret of the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A JSON Web Key Set (RFC 7517).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct JwkSet {
+    /// The keys.
+    #[schemars(length(max = 64))]
+    pub keys: Vec<Jwk>,
+}
+
+/// One public JSON Web Key (RFC 7517/7518/8037). Private parameters are not accepted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct Jwk {
+    /// Key type: `RSA`, `EC` or `OKP`.
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = Rule::new("self in ['RSA', 'EC', 'OKP']").message("kty must be RSA, EC or OKP; shared secrets (oct) belong in a Secret"))]
+    pub kty: String,
+    /// Key ID, matched against the token header's `kid`.
+    #[schemars(length(max = 256))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// The one algorithm this key is for, if the issuer says so.
+    #[schemars(length(max = 16))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
+    /// Intended use; keys marked `enc` are ignored.
+    #[schemars(length(max = 8))]
+    #[serde(default, rename = "use", skip_serializing_if = "Option::is_none")]
+    pub use_: Option<String>,
+    /// Curve, for EC (`P-256`, `P-384`) and OKP (`Ed25519`) keys.
+    #[schemars(length(max = 16))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crv: Option<String>,
+    /// RSA modulus, base64url.
+    #[schemars(length(max = 4096))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    /// RSA public exponent, base64url (usually `AQAB`).
+    #[schemars(length(max = 16))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
+    /// EC x coordinate or OKP public key, base64url.
+    #[schemars(length(max = 256))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    /// EC y coordinate, base64url.
+    #[schemars(length(max = 256))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+}
+
+/// A revoked token or set of tokens. Exactly one selector: `jti`, `tokenSha256`,
+/// `subject` + `issuedBefore`, or `keyId`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("[has(self.jti), has(self.tokenSha256), has(self.subject), has(self.keyId)].exists_one(x, x)").message("a revocation needs exactly one of jti, tokenSha256, subject (with issuedBefore) or keyId"),
+    validation = Rule::new("has(self.subject) == has(self.issuedBefore)").message("subject and issuedBefore go together: they revoke the subject's tokens issued before that instant")
+)]
+pub struct Revocation {
+    /// Revoke the token with this `jti` claim.
+    #[schemars(length(min = 1, max = 512))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+
+    /// Revoke the token whose SHA-256 (lowercase hex of the whole compact token) is this.
+    /// `portcullis revoke --token -` computes it without storing the token.
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("tokenSha256 must be the lowercase hex SHA-256 of the token: 64 characters 0-9a-f"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+
+    /// Revoke this subject's (`sub`) tokens issued before `issuedBefore` ("log out
+    /// everywhere"). Tokens without `iat` are treated as issued before.
+    #[schemars(length(min = 1, max = 512))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+
+    /// With `subject`: an RFC 3339 instant; the subject's tokens with an earlier `iat` are
+    /// revoked.
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$')").message("issuedBefore must be an RFC 3339 time such as 2026-01-31T12:00:00Z"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_before: Option<String>,
+
+    /// Revoke every token signed with this key ID (a leaked signing key).
+    #[schemars(length(min = 1, max = 256))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+
+    /// An RFC 3339 instant after which this entry is ignored and pruned (set it to the
+    /// revoked token's `exp`; after that the token is dead anyway).
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$')").message("expiresAt must be an RFC 3339 time such as 2026-01-31T12:00:00Z"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}

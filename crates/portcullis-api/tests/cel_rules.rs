@@ -1,0 +1,200 @@
+//! The CRDs' CEL rules, run client-side: each rejection the issue lists, with its message.
+
+use portcullis_api::validate::{api_route, token_policy};
+use portcullis_api::{ApiRoute, TokenPolicy};
+
+fn route(yaml: &str) -> ApiRoute {
+    serde_yaml::from_str(yaml).expect("test manifest parses")
+}
+
+fn policy(yaml: &str) -> TokenPolicy {
+    serde_yaml::from_str(yaml).expect("test manifest parses")
+}
+
+const ROUTE: &str = r#"
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: orders, namespace: shop}
+spec:
+  hosts: [api.example.com, "*.example.com"]
+  policyRef: {name: default}
+  backend: {service: {name: orders, port: 8080}}
+  rules:
+    - match: {pathPrefix: /orders, methods: [GET]}
+      requiredScopes: [orders:read]
+    - match: {path: /health}
+      auth: none
+"#;
+
+const POLICY: &str = r#"
+apiVersion: portcullis.dev/v1alpha1
+kind: TokenPolicy
+metadata: {name: default, namespace: shop}
+spec:
+  issuers:
+    - issuer: https://auth.example.com
+      audiences: [orders]
+      algorithms: [RS256, ES256]
+      jwks: {inline: {keys: [{kty: RSA, kid: k1, n: abc, e: AQAB}]}}
+  clockSkew: 30s
+  maxTokenLifetime: 1h
+  revocations:
+    - jti: abc
+    - subject: alice
+      issuedBefore: "2026-01-01T00:00:00Z"
+    - tokenSha256: 0000000000000000000000000000000000000000000000000000000000000000
+      expiresAt: "2026-01-01T00:00:00Z"
+    - keyId: leaked
+"#;
+
+fn messages(v: Vec<portcullis_api::validate::FieldViolation>) -> String {
+    v.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn valid_manifests_pass() {
+    assert_eq!(messages(api_route(&route(ROUTE))), "");
+    assert_eq!(messages(token_policy(&policy(POLICY))), "");
+}
+
+#[test]
+fn empty_hosts_rejected() {
+    let mut r = route(ROUTE);
+    r.spec.hosts.clear();
+    assert!(messages(api_route(&r)).contains("spec.hosts must list at least one host"));
+}
+
+#[test]
+fn host_with_port_or_upper_case_rejected() {
+    for h in ["api.example.com:8080", "API.example.com", "*", "a.*.com"] {
+        let mut r = route(ROUTE);
+        r.spec.hosts = vec![h.into()];
+        assert!(messages(api_route(&r)).contains("lowercase DNS name"), "{h} accepted");
+    }
+}
+
+#[test]
+fn scopes_with_auth_none_rejected() {
+    let mut r = route(ROUTE);
+    r.spec.rules[1].required_scopes = vec!["x".into()];
+    assert!(messages(api_route(&r)).contains("auth: none is public"));
+    let mut r = route(ROUTE);
+    r.spec.rules[1].any_scopes = vec!["x".into()];
+    assert!(messages(api_route(&r)).contains("auth: none is public"));
+}
+
+#[test]
+fn match_needs_exactly_one_of_path_and_prefix() {
+    let mut r = route(ROUTE);
+    r.spec.rules[0].matches.path = Some("/x".into());
+    assert!(messages(api_route(&r)).contains("exactly one of path or pathPrefix"));
+    let mut r = route(ROUTE);
+    r.spec.rules[0].matches.path_prefix = None;
+    assert!(messages(api_route(&r)).contains("exactly one of path or pathPrefix"));
+}
+
+#[test]
+fn bad_methods_paths_scopes_and_backends_rejected() {
+    let mut r = route(ROUTE);
+    r.spec.rules[0].matches.methods = vec!["get".into()];
+    assert!(messages(api_route(&r)).contains("upper-case HTTP methods"));
+    let mut r = route(ROUTE);
+    r.spec.rules[0].matches.path_prefix = Some("orders".into());
+    assert!(messages(api_route(&r)).contains("pathPrefix must start with /"));
+    let mut r = route(ROUTE);
+    r.spec.rules[0].required_scopes = vec!["orders read".into()];
+    assert!(messages(api_route(&r)).contains("each scope must be one word"));
+    let mut r = route(ROUTE);
+    r.spec.backend.url = Some("http://x".into());
+    assert!(messages(api_route(&r)).contains("exactly one of service or url"));
+    let mut r = route(ROUTE);
+    r.spec.backend.service = None;
+    r.spec.backend.url = Some("ftp://x".into());
+    assert!(messages(api_route(&r)).contains("must start with http:// or https://"));
+}
+
+#[test]
+fn algorithm_none_rejected() {
+    for alg in ["none", "None", "NONE"] {
+        let mut p = policy(POLICY);
+        p.spec.issuers[0].algorithms = vec![alg.into()];
+        assert!(messages(token_policy(&p)).contains("algorithm none is never allowed"), "{alg}");
+    }
+}
+
+#[test]
+fn unknown_algorithm_rejected() {
+    let mut p = policy(POLICY);
+    p.spec.issuers[0].algorithms = vec!["RS1".into()];
+    assert!(messages(token_policy(&p)).contains("unknown algorithm"));
+    let mut p = policy(POLICY);
+    p.spec.issuers[0].algorithms.clear();
+    assert!(messages(token_policy(&p)).contains("at least one signature algorithm"));
+}
+
+#[test]
+fn hmac_needs_a_secret() {
+    let mut p = policy(POLICY);
+    p.spec.issuers[0].algorithms = vec!["HS256".into()];
+    assert!(messages(token_policy(&p)).contains("set jwks.secretRef"));
+}
+
+#[test]
+fn jwks_needs_exactly_one_source() {
+    let mut p = policy(POLICY);
+    p.spec.issuers[0].jwks.uri = Some("https://auth.example.com/jwks".into());
+    assert!(messages(token_policy(&p)).contains("exactly one of inline, secretRef or uri"));
+    let mut p = policy(POLICY);
+    p.spec.issuers[0].jwks.inline = None;
+    assert!(messages(token_policy(&p)).contains("exactly one of inline, secretRef or uri"));
+}
+
+#[test]
+fn revocation_needs_exactly_one_selector() {
+    let mut p = policy(POLICY);
+    p.spec.revocations = vec![Default::default()];
+    assert!(messages(token_policy(&p)).contains("exactly one of jti, tokenSha256"));
+    let mut p = policy(POLICY);
+    p.spec.revocations[0].key_id = Some("k".into());
+    assert!(messages(token_policy(&p)).contains("exactly one of jti, tokenSha256"));
+    let mut p = policy(POLICY);
+    p.spec.revocations[1].issued_before = None;
+    assert!(messages(token_policy(&p)).contains("subject and issuedBefore go together"));
+    let mut p = policy(POLICY);
+    p.spec.revocations[2].token_sha256 = Some("ABC".into());
+    assert!(messages(token_policy(&p)).contains("lowercase hex SHA-256"));
+    let mut p = policy(POLICY);
+    p.spec.revocations[2].expires_at = Some("tomorrow".into());
+    assert!(messages(token_policy(&p)).contains("expiresAt must be an RFC 3339 time"));
+}
+
+#[test]
+fn negative_or_unparseable_durations_rejected() {
+    for d in ["-5s", "5", "five minutes", "5d", ""] {
+        let mut p = policy(POLICY);
+        p.spec.clock_skew = Some(d.into());
+        assert!(messages(token_policy(&p)).contains("clockSkew must be a positive duration"), "{d:?}");
+        let mut p = policy(POLICY);
+        p.spec.max_token_lifetime = Some(d.into());
+        assert!(messages(token_policy(&p)).contains("maxTokenLifetime must be a positive duration"), "{d:?}");
+    }
+    for d in ["30s", "1h30m", "500ms", "1.5h"] {
+        let mut p = policy(POLICY);
+        p.spec.clock_skew = Some(d.into());
+        assert_eq!(messages(token_policy(&p)), "", "{d}");
+    }
+}
+
+#[test]
+fn forward_claims_must_name_headers() {
+    let mut p = policy(POLICY);
+    p.spec.forward_claims.insert("sub".into(), "X User".into());
+    assert!(messages(token_policy(&p)).contains("must be HTTP header names"));
+}
+
+#[test]
+fn private_and_secret_keys_cannot_be_inline() {
+    let mut p = policy(POLICY);
+    p.spec.issuers[0].jwks.inline.as_mut().unwrap().keys[0].kty = "oct".into();
+    assert!(messages(token_policy(&p)).contains("shared secrets (oct) belong in a Secret"));
+}
