@@ -36,6 +36,18 @@ pub const SUPPORTED_ALGORITHMS: &[&str] = &[
     "HS384", "HS512",
 ];
 
+/// Parses a Go-style positive duration (`30s`, `5m`, `1h30m`, `500ms`), the format every
+/// duration field of these resources uses. Negative durations are refused.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d: kube::core::Duration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration such as 30s, 5m or 1h ({e})"))?;
+    if d.is_negative() {
+        return Err(format!("{s:?} is negative; durations must be positive"));
+    }
+    Ok(d.into())
+}
+
 /// Renders both CRDs as one multi-document YAML stream, in a stable order
 /// (`ApiRoute`, then `TokenPolicy`): the output of `portcullis crd` and the content of `crds/`.
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {

@@ -34,7 +34,11 @@ use crate::status::ResourceStatus;
         priority = 1,
         json_path = ".status.conditions[?(@.type==\"Programmed\")].reason"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApiRouteSpec {
@@ -161,7 +165,9 @@ pub struct RouteRule {
 const SCOPES_RULE: &str = "self.all(s, s.matches('^[!#-\\\\[\\\\]-~]+$'))";
 
 /// Whether a rule asks for a token.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// A valid token is required (the default).

@@ -26,7 +26,11 @@ pub(crate) const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|
     namespaced,
     status = "ResourceStatus",
     doc = "TokenPolicy says which bearer tokens are trusted, how their lifetime and claims are checked, and which are revoked.",
-    printcolumn(name = "Issuers", type_ = "string", json_path = ".spec.issuers[*].issuer"),
+    printcolumn(
+        name = "Issuers",
+        type_ = "string",
+        json_path = ".spec.issuers[*].issuer"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -38,7 +42,11 @@ pub(crate) const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|
         priority = 1,
         json_path = ".status.conditions[?(@.type==\"Programmed\")].reason"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TokenPolicySpec {

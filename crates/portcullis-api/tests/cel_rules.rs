@@ -48,7 +48,10 @@ spec:
 "#;
 
 fn messages(v: Vec<portcullis_api::validate::FieldViolation>) -> String {
-    v.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -69,7 +72,10 @@ fn host_with_port_or_upper_case_rejected() {
     for h in ["api.example.com:8080", "API.example.com", "*", "a.*.com"] {
         let mut r = route(ROUTE);
         r.spec.hosts = vec![h.into()];
-        assert!(messages(api_route(&r)).contains("lowercase DNS name"), "{h} accepted");
+        assert!(
+            messages(api_route(&r)).contains("lowercase DNS name"),
+            "{h} accepted"
+        );
     }
 }
 
@@ -118,7 +124,10 @@ fn algorithm_none_rejected() {
     for alg in ["none", "None", "NONE"] {
         let mut p = policy(POLICY);
         p.spec.issuers[0].algorithms = vec![alg.into()];
-        assert!(messages(token_policy(&p)).contains("algorithm none is never allowed"), "{alg}");
+        assert!(
+            messages(token_policy(&p)).contains("algorithm none is never allowed"),
+            "{alg}"
+        );
     }
 }
 
@@ -173,10 +182,16 @@ fn negative_or_unparseable_durations_rejected() {
     for d in ["-5s", "5", "five minutes", "5d", ""] {
         let mut p = policy(POLICY);
         p.spec.clock_skew = Some(d.into());
-        assert!(messages(token_policy(&p)).contains("clockSkew must be a positive duration"), "{d:?}");
+        assert!(
+            messages(token_policy(&p)).contains("clockSkew must be a positive duration"),
+            "{d:?}"
+        );
         let mut p = policy(POLICY);
         p.spec.max_token_lifetime = Some(d.into());
-        assert!(messages(token_policy(&p)).contains("maxTokenLifetime must be a positive duration"), "{d:?}");
+        assert!(
+            messages(token_policy(&p)).contains("maxTokenLifetime must be a positive duration"),
+            "{d:?}"
+        );
     }
     for d in ["30s", "1h30m", "500ms", "1.5h"] {
         let mut p = policy(POLICY);

@@ -7,8 +7,12 @@ fn checked_in_crds_match_the_code() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../crds");
     for (name, generated) in portcullis_api::crd_files().expect("CRDs render as YAML") {
         let path = dir.join(name);
-        let on_disk = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; run `cargo run -p portcullis -- crd --dir crds`", path.display()));
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run `cargo run -p portcullis -- crd --dir crds`",
+                path.display()
+            )
+        });
         assert!(
             on_disk == generated,
             "{} drifted from the code; run `cargo run -p portcullis -- crd --dir crds` and commit the result",

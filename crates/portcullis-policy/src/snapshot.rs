@@ -1,0 +1,434 @@
+//! The compiled, immutable config, and the hot path: [`Snapshot::authorize`].
+//!
+//! Per request: route lookup (a few hash probes), the token's SHA-256, a cache probe keyed
+//! by that digest, then revocation and scope checks, which run whether or not the token
+//! came from the cache. Only a cache miss parses and verifies the token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+
+use crate::clock::Clock;
+use crate::decision::{Allow, AuthorizationHeader, Decision, Deny, DenyReason, RequestParts};
+use crate::index::{Requirement, RouteIndex};
+use crate::keys::{KeyLookup, KeySet};
+use crate::revocation::RevocationSet;
+use crate::token::{self, VerifiedToken, token_digest};
+
+// === TokenCache ===
+
+/// Verified tokens of one policy, keyed by SHA-256, bounded in entries. An entry is used
+/// only until the token's `exp` (plus the policy's clock skew).
+pub(crate) struct TokenCache {
+    inner: quick_cache::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("len", &self.inner.len())
+            .finish()
+    }
+}
+
+impl TokenCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            inner: quick_cache::sync::Cache::new(capacity.max(1)),
+        }
+    }
+}
+
+// === CompiledPolicy ===
+
+#[derive(Debug)]
+pub(crate) struct CompiledIssuer {
+    pub(crate) audiences: Vec<String>,
+    pub(crate) algorithms: Vec<Algorithm>,
+    pub(crate) keys: KeySet,
+}
+
+/// One TokenPolicy, ready to verify tokens.
+#[derive(Debug)]
+pub(crate) struct CompiledPolicy {
+    pub(crate) id: Arc<str>,
+    pub(crate) issuers: HashMap<String, CompiledIssuer>,
+    pub(crate) scope_claim: String,
+    pub(crate) clock_skew: i64,
+    pub(crate) max_lifetime: Option<i64>,
+    pub(crate) required_claims: Vec<String>,
+    pub(crate) forward: Vec<(String, HeaderName)>,
+    pub(crate) forwarded_header_names: Arc<[HeaderName]>,
+    pub(crate) revocations: RevocationSet,
+    /// Hash of everything the cache depends on (not revocations).
+    pub(crate) trust_hash: u64,
+    pub(crate) cache: Arc<TokenCache>,
+}
+
+impl CompiledPolicy {
+    /// Full verification of an uncached token.
+    fn verify(&self, raw: &str, now: i64) -> Result<VerifiedToken, DenyReason> {
+        let jws = token::parse_jws(raw)?;
+        let claims = &jws.claims;
+        let iss = token::string_claim(claims, "iss")?.ok_or(DenyReason::UnknownIssuer)?;
+        let issuer = self.issuers.get(iss).ok_or(DenyReason::UnknownIssuer)?;
+        if !issuer.algorithms.contains(&jws.alg) {
+            return Err(DenyReason::AlgorithmNotAllowed);
+        }
+        let key = match issuer.keys.lookup(jws.kid.as_deref(), jws.alg) {
+            KeyLookup::Found(k) => k,
+            KeyLookup::Unknown => return Err(DenyReason::UnknownKey),
+            KeyLookup::Mismatch => return Err(DenyReason::KeyAlgorithmMismatch),
+        };
+        match jsonwebtoken::crypto::verify(
+            jws.signature,
+            jws.signing_input.as_bytes(),
+            &key.key,
+            jws.alg,
+        ) {
+            Ok(true) => {}
+            _ => return Err(DenyReason::BadSignature),
+        }
+
+        // Signature good: now the claims.
+        let exp = token::numeric_date(claims, "exp")?.ok_or(DenyReason::MissingExpiry)?;
+        let nbf = token::numeric_date(claims, "nbf")?;
+        let iat = token::numeric_date(claims, "iat")?;
+        if now.saturating_sub(self.clock_skew) >= exp {
+            return Err(DenyReason::Expired);
+        }
+        if nbf.is_some_and(|nbf| nbf > now.saturating_add(self.clock_skew))
+            || iat.is_some_and(|iat| iat > now.saturating_add(self.clock_skew))
+        {
+            return Err(DenyReason::NotYetValid);
+        }
+        if let Some(max) = self.max_lifetime {
+            let iat = iat.ok_or(DenyReason::LifetimeTooLong)?;
+            if exp.saturating_sub(iat) > max {
+                return Err(DenyReason::LifetimeTooLong);
+            }
+        }
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(a)) => issuer.audiences.iter().any(|x| x == a),
+            Some(Value::Array(list)) => {
+                let mut ok = false;
+                for a in list {
+                    let Value::String(a) = a else {
+                        return Err(DenyReason::MalformedToken);
+                    };
+                    ok |= issuer.audiences.iter().any(|x| x == a);
+                }
+                ok
+            }
+            Some(_) => return Err(DenyReason::MalformedToken),
+            None => false,
+        };
+        if !aud_ok {
+            return Err(DenyReason::WrongAudience);
+        }
+        for c in &self.required_claims {
+            if claims.get(c).is_none_or(Value::is_null) {
+                return Err(DenyReason::MissingClaim);
+            }
+        }
+        let mut scopes: Vec<Box<str>> = match claims.get(&self.scope_claim) {
+            None => Vec::new(),
+            Some(Value::String(s)) => s
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(Box::from)
+                .collect(),
+            Some(Value::Array(list)) => {
+                let mut v = Vec::with_capacity(list.len());
+                for s in list {
+                    let Value::String(s) = s else {
+                        return Err(DenyReason::MalformedToken);
+                    };
+                    v.push(Box::from(s.as_str()));
+                }
+                v
+            }
+            Some(_) => return Err(DenyReason::MalformedToken),
+        };
+        scopes.sort_unstable();
+        scopes.dedup();
+        let mut forward_headers = Vec::with_capacity(self.forward.len());
+        for (claim, header) in &self.forward {
+            let text = match claims.get(claim) {
+                None | Some(Value::Null) => continue,
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                Some(other) => other.to_string(),
+            };
+            // A claim value that cannot be a header value (control characters) is not
+            // forwarded rather than forwarded mangled.
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                forward_headers.push((header.clone(), v));
+            }
+        }
+        Ok(VerifiedToken {
+            subject: token::string_claim(claims, "sub")?.map(Box::from),
+            jti: token::string_claim(claims, "jti")?.map(Box::from),
+            issued_at: iat,
+            expires_at: exp,
+            key_id: jws.kid.map(String::into_boxed_str),
+            scopes: scopes.into_boxed_slice(),
+            forward_headers,
+        })
+    }
+}
+
+// === Snapshot ===
+
+/// Counts describing a snapshot, for `/config` and metrics. No key material.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SnapshotStats {
+    /// Routes compiled in.
+    pub routes: usize,
+    /// Rules in the index.
+    pub rules: usize,
+    /// Distinct host entries.
+    pub hosts: usize,
+    /// Policies compiled in.
+    pub policies: usize,
+    /// Issuers across policies.
+    pub issuers: usize,
+    /// Verification keys across issuers.
+    pub keys: usize,
+    /// Revocation entries across policies (expired ones included).
+    pub revocations: usize,
+}
+
+/// An immutable, versioned config: the route index and the compiled policies.
+#[derive(Debug)]
+pub struct Snapshot {
+    version: u64,
+    index: RouteIndex,
+    policies: Vec<CompiledPolicy>,
+    routes: usize,
+    clock: Arc<dyn Clock>,
+    max_token_bytes: usize,
+}
+
+impl Snapshot {
+    pub(crate) fn new(
+        index: RouteIndex,
+        policies: Vec<CompiledPolicy>,
+        routes: usize,
+        clock: Arc<dyn Clock>,
+        max_token_bytes: usize,
+    ) -> Self {
+        Self {
+            version: 0,
+            index,
+            policies,
+            routes,
+            clock,
+            max_token_bytes,
+        }
+    }
+
+    /// An empty snapshot: every request gets 404.
+    pub fn empty() -> Self {
+        Self::new(
+            RouteIndex::default(),
+            Vec::new(),
+            0,
+            Arc::new(crate::SystemClock),
+            8192,
+        )
+    }
+
+    /// The version (0 until set).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Sets the version.
+    pub fn with_version(mut self, version: u64) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Keeps the verified-token caches of `previous` for policies whose trust settings
+    /// (issuers, keys, claim rules) did not change, so a revocation-only update does not
+    /// make every token verify again. Revocations are checked per request regardless.
+    pub fn inherit_caches(&mut self, previous: &Snapshot) {
+        for p in &mut self.policies {
+            if let Some(old) = previous
+                .policies
+                .iter()
+                .find(|o| o.id == p.id && o.trust_hash == p.trust_hash)
+            {
+                p.cache = old.cache.clone();
+            }
+        }
+    }
+
+    /// Counts for `/config` and metrics.
+    pub fn stats(&self) -> SnapshotStats {
+        SnapshotStats {
+            routes: self.routes,
+            rules: self.index.rules,
+            hosts: self.index.hosts(),
+            policies: self.policies.len(),
+            issuers: self.policies.iter().map(|p| p.issuers.len()).sum(),
+            keys: self
+                .policies
+                .iter()
+                .flat_map(|p| p.issuers.values())
+                .map(|i| i.keys.keys.len())
+                .sum(),
+            revocations: self.policies.iter().map(|p| p.revocations.len()).sum(),
+        }
+    }
+
+    /// Revocation entries past their `expiresAt` (ignored, awaiting pruning).
+    pub fn expired_revocations(&self) -> usize {
+        let now = self.clock.now();
+        self.policies
+            .iter()
+            .map(|p| p.revocations.expired(now))
+            .sum()
+    }
+
+    /// Policy ids (`namespace/name`) compiled in.
+    pub fn policy_ids(&self) -> impl Iterator<Item = &str> {
+        self.policies.iter().map(|p| &*p.id)
+    }
+
+    /// Decides one request.
+    pub fn authorize<'s>(&'s self, req: &RequestParts<'_>) -> Decision<'s> {
+        let deny = |reason, route, fingerprint, cache_hit| {
+            Decision::Deny(Deny {
+                reason,
+                route,
+                fingerprint,
+                cache_hit,
+                missing_scopes: None,
+            })
+        };
+        if let Some(q) = req.query
+            && query_has_token(q)
+        {
+            return deny(DenyReason::TokenInQuery, None, None, false);
+        }
+        let Some(rule) = self.index.lookup(req.host, req.path, req.method) else {
+            return deny(DenyReason::NoRoute, None, None, false);
+        };
+        let route = Some(&rule.info);
+        let (policy, all, any) = match &rule.requirement {
+            Requirement::Public => {
+                return Decision::Allow(Allow {
+                    route: &rule.info,
+                    token: None,
+                    fingerprint: None,
+                    cache_hit: false,
+                });
+            }
+            Requirement::Token { policy, all, any } => (&self.policies[*policy], all, any),
+        };
+        let raw = match bearer_token(req.authorization) {
+            Ok(t) => t,
+            Err(reason) => return deny(reason, route, None, false),
+        };
+        if raw.len() > self.max_token_bytes {
+            return deny(DenyReason::TokenTooLarge, route, None, false);
+        }
+        let digest = token_digest(raw);
+        let fp = Some(digest.fingerprint());
+        let now = self.clock.now();
+
+        let (verified, cache_hit) = match policy.cache.inner.get(&digest.0) {
+            Some(t) if now.saturating_sub(policy.clock_skew) < t.expires_at => (t, true),
+            Some(_) => {
+                policy.cache.inner.remove(&digest.0);
+                return deny(DenyReason::Expired, route, fp, true);
+            }
+            None => match policy.verify(raw, now) {
+                Ok(t) => {
+                    let t = Arc::new(t);
+                    policy.cache.inner.insert(digest.0, t.clone());
+                    (t, false)
+                }
+                Err(reason) => return deny(reason, route, fp, false),
+            },
+        };
+        if let Err(reason) = policy.revocations.check(&digest, &verified, now) {
+            return deny(reason, route, fp, cache_hit);
+        }
+        let missing: Vec<&str> = all
+            .iter()
+            .filter(|s| !verified.has_scope(s))
+            .map(|s| &**s)
+            .collect();
+        let any_ok = any.is_empty() || any.iter().any(|s| verified.has_scope(s));
+        if !missing.is_empty() || !any_ok {
+            let mut scopes = missing;
+            if !any_ok {
+                scopes.extend(any.iter().map(|s| &**s));
+            }
+            return Decision::Deny(Deny {
+                reason: DenyReason::InsufficientScope,
+                route,
+                fingerprint: fp,
+                cache_hit,
+                missing_scopes: Some(scopes.join(" ")),
+            });
+        }
+        Decision::Allow(Allow {
+            route: &rule.info,
+            token: Some(verified),
+            fingerprint: fp,
+            cache_hit,
+        })
+    }
+}
+
+/// Whether the query carries an `access_token` parameter (RFC 6750 section 2.3), which
+/// Portcullis refuses: URLs end up in logs and Referer headers.
+fn query_has_token(query: &str) -> bool {
+    query.split('&').any(|pair| {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        name.eq_ignore_ascii_case("access_token") || name.eq_ignore_ascii_case("access%5Ftoken")
+    })
+}
+
+/// Extracts the token from `Authorization: Bearer <token>` (scheme case-insensitive).
+fn bearer_token(h: AuthorizationHeader<'_>) -> Result<&str, DenyReason> {
+    let raw = match h {
+        AuthorizationHeader::Absent => return Err(DenyReason::MissingToken),
+        AuthorizationHeader::Duplicated => return Err(DenyReason::DuplicateHeader),
+        AuthorizationHeader::One(raw) => raw,
+    };
+    let Some(sp) = raw.iter().position(|b| *b == b' ') else {
+        return Err(if raw.eq_ignore_ascii_case(b"bearer") {
+            DenyReason::MalformedHeader
+        } else {
+            DenyReason::UnsupportedScheme
+        });
+    };
+    if !raw[..sp].eq_ignore_ascii_case(b"bearer") {
+        return Err(DenyReason::UnsupportedScheme);
+    }
+    let token = raw[sp..].trim_ascii_start();
+    // b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+    let body_end = token.iter().position(|b| *b == b'=').unwrap_or(token.len());
+    let valid = !token.is_empty()
+        && body_end > 0
+        && token[..body_end]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(b))
+        && token[body_end..].iter().all(|b| *b == b'=');
+    if !valid {
+        return Err(DenyReason::MalformedHeader);
+    }
+    std::str::from_utf8(token).map_err(|_| DenyReason::MalformedHeader)
+}
