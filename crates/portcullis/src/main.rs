@@ -1,14 +1,23 @@
 //! `portcullis`: the one binary of the Portcullis gateway.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+#[allow(dead_code)]
+mod echo;
+#[allow(dead_code)]
+mod token_cmd;
+
 /// Portcullis: a Kubernetes-native API gateway that makes bearer tokens safe to reuse.
 #[derive(Parser, Debug)]
 #[command(name = "portcullis", version, about)]
 struct Cli {
+    /// Log format: `text` for people, `json` for log pipelines.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"], env = "PORTCULLIS_LOG_FORMAT")]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,13 +31,94 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Run the gateway from a directory of manifests, without a cluster.
+    Standalone(StandaloneArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct StandaloneArgs {
+    /// Directory of YAML manifests (ApiRoute, TokenPolicy, Secret), watched for changes.
+    #[arg(long)]
+    manifests: PathBuf,
+    /// Proxy listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Admin listen address: /metrics, /healthz, /readyz, /config.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// TLS certificate chain (PEM); with --tls-key, serves HTTPS (h2 and http/1.1 by ALPN).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Request header read timeout (slowloris protection), e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    header_read_timeout: std::time::Duration,
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    portcullis_api::parse_duration(s)
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_tracing(&cli.log_format);
     match cli.command {
         Command::Crd { dir } => crd(dir),
+        Command::Standalone(args) => runtime()?.block_on(standalone(args)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn init_tracing(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    let mut opts = portcullis_proxy::StandaloneOptions::new(args.manifests);
+    opts.listen = args.listen;
+    opts.admin = args.admin;
+    opts.tls = args.tls_cert.zip(args.tls_key);
+    opts.limits.header_read_timeout = args.header_read_timeout;
+    let running = portcullis_proxy::start_standalone(opts).await?;
+    eprintln!(
+        "portcullis standalone: proxy on {} , admin on {} (Ctrl-C to stop)",
+        running.proxy_addr, running.admin_addr
+    );
+    shutdown_signal().await;
+    running.shutdown();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }
 
 fn crd(dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -1,0 +1,147 @@
+//! The Portcullis data plane: a hyper 1 server that puts `portcullis-policy` on the wire.
+//!
+//! ```text
+//!  client ──▶ server (h1 / h2c / TLS+ALPN h2) ──▶ Pipeline::handle
+//!                                                 ├─ limits (431)
+//!                                                 ├─ Snapshot::authorize (404/400/401/403)
+//!                                                 ├─ forward: pooled client, timeouts (502/504), streaming bodies
+//!                                                 └─ finish: metrics + access log, once
+//!  LiveConfig (ArcSwap<Snapshot>) ◀── standalone::run (manifest dir watch) | controller stream
+//!  admin port: /metrics /healthz /readyz /config
+//! ```
+
+pub mod config;
+pub mod metrics;
+pub mod pipeline;
+pub mod server;
+pub mod standalone;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::{ConfigInfo, LiveConfig};
+pub use metrics::Metrics;
+pub use pipeline::{Limits, Pipeline};
+use tokio::sync::watch;
+
+/// How to run the gateway from a manifest directory.
+#[derive(Debug, Clone)]
+pub struct StandaloneOptions {
+    /// The directory of YAML manifests.
+    pub manifests: PathBuf,
+    /// Proxy listen address.
+    pub listen: SocketAddr,
+    /// Admin listen address (`/metrics`, `/healthz`, `/readyz`, `/config`).
+    pub admin: SocketAddr,
+    /// TLS certificate and key (PEM files), reloaded on change.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Limits against abuse.
+    pub limits: Limits,
+    /// Wait this long after a file change before reloading.
+    pub debounce: Duration,
+    /// Compile options (clock, cache size, token size limit).
+    pub compile: portcullis_policy::CompileOptions,
+}
+
+impl StandaloneOptions {
+    /// Defaults for `dir`: proxy on 127.0.0.1:8080, admin on 127.0.0.1:9901.
+    pub fn new(manifests: PathBuf) -> Self {
+        Self {
+            manifests,
+            listen: ([127, 0, 0, 1], 8080).into(),
+            admin: ([127, 0, 0, 1], 9901).into(),
+            tls: None,
+            limits: Limits::default(),
+            debounce: Duration::from_millis(50),
+            compile: Default::default(),
+        }
+    }
+}
+
+/// A running gateway.
+pub struct Running {
+    /// Where the proxy listens.
+    pub proxy_addr: SocketAddr,
+    /// Where the admin endpoints listen.
+    pub admin_addr: SocketAddr,
+    /// The live config.
+    pub config: Arc<LiveConfig>,
+    /// The metrics.
+    pub metrics: Metrics,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Stops accepting; open connections finish their requests.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Errors starting the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error(transparent)]
+    Bind(#[from] std::io::Error),
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Starts the standalone gateway: loads the manifests, binds both ports, watches the
+/// directory. Returns once listening.
+pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartError> {
+    let metrics = Metrics::new();
+    let config = Arc::new(LiveConfig::new(metrics.clone()));
+    let manifests = standalone::ManifestDir::new(opts.manifests.clone(), opts.compile.clone());
+    let tls = match &opts.tls {
+        Some((cert, key)) => Some(tls::acceptor(cert.clone(), key.clone())?),
+        None => None,
+    };
+    let proxy = server::bind(opts.listen).await?;
+    let admin = server::bind(opts.admin).await?;
+    let proxy_addr = proxy.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let (shutdown, rx) = watch::channel(false);
+
+    // Load synchronously first so the proxy never serves before its config.
+    let mut manifests = manifests;
+    standalone::apply(&mut manifests, &config, &metrics);
+    tokio::spawn(standalone::run_watch(
+        manifests,
+        config.clone(),
+        metrics.clone(),
+        opts.debounce,
+    ));
+
+    let pipeline = Arc::new(Pipeline::new(
+        config.clone(),
+        metrics.clone(),
+        opts.limits.clone(),
+    ));
+    tokio::spawn(server::serve_proxy(
+        proxy,
+        pipeline,
+        tls,
+        metrics.clone(),
+        rx.clone(),
+    ));
+    tokio::spawn(server::serve_admin(
+        admin,
+        config.clone(),
+        metrics.clone(),
+        rx,
+    ));
+    tracing::info!(%proxy_addr, %admin_addr, manifests = %opts.manifests.display(), "portcullis standalone listening");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        config,
+        metrics,
+        shutdown,
+    })
+}

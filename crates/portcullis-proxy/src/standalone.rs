@@ -1,0 +1,410 @@
+//! Standalone mode: the same manifests a user would `kubectl apply`, read from a directory,
+//! compiled with `portcullis-policy`, and recompiled when a file changes.
+//!
+//! A broken edit never loosens what is enforced. Errors are reported with file, document,
+//! object and field; an object that fails (to parse or to compile) is replaced by its last
+//! good version, so a typo in a TokenPolicy keeps its revocations, keys and routes in force
+//! while the rest of the directory applies. A file that is not valid YAML at all keeps
+//! every object it last held.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use notify::{RecursiveMode, Watcher};
+use portcullis_api::{ApiRoute, TokenPolicy};
+use portcullis_policy::{CompileOptions, compile_with};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::config::LiveConfig;
+use crate::metrics::Metrics;
+
+/// One object read from a manifest file.
+#[derive(Debug, Clone)]
+pub enum Object {
+    /// An ApiRoute.
+    Route(ApiRoute),
+    /// A TokenPolicy.
+    Policy(TokenPolicy),
+    /// A Secret (JWKS, PEM or HMAC key material).
+    Secret(Secret),
+}
+
+/// `(kind, namespace, name)`.
+pub type ObjectKey = (&'static str, String, String);
+
+impl Object {
+    fn key(&self) -> ObjectKey {
+        use kube::ResourceExt;
+        match self {
+            Object::Route(r) => ("ApiRoute", r.namespace().unwrap_or_default(), r.name_any()),
+            Object::Policy(p) => (
+                "TokenPolicy",
+                p.namespace().unwrap_or_default(),
+                p.name_any(),
+            ),
+            Object::Secret(s) => ("Secret", s.namespace().unwrap_or_default(), s.name_any()),
+        }
+    }
+}
+
+/// What one file yielded.
+#[derive(Debug, Default)]
+pub struct FileContents {
+    /// Objects parsed, by key.
+    pub objects: Vec<Object>,
+    /// Keys of documents that named an object but failed to parse.
+    pub broken: Vec<ObjectKey>,
+    /// Problems, each naming file and document.
+    pub errors: Vec<String>,
+    /// The file could not be read or is not YAML at all.
+    pub unreadable: bool,
+}
+
+/// Parses one manifest file (multi-document YAML).
+pub fn parse_file(path: &Path, text: &str) -> FileContents {
+    let mut out = FileContents::default();
+    let file = path.display();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = match <serde_yaml::Value as serde::Deserialize>::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                out.errors
+                    .push(format!("{file}: document {}: not valid YAML: {e}", i + 1));
+                out.unreadable = true;
+                return out;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_owned();
+        let name = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|n| n.as_str())
+            .unwrap_or("")
+            .to_owned();
+        let namespace = value
+            .get("metadata")
+            .and_then(|m| m.get("namespace"))
+            .and_then(|n| n.as_str())
+            .unwrap_or("default")
+            .to_owned();
+        let at = format!("{file}: document {}: {kind} {namespace}/{name}", i + 1);
+        if name.is_empty() {
+            out.errors.push(format!(
+                "{file}: document {}: metadata.name is required",
+                i + 1
+            ));
+            continue;
+        }
+        fn typed<T: DeserializeOwned>(v: serde_yaml::Value, namespace: &str) -> Result<T, String> {
+            let mut v = v;
+            // Objects without a namespace land in `default`, as with kubectl.
+            if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_mapping_mut()) {
+                meta.entry("namespace".into())
+                    .or_insert_with(|| namespace.into());
+            }
+            serde_yaml::from_value(v).map_err(|e| e.to_string())
+        }
+        let api_version = value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let parsed = match (kind.as_str(), api_version) {
+            ("ApiRoute", "portcullis.dev/v1alpha1") => typed(value, &namespace).map(Object::Route),
+            ("TokenPolicy", "portcullis.dev/v1alpha1") => {
+                typed(value, &namespace).map(Object::Policy)
+            }
+            ("Secret", "v1") => typed(value, &namespace).map(Object::Secret),
+            ("ApiRoute" | "TokenPolicy", other) => Err(format!(
+                "apiVersion {other:?} is not served; use portcullis.dev/v1alpha1"
+            )),
+            (other, _) => {
+                warn!(file = %file, kind = other, "ignoring a document that is not an ApiRoute, TokenPolicy or Secret");
+                continue;
+            }
+        };
+        match parsed {
+            Ok(obj) => out.objects.push(obj),
+            Err(e) => {
+                let key_kind: &'static str = match kind.as_str() {
+                    "ApiRoute" => "ApiRoute",
+                    "TokenPolicy" => "TokenPolicy",
+                    _ => "Secret",
+                };
+                out.broken.push((key_kind, namespace.clone(), name.clone()));
+                out.errors.push(format!("{at}: {e}"));
+            }
+        }
+    }
+    out
+}
+
+/// Reads and compiles a manifest directory, remembering the last good version of every
+/// object so a broken edit never drops what was enforced.
+pub struct ManifestDir {
+    dir: PathBuf,
+    options: CompileOptions,
+    /// Objects per file, as last read successfully.
+    last_file: HashMap<PathBuf, Vec<Object>>,
+    /// The last version of each object that compiled cleanly.
+    last_good: HashMap<ObjectKey, Object>,
+    version: u64,
+}
+
+/// The outcome of one load.
+pub struct Loaded {
+    /// The snapshot to put in force.
+    pub snapshot: portcullis_policy::Snapshot,
+    /// Every problem found, with file/object/field.
+    pub errors: Vec<String>,
+    /// The files read.
+    pub sources: Vec<String>,
+}
+
+impl ManifestDir {
+    /// A directory to load from, with compile options.
+    pub fn new(dir: PathBuf, options: CompileOptions) -> Self {
+        Self {
+            dir,
+            options,
+            last_file: HashMap::new(),
+            last_good: HashMap::new(),
+            version: 0,
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads every `*.yaml`/`*.yml` file and compiles. Never fails: problems are returned
+    /// in [`Loaded::errors`] and the objects they touch fall back to their last good state.
+    pub fn load(&mut self) -> Loaded {
+        let mut errors = Vec::new();
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+                .filter(|p| {
+                    !p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with('.'))
+                })
+                .collect(),
+            Err(e) => {
+                errors.push(format!(
+                    "{}: cannot read directory: {e}",
+                    self.dir.display()
+                ));
+                Vec::new()
+            }
+        };
+        files.sort();
+
+        // key -> object, in file order; later duplicates are errors.
+        let mut objects: BTreeMap<ObjectKey, Object> = BTreeMap::new();
+        let mut origin: HashMap<ObjectKey, PathBuf> = HashMap::new();
+        let mut broken = Vec::new();
+        let mut new_last_file = HashMap::new();
+        for path in &files {
+            let contents = match std::fs::read_to_string(path) {
+                Ok(text) => parse_file(path, &text),
+                Err(e) => FileContents {
+                    errors: vec![format!("{}: cannot read: {e}", path.display())],
+                    unreadable: true,
+                    ..Default::default()
+                },
+            };
+            errors.extend(contents.errors);
+            let objs = if contents.unreadable {
+                // Keep what this file held last time.
+                self.last_file.get(path).cloned().unwrap_or_default()
+            } else {
+                broken.extend(contents.broken);
+                contents.objects
+            };
+            new_last_file.insert(path.clone(), objs.clone());
+            for obj in objs {
+                let key = obj.key();
+                if let Some(first) = origin.get(&key) {
+                    errors.push(format!(
+                        "{}: {} {}/{} is already defined in {}; this copy is ignored",
+                        path.display(),
+                        key.0,
+                        key.1,
+                        key.2,
+                        first.display()
+                    ));
+                    continue;
+                }
+                origin.insert(key.clone(), path.clone());
+                objects.insert(key, obj);
+            }
+        }
+        self.last_file = new_last_file;
+
+        // Documents that failed to parse: their last good version stays.
+        for key in broken {
+            if let Some(good) = self.last_good.get(&key) {
+                objects.entry(key).or_insert_with(|| good.clone());
+            }
+        }
+
+        let started = Instant::now();
+        let (mut snapshot, mut compile_errors) = self.compile(&objects);
+        // Objects that failed to compile: fall back to their last good version and compile
+        // again, once.
+        let mut substituted = false;
+        for e in &compile_errors {
+            let key: ObjectKey = (e.kind, e.namespace.clone(), e.name.clone());
+            if let Some(good) = self.last_good.get(&key)
+                && objects.get(&key).is_some_and(|cur| !same(cur, good))
+            {
+                objects.insert(key, good.clone());
+                substituted = true;
+            }
+        }
+        if substituted {
+            let first_errors = compile_errors;
+            (snapshot, compile_errors) = self.compile(&objects);
+            // Report the errors of the edit the user made, not of the fallback.
+            compile_errors =
+                first_errors
+                    .into_iter()
+                    .chain(compile_errors)
+                    .fold(Vec::new(), |mut acc, e| {
+                        if !acc.contains(&e) {
+                            acc.push(e);
+                        }
+                        acc
+                    });
+        }
+        let _ = started;
+        let failed: std::collections::HashSet<ObjectKey> = compile_errors
+            .iter()
+            .map(|e| (e.kind, e.namespace.clone(), e.name.clone()))
+            .collect();
+        for (key, obj) in &objects {
+            if !failed.contains(key) {
+                self.last_good.insert(key.clone(), obj.clone());
+            }
+        }
+        for e in compile_errors {
+            let key: ObjectKey = (e.kind, e.namespace.clone(), e.name.clone());
+            match origin.get(&key) {
+                Some(file) => errors.push(format!("{}: {e}", file.display())),
+                None => errors.push(e.to_string()),
+            }
+        }
+        self.version += 1;
+        Loaded {
+            snapshot: snapshot.with_version(self.version),
+            errors,
+            sources: files.iter().map(|p| p.display().to_string()).collect(),
+        }
+    }
+
+    fn compile(
+        &self,
+        objects: &BTreeMap<ObjectKey, Object>,
+    ) -> (
+        portcullis_policy::Snapshot,
+        Vec<portcullis_policy::CompileError>,
+    ) {
+        let mut routes = Vec::new();
+        let mut policies = Vec::new();
+        let mut secrets = Vec::new();
+        for obj in objects.values() {
+            match obj {
+                Object::Route(r) => routes.push(r.clone()),
+                Object::Policy(p) => policies.push(p.clone()),
+                Object::Secret(s) => secrets.push(s.clone()),
+            }
+        }
+        compile_with(&self.options, &routes, &policies, &secrets)
+    }
+}
+
+fn same(a: &Object, b: &Object) -> bool {
+    match (a, b) {
+        (Object::Route(a), Object::Route(b)) => a.spec == b.spec,
+        (Object::Policy(a), Object::Policy(b)) => a.spec == b.spec,
+        (Object::Secret(a), Object::Secret(b)) => {
+            a.data == b.data && a.string_data == b.string_data
+        }
+        _ => false,
+    }
+}
+
+/// Watches the directory and reloads on every change (debounced by `debounce`). Runs
+/// until the process ends.
+pub async fn run_watch(
+    mut manifests: ManifestDir,
+    config: Arc<LiveConfig>,
+    metrics: Metrics,
+    debounce: Duration,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok() {
+            let _ = tx.send(());
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            error!(error = %e, "cannot watch the manifest directory; changes will not be picked up");
+            return std::future::pending().await;
+        }
+    };
+    if let Err(e) = watcher.watch(manifests.dir(), RecursiveMode::NonRecursive) {
+        error!(error = %e, dir = %manifests.dir().display(), "cannot watch the manifest directory");
+        return std::future::pending().await;
+    }
+    while rx.recv().await.is_some() {
+        // Debounce: editors write files in several steps.
+        tokio::time::sleep(debounce).await;
+        while rx.try_recv().is_ok() {}
+        apply(&mut manifests, &config, &metrics);
+    }
+}
+
+/// One load-and-apply, with logging and metrics.
+pub fn apply(manifests: &mut ManifestDir, config: &LiveConfig, metrics: &Metrics) {
+    let started = Instant::now();
+    let loaded = manifests.load();
+    metrics
+        .compile_duration
+        .observe(started.elapsed().as_secs_f64());
+    for e in &loaded.errors {
+        error!(error = %e, "manifest problem");
+    }
+    let result = if loaded.errors.is_empty() {
+        "applied"
+    } else {
+        "partial"
+    };
+    metrics.config_reloads.with_label_values(&[result]).inc();
+    let stats = loaded.snapshot.stats();
+    info!(
+        version = loaded.snapshot.version(),
+        routes = stats.routes,
+        policies = stats.policies,
+        revocations = stats.revocations,
+        errors = loaded.errors.len(),
+        "config applied"
+    );
+    config.apply(loaded.snapshot, loaded.sources, loaded.errors);
+}

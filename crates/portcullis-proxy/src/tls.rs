@@ -1,0 +1,117 @@
+//! TLS termination with rustls: certificate and key read from PEM files, re-read when the
+//! files change (checked every second), so a renewed certificate (cert-manager, a
+//! rotated Secret) takes effect without a restart. A broken new pair is reported and the
+//! old one keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+/// Why a certificate pair could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file holds no certificate or key.
+    #[error("{0}: no PEM certificate or private key found")]
+    Empty(PathBuf),
+    /// The key is unusable.
+    #[error("{path}: unusable private key: {message}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What rustls said.
+        message: String,
+    },
+}
+
+#[derive(Debug)]
+struct Resolver(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.to_owned(),
+            source,
+        })
+    };
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsError::Empty(cert.to_owned()));
+    }
+    let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| TlsError::Empty(key.to_owned()))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| TlsError::Key {
+            path: key.to_owned(),
+            message: e.to_string(),
+        })?;
+    Ok(CertifiedKey::new(certs, signing))
+}
+
+fn mtimes(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((m(cert)?, m(key)?))
+}
+
+/// Builds an acceptor (ALPN `h2`, `http/1.1`) from PEM files and starts watching them.
+pub fn acceptor(cert: PathBuf, key: PathBuf) -> Result<TlsAcceptor, TlsError> {
+    let resolver = Arc::new(Resolver(ArcSwap::from_pointee(load(&cert, &key)?)));
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("default protocol versions are valid")
+    .with_no_client_auth()
+    .with_cert_resolver(resolver.clone());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut seen = mtimes(&cert, &key);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let now = mtimes(&cert, &key);
+            if now.is_none() || now == seen {
+                continue;
+            }
+            seen = now;
+            match load(&cert, &key) {
+                Ok(ck) => {
+                    resolver.0.store(Arc::new(ck));
+                    info!(cert = %cert.display(), "TLS certificate reloaded");
+                }
+                Err(e) => {
+                    warn!(error = %e, "TLS certificate not reloaded; the previous one stays in use")
+                }
+            }
+        }
+    });
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
