@@ -9,6 +9,10 @@
 //! No IO happens here; the enforcement core (`portcullis-policy`) turns these types into a
 //! `Snapshot`.
 
+// kube's `printcolumn(...)` attributes repeat `type_ = "string"`, which clippy mistakes
+// for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod route;
 pub mod status;
 pub mod token_policy;

@@ -9,12 +9,10 @@ use support::*;
 
 const HOST: &str = "api.example.com";
 
-fn decide(
-    f: &Fixture,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-) -> Result<Vec<(String, String)>, (u16, DenyReason, Option<String>)> {
+/// Allowed (forwarded headers) or denied (status, reason, challenge).
+type Outcome = Result<Vec<(String, String)>, (u16, DenyReason, Option<String>)>;
+
+fn decide(f: &Fixture, method: &str, path: &str, token: Option<&str>) -> Outcome {
     let header = token.map(|t| format!("Bearer {t}"));
     let mut req = RequestParts::new(method, HOST, path);
     if let Some(h) = &header {
@@ -23,7 +21,7 @@ fn decide(
     outcome(f.snapshot.authorize(&req))
 }
 
-fn outcome(d: Decision<'_>) -> Result<Vec<(String, String)>, (u16, DenyReason, Option<String>)> {
+fn outcome(d: Decision<'_>) -> Outcome {
     match d {
         Decision::Allow(a) => Ok(a
             .headers()
