@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-#[allow(dead_code)]
 mod echo;
-#[allow(dead_code)]
 mod token_cmd;
 
 /// Portcullis: a Kubernetes-native API gateway that makes bearer tokens safe to reuse.
@@ -33,6 +31,14 @@ enum Command {
     },
     /// Run the gateway from a directory of manifests, without a cluster.
     Standalone(StandaloneArgs),
+    /// Mint (dev keys only) and inspect tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: token_cmd::TokenCommand,
+    },
+    /// A tiny upstream that echoes requests as JSON (and streams SSE on /events): for the
+    /// quickstart and tests.
+    Echo(echo::EchoArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,6 +73,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crd { dir } => crd(dir),
         Command::Standalone(args) => runtime()?.block_on(standalone(args)),
+        Command::Token { cmd } => token_cmd::run(cmd),
+        Command::Echo(args) => runtime()?.block_on(echo::run(args)),
     }
 }
 
