@@ -359,7 +359,10 @@ pub async fn run_watch(
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok() {
+        // Reads (access events) are not changes.
+        if let Ok(ev) = ev
+            && !matches!(ev.kind, notify::EventKind::Access(_))
+        {
             let _ = tx.send(());
         }
     }) {
