@@ -13,6 +13,7 @@
 // for duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod push;
 pub mod route;
 pub mod status;
 pub mod token_policy;

@@ -20,6 +20,7 @@ use crate::status::ResourceStatus;
     category = "portcullis",
     namespaced,
     status = "ResourceStatus",
+    derive = "PartialEq",
     doc = "ApiRoute exposes a backend on a set of hosts and says which token scopes each path and method demands.",
     printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.hosts"),
     printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policyRef.name"),

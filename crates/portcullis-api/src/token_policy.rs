@@ -25,6 +25,7 @@ pub(crate) const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|
     category = "portcullis",
     namespaced,
     status = "ResourceStatus",
+    derive = "PartialEq",
     doc = "TokenPolicy says which bearer tokens are trusted, how their lifetime and claims are checked, and which are revoked.",
     printcolumn(
         name = "Issuers",

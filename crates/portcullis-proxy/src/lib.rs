@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod standalone;
+pub mod subscriber;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -137,6 +138,65 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
         rx,
     ));
     tracing::info!(%proxy_addr, %admin_addr, manifests = %opts.manifests.display(), "portcullis standalone listening");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        config,
+        metrics,
+        shutdown,
+    })
+}
+
+/// How to run a proxy fed by the controller.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Proxy listen address.
+    pub listen: SocketAddr,
+    /// Admin listen address.
+    pub admin: SocketAddr,
+    /// TLS certificate and key (PEM files), reloaded on change.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Limits against abuse.
+    pub limits: Limits,
+    /// The controller subscription.
+    pub subscriber: subscriber::SubscriberOptions,
+}
+
+/// Starts a proxy that takes its config from the controller: serves the persisted state
+/// (if any) at once, and the controller's config as soon as it arrives.
+pub async fn start_proxy(opts: ProxyOptions) -> Result<Running, StartError> {
+    let metrics = Metrics::new();
+    let config = Arc::new(LiveConfig::new(metrics.clone()));
+    let tls = match &opts.tls {
+        Some((cert, key)) => Some(tls::acceptor(cert.clone(), key.clone())?),
+        None => None,
+    };
+    let proxy = server::bind(opts.listen).await?;
+    let admin = server::bind(opts.admin).await?;
+    let proxy_addr = proxy.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let (shutdown, rx) = watch::channel(false);
+    let sub = subscriber::Subscriber::new(opts.subscriber.clone(), config.clone(), metrics.clone());
+    tokio::spawn(sub.run());
+    let pipeline = Arc::new(Pipeline::new(
+        config.clone(),
+        metrics.clone(),
+        opts.limits.clone(),
+    ));
+    tokio::spawn(server::serve_proxy(
+        proxy,
+        pipeline,
+        tls,
+        metrics.clone(),
+        rx.clone(),
+    ));
+    tokio::spawn(server::serve_admin(
+        admin,
+        config.clone(),
+        metrics.clone(),
+        rx,
+    ));
+    tracing::info!(%proxy_addr, %admin_addr, controller = %opts.subscriber.controller, "portcullis proxy listening");
     Ok(Running {
         proxy_addr,
         admin_addr,

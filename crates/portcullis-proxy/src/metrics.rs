@@ -1,8 +1,8 @@
 //! The proxy's Prometheus metrics: one registry, every name prefixed `portcullis_`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric the data plane exports.
@@ -37,6 +37,10 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Time to compile a config.
     pub compile_duration: Histogram,
+    /// 1 while a controller stream is up.
+    pub controller_connected: IntGauge,
+    /// Seconds since the controller was last heard from.
+    pub config_staleness: Gauge,
 }
 
 impl Metrics {
@@ -138,6 +142,14 @@ impl Metrics {
                     "Time to compile a config."
                 )
                 .buckets(latency)
+            )),
+            controller_connected: reg!(IntGauge::new(
+                "portcullis_controller_connected",
+                "1 while the proxy has a live config stream from the controller."
+            )),
+            config_staleness: reg!(Gauge::new(
+                "portcullis_config_staleness_seconds",
+                "Seconds since the controller was last heard from."
             )),
             registry,
         }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod cluster_cmd;
 mod echo;
 mod token_cmd;
 
@@ -39,6 +40,12 @@ enum Command {
     /// A tiny upstream that echoes requests as JSON (and streams SSE on /events): for the
     /// quickstart and tests.
     Echo(echo::EchoArgs),
+    /// Run the controller: watch ApiRoutes and TokenPolicies, write status, push config to proxies.
+    Controller(cluster_cmd::ControllerArgs),
+    /// Run a proxy that takes its config from the controller.
+    Proxy(cluster_cmd::ProxyArgs),
+    /// Add a revocation to a TokenPolicy in the cluster.
+    Revoke(cluster_cmd::RevokeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -63,7 +70,7 @@ struct StandaloneArgs {
     header_read_timeout: std::time::Duration,
 }
 
-fn duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn duration(s: &str) -> Result<std::time::Duration, String> {
     portcullis_api::parse_duration(s)
 }
 
@@ -75,6 +82,9 @@ fn main() -> anyhow::Result<()> {
         Command::Standalone(args) => runtime()?.block_on(standalone(args)),
         Command::Token { cmd } => token_cmd::run(cmd),
         Command::Echo(args) => runtime()?.block_on(echo::run(args)),
+        Command::Controller(args) => runtime()?.block_on(cluster_cmd::controller(args)),
+        Command::Proxy(args) => runtime()?.block_on(cluster_cmd::proxy(args)),
+        Command::Revoke(args) => runtime()?.block_on(cluster_cmd::revoke(args)),
     }
 }
 
@@ -114,7 +124,7 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -1,0 +1,271 @@
+//! The config push protocol between the controller and the proxies: types only, no IO.
+//!
+//! A proxy opens one long-lived HTTP/2 request, `POST /v1/stream?since=<version>&proxy=<id>`
+//! with `Authorization: Bearer <token>` and `Content-Type: application/x-ndjson`. Both
+//! directions are NDJSON: one JSON object per line.
+//!
+//! ```text
+//! controller -> proxy (response body)        proxy -> controller (request body)
+//!   {"type":"full", version, sources}          {"type":"ack", version}
+//!   {"type":"delta", from, version, ...}       (room for more: refetch, quota leases)
+//!   {"type":"heartbeat", version}
+//! ```
+//!
+//! * On connect the controller sends `full`, unless the proxy's `since` is a version it
+//!   still has deltas from, in which case it sends only those deltas (resume).
+//! * A `delta` applies on top of version `from` and yields `version`. Revocation-only
+//!   changes travel as `revocations` entries (added and removed entries of one policy), so
+//!   their size does not grow with the rest of the config.
+//! * Versions only go up. A proxy ignores any message whose version is not above the one
+//!   it enforces, and reconnects with `since` when a delta does not start at its version.
+//! * The proxy compiles the sources itself with `portcullis_policy::compile`: the same
+//!   compiler the controller ran, so both agree on what is enforced.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use serde::{Deserialize, Serialize};
+
+use crate::{ApiRoute, Revocation, TokenPolicy};
+
+/// Path of the stream endpoint.
+pub const STREAM_PATH: &str = "/v1/stream";
+
+/// `(kind, namespace, name)` of a source object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectKey {
+    /// `ApiRoute`, `TokenPolicy` or `Secret`.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// One input of the compiler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
+pub enum SourceObject {
+    /// An ApiRoute.
+    ApiRoute(ApiRoute),
+    /// A TokenPolicy.
+    TokenPolicy(TokenPolicy),
+    /// A Secret holding key material (only the referenced keys are sent).
+    Secret(Secret),
+}
+
+impl SourceObject {
+    /// The object's key.
+    pub fn key(&self) -> ObjectKey {
+        let (kind, meta) = match self {
+            SourceObject::ApiRoute(o) => ("ApiRoute", &o.metadata),
+            SourceObject::TokenPolicy(o) => ("TokenPolicy", &o.metadata),
+            SourceObject::Secret(o) => ("Secret", &o.metadata),
+        };
+        ObjectKey {
+            kind: kind.into(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// The whole input of a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceSet {
+    /// Objects by key.
+    pub objects: BTreeMap<String, SourceObject>,
+}
+
+impl SourceSet {
+    /// The map key of an object key.
+    pub fn map_key(key: &ObjectKey) -> String {
+        format!("{}/{}/{}", key.kind, key.namespace, key.name)
+    }
+
+    /// Inserts or replaces an object.
+    pub fn upsert(&mut self, obj: SourceObject) {
+        self.objects.insert(Self::map_key(&obj.key()), obj);
+    }
+
+    /// Splits into the compiler's three inputs.
+    pub fn split(&self) -> (Vec<ApiRoute>, Vec<TokenPolicy>, Vec<Secret>) {
+        let (mut r, mut p, mut s) = (Vec::new(), Vec::new(), Vec::new());
+        for o in self.objects.values() {
+            match o {
+                SourceObject::ApiRoute(x) => r.push(x.clone()),
+                SourceObject::TokenPolicy(x) => p.push(x.clone()),
+                SourceObject::Secret(x) => s.push(x.clone()),
+            }
+        }
+        (r, p, s)
+    }
+
+    /// The change from `self` to `next`: replaced and removed objects, with policies whose
+    /// only change is their revocations sent as revocation edits.
+    pub fn diff(&self, next: &SourceSet) -> Changes {
+        let mut changes = Changes::default();
+        for (k, new) in &next.objects {
+            match self.objects.get(k) {
+                Some(old) if old == new => {}
+                Some(SourceObject::TokenPolicy(old)) => match new {
+                    SourceObject::TokenPolicy(new_p) if only_revocations_differ(old, new_p) => {
+                        let removed: Vec<Revocation> = old
+                            .spec
+                            .revocations
+                            .iter()
+                            .filter(|r| !new_p.spec.revocations.contains(r))
+                            .cloned()
+                            .collect();
+                        let added: Vec<Revocation> = new_p
+                            .spec
+                            .revocations
+                            .iter()
+                            .filter(|r| !old.spec.revocations.contains(r))
+                            .cloned()
+                            .collect();
+                        changes.revocations.push(RevocationEdit {
+                            policy: new.key(),
+                            generation: new_p.metadata.generation,
+                            resource_version: new_p.metadata.resource_version.clone(),
+                            added,
+                            removed,
+                        });
+                    }
+                    _ => changes.upserts.push(new.clone()),
+                },
+                _ => changes.upserts.push(new.clone()),
+            }
+        }
+        for (k, old) in &self.objects {
+            if !next.objects.contains_key(k) {
+                changes.deletes.push(old.key());
+            }
+        }
+        changes
+    }
+
+    /// Applies changes in place. A revocation edit for a policy that is not present is an
+    /// error: the proxy must resynchronise.
+    pub fn apply(&mut self, changes: &Changes) -> Result<(), String> {
+        for key in &changes.deletes {
+            self.objects.remove(&Self::map_key(key));
+        }
+        for obj in &changes.upserts {
+            self.upsert(obj.clone());
+        }
+        for edit in &changes.revocations {
+            let Some(SourceObject::TokenPolicy(p)) =
+                self.objects.get_mut(&Self::map_key(&edit.policy))
+            else {
+                return Err(format!(
+                    "revocation edit for {} which is not present",
+                    edit.policy
+                ));
+            };
+            p.spec.revocations.retain(|r| !edit.removed.contains(r));
+            for r in &edit.added {
+                if !p.spec.revocations.contains(r) {
+                    p.spec.revocations.push(r.clone());
+                }
+            }
+            p.metadata.generation = edit.generation;
+            p.metadata.resource_version = edit.resource_version.clone();
+        }
+        Ok(())
+    }
+}
+
+fn only_revocations_differ(a: &TokenPolicy, b: &TokenPolicy) -> bool {
+    let mut a2 = a.spec.clone();
+    let mut b2 = b.spec.clone();
+    a2.revocations.clear();
+    b2.revocations.clear();
+    a2 == b2 && a.metadata.name == b.metadata.name && a.metadata.namespace == b.metadata.namespace
+}
+
+/// Changes between two versions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Changes {
+    /// Objects added or replaced whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upserts: Vec<SourceObject>,
+    /// Objects removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletes: Vec<ObjectKey>,
+    /// Revocation-only changes of policies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revocations: Vec<RevocationEdit>,
+}
+
+impl Changes {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.deletes.is_empty() && self.revocations.is_empty()
+    }
+}
+
+/// Revocations added to and removed from one policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationEdit {
+    /// The policy.
+    pub policy: ObjectKey,
+    /// The policy's new `metadata.generation`.
+    #[serde(default)]
+    pub generation: Option<i64>,
+    /// The policy's new `metadata.resourceVersion`.
+    #[serde(default)]
+    pub resource_version: Option<String>,
+    /// Entries added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<Revocation>,
+    /// Entries removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<Revocation>,
+}
+
+/// Controller -> proxy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerMessage {
+    /// The whole config at `version`.
+    Full {
+        /// Version.
+        version: u64,
+        /// Every source object.
+        sources: SourceSet,
+    },
+    /// Changes from `from` to `version`.
+    Delta {
+        /// The version the changes apply to.
+        from: u64,
+        /// The version they yield.
+        version: u64,
+        /// The changes.
+        #[serde(flatten)]
+        changes: Changes,
+    },
+    /// Nothing new; the controller's current version.
+    Heartbeat {
+        /// Version.
+        version: u64,
+    },
+}
+
+/// Proxy -> controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ProxyMessage {
+    /// The proxy enforces `version`.
+    Ack {
+        /// Version applied.
+        version: u64,
+    },
+}

@@ -1,0 +1,746 @@
+//! The Kubernetes side: watchers feed an in-memory [`Store`]; every change recompiles
+//! (debounced by a few ms) and publishes a new version; the leader writes status with
+//! server-side apply, emits Events for rejections, and prunes expired revocations.
+//!
+//! ```text
+//!  watch ApiRoute ─┐
+//!  watch TokenPolicy ─┼─▶ Store ──(debounce)──▶ compile ──▶ Publisher ──▶ push streams
+//!  watch Secret ───┤                                   └─▶ status (leader only, SSA)
+//!  watch Service ──┘                                   └─▶ prune expired revocations (leader)
+//! ```
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource, ResourceExt};
+use portcullis_api::push::{SourceObject, SourceSet};
+use portcullis_api::{ApiRoute, ResourceStatus, TokenPolicy};
+use portcullis_policy::{CompileError, CompileOptions};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::publisher::Publisher;
+use crate::registry::ProxyRegistry;
+use crate::status::{self, ObjectReport};
+
+/// The one field manager every status write uses.
+pub const FIELD_MANAGER: &str = "portcullis-controller";
+
+type Key = (String, String);
+
+fn key_of<K: ResourceExt>(o: &K) -> Key {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+fn rv_of<K: ResourceExt>(o: &K) -> u64 {
+    o.resource_version()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+// === Store ===
+
+/// The objects the controller has seen, kept current by the watchers.
+#[derive(Default)]
+pub struct Store {
+    inner: Mutex<StoreInner>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct StoreInner {
+    routes: BTreeMap<Key, ApiRoute>,
+    policies: BTreeMap<Key, TokenPolicy>,
+    secrets: BTreeMap<Key, Secret>,
+    services: HashSet<Key>,
+    /// Highest resourceVersion among deletions of routes and policies.
+    deleted_rv: u64,
+    /// Each watcher has listed everything once.
+    synced: HashSet<&'static str>,
+}
+
+/// Applies watcher events to a map, with Init/InitDone replacing the whole map atomically.
+fn apply_event<K: ResourceExt + Clone>(
+    map: &mut BTreeMap<Key, K>,
+    buffer: &mut Option<BTreeMap<Key, K>>,
+    ev: Event<K>,
+    deleted_rv: &mut u64,
+) -> bool {
+    match ev {
+        Event::Apply(o) => {
+            map.insert(key_of(&o), o);
+            false
+        }
+        Event::Delete(o) => {
+            *deleted_rv = (*deleted_rv).max(rv_of(&o));
+            map.remove(&key_of(&o));
+            false
+        }
+        Event::Init => {
+            *buffer = Some(BTreeMap::new());
+            false
+        }
+        Event::InitApply(o) => {
+            buffer
+                .get_or_insert_with(BTreeMap::new)
+                .insert(key_of(&o), o);
+            false
+        }
+        Event::InitDone => {
+            *map = buffer.take().unwrap_or_default();
+            true
+        }
+    }
+}
+
+impl Store {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StoreInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether every watcher has listed once.
+    pub fn synced(&self) -> bool {
+        self.lock().synced.len() == 4
+    }
+}
+
+async fn watch_kind<K>(
+    api: Api<K>,
+    store: Arc<Store>,
+    name: &'static str,
+    apply: fn(&mut StoreInner, &mut Option<BTreeMap<Key, K>>, Event<K>) -> bool,
+) where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let mut buffer = None;
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(ev) => {
+                let mut g = store.lock();
+                if apply(&mut g, &mut buffer, ev) {
+                    g.synced.insert(name);
+                }
+                drop(g);
+                store.changed.notify_one();
+            }
+            Err(e) => warn!(kind = name, error = %e, "watch failed; retrying with backoff"),
+        }
+    }
+}
+
+// === Leader election ===
+
+/// Holds (or waits for) the leader Lease.
+pub struct LeaderElection {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+    is_leader: AtomicBool,
+}
+
+impl LeaderElection {
+    /// Whether this replica holds the Lease now.
+    pub fn is_leader(&self) -> bool {
+        self.is_leader.load(Ordering::Acquire)
+    }
+
+    async fn step(&self) -> Result<bool, kube::Error> {
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let secs = self.duration.as_secs() as i32;
+        match self.api.get_opt(&self.name).await? {
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..Default::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(self.identity.clone()),
+                        lease_duration_seconds: Some(secs),
+                        acquire_time: Some(now.clone()),
+                        renew_time: Some(now),
+                        lease_transitions: Some(0),
+                        ..Default::default()
+                    }),
+                };
+                match self.api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => Ok(true),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+            Some(mut lease) => {
+                let spec = lease.spec.get_or_insert_with(Default::default);
+                let holder = spec.holder_identity.clone().unwrap_or_default();
+                let expired = spec
+                    .renew_time
+                    .as_ref()
+                    .map(|t| {
+                        t.0.as_second() + i64::from(spec.lease_duration_seconds.unwrap_or(secs))
+                            < now.0.as_second()
+                    })
+                    .unwrap_or(true);
+                if holder != self.identity && !holder.is_empty() && !expired {
+                    return Ok(false);
+                }
+                if holder != self.identity {
+                    spec.acquire_time = Some(now.clone());
+                    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+                    spec.holder_identity = Some(self.identity.clone());
+                }
+                spec.renew_time = Some(now);
+                spec.lease_duration_seconds = Some(secs);
+                // replace() carries resourceVersion: a concurrent taker loses with 409.
+                match self
+                    .api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        metrics: Metrics,
+        changed: Arc<Notify>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let retry = self.duration / 5;
+        loop {
+            let was = self.is_leader();
+            let now = match tokio::time::timeout(retry * 2, self.step()).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "leader election step failed");
+                    false
+                }
+                Err(_) => false,
+            };
+            self.is_leader.store(now, Ordering::Release);
+            metrics.leader.set(now as i64);
+            if now != was {
+                info!(identity = %self.identity, leader = now, "leadership changed");
+                changed.notify_one();
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(retry) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        if self.is_leader() {
+            // Step down so a standby takes over at once.
+            if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await
+                && let Some(spec) = lease.spec.as_mut()
+                && spec.holder_identity.as_deref() == Some(&self.identity)
+            {
+                spec.holder_identity = None;
+                let _ = self
+                    .api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await;
+            }
+            self.is_leader.store(false, Ordering::Release);
+        }
+    }
+}
+
+// === Controller ===
+
+/// How to run the controller.
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// Namespace of the leader Lease.
+    pub lease_namespace: String,
+    /// Name of the leader Lease.
+    pub lease_name: String,
+    /// This replica's identity (pod name).
+    pub identity: String,
+    /// Lease duration: a standby takes over this long after the leader stops renewing.
+    pub lease_duration: Duration,
+    /// Wait this long after a change before compiling, to batch bursts.
+    pub debounce: Duration,
+    /// Timeout of each status write.
+    pub write_timeout: Duration,
+    /// How often the leader looks for expired revocations.
+    pub prune_interval: Duration,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        Self {
+            lease_namespace: "default".into(),
+            lease_name: "portcullis-controller".into(),
+            identity: "portcullis-controller".into(),
+            lease_duration: Duration::from_secs(10),
+            debounce: Duration::from_millis(5),
+            write_timeout: Duration::from_secs(5),
+            prune_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Per object: the generation last published, and the version that first held it.
+type Programmed = HashMap<(String, Key), (Option<i64>, u64)>;
+
+/// Runs the controller until `shutdown`: watchers, compile loop, leader election, status.
+pub async fn run(
+    client: Client,
+    opts: ControllerOptions,
+    publisher: Arc<Publisher>,
+    registry: Arc<ProxyRegistry>,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+) {
+    let store = Arc::new(Store::default());
+    tokio::spawn(watch_kind(
+        Api::<ApiRoute>::all(client.clone()),
+        store.clone(),
+        "ApiRoute",
+        |s, b, e| apply_event(&mut s.routes, b, e, &mut s.deleted_rv),
+    ));
+    tokio::spawn(watch_kind(
+        Api::<TokenPolicy>::all(client.clone()),
+        store.clone(),
+        "TokenPolicy",
+        |s, b, e| apply_event(&mut s.policies, b, e, &mut s.deleted_rv),
+    ));
+    tokio::spawn(watch_kind(
+        Api::<Secret>::all(client.clone()),
+        store.clone(),
+        "Secret",
+        |s, b, e| {
+            let mut ignored = 0;
+            apply_event(&mut s.secrets, b, e, &mut ignored)
+        },
+    ));
+    tokio::spawn(watch_kind(
+        Api::<Service>::all(client.clone()),
+        store.clone(),
+        "Service",
+        |s, b, e| {
+            // Only names matter for Services.
+            match e {
+                Event::Apply(o) | Event::InitApply(o) => {
+                    if b.is_some() {
+                        b.get_or_insert_with(BTreeMap::new).insert(key_of(&o), o);
+                    } else {
+                        s.services.insert(key_of(&o));
+                    }
+                    false
+                }
+                Event::Delete(o) => {
+                    s.services.remove(&key_of(&o));
+                    false
+                }
+                Event::Init => {
+                    *b = Some(BTreeMap::new());
+                    false
+                }
+                Event::InitDone => {
+                    s.services = b.take().unwrap_or_default().into_keys().collect();
+                    true
+                }
+            }
+        },
+    ));
+
+    let leader = Arc::new(LeaderElection {
+        api: Api::namespaced(client.clone(), &opts.lease_namespace),
+        name: opts.lease_name.clone(),
+        identity: opts.identity.clone(),
+        duration: opts.lease_duration,
+        is_leader: AtomicBool::new(false),
+    });
+    let leader_changed = Arc::new(Notify::new());
+    tokio::spawn(
+        leader
+            .clone()
+            .run(metrics.clone(), leader_changed.clone(), shutdown.clone()),
+    );
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(opts.identity.clone()),
+        },
+    );
+    let mut programmed: Programmed = HashMap::new();
+    let mut last_errors: Vec<CompileError> = Vec::new();
+    let mut warned: HashSet<(String, Key, Option<i64>, String)> = HashSet::new();
+    let mut prune_tick = tokio::time::interval(opts.prune_interval);
+    let mut status_tick = tokio::time::interval(Duration::from_secs(2));
+    let mut shutdown = shutdown;
+    loop {
+        let mut recompile = false;
+        tokio::select! {
+            _ = store.changed.notified() => recompile = true,
+            _ = registry.changed.notified() => {}
+            _ = leader_changed.notified() => {}
+            _ = status_tick.tick() => {}
+            _ = prune_tick.tick() => {
+                if leader.is_leader() && store.synced() {
+                    prune(&client, &store, &metrics).await;
+                }
+                continue;
+            }
+            _ = shutdown.changed() => break,
+        }
+        if recompile {
+            tokio::time::sleep(opts.debounce).await;
+            if !store.synced() {
+                continue;
+            }
+            let started = Instant::now();
+            let (sources, at_least, errors) = compile_store(&store);
+            metrics
+                .compile_duration
+                .observe(started.elapsed().as_secs_f64());
+            for kind in ["ApiRoute", "TokenPolicy"] {
+                metrics.reconciles.with_label_values(&[kind]).inc();
+            }
+            for e in &errors {
+                metrics
+                    .reconcile_errors
+                    .with_label_values(&[e.kind, e.reason])
+                    .inc();
+            }
+            if let Some(v) = publisher.publish(sources.clone(), at_least) {
+                metrics.snapshot_version.set(v as i64);
+                info!(
+                    version = v,
+                    objects = sources.objects.len(),
+                    errors = errors.len(),
+                    "published config"
+                );
+            }
+            let version = publisher.current().0;
+            for obj in sources.objects.values() {
+                let (kind, key, generation) = match obj {
+                    SourceObject::ApiRoute(r) => ("ApiRoute", key_of(r), r.metadata.generation),
+                    SourceObject::TokenPolicy(p) => {
+                        ("TokenPolicy", key_of(p), p.metadata.generation)
+                    }
+                    SourceObject::Secret(_) => continue,
+                };
+                let entry = programmed
+                    .entry((kind.into(), key))
+                    .or_insert((generation, version));
+                if entry.0 != generation {
+                    *entry = (generation, version);
+                }
+            }
+            last_errors = errors;
+        }
+        if leader.is_leader() && store.synced() {
+            write_statuses(
+                &client,
+                &store,
+                &registry,
+                &programmed,
+                &last_errors,
+                &recorder,
+                &mut warned,
+                &metrics,
+                opts.write_timeout,
+            )
+            .await;
+        }
+    }
+}
+
+/// Builds the published source set from the store and compiles it for errors.
+fn compile_store(store: &Store) -> (SourceSet, u64, Vec<CompileError>) {
+    let g = store.lock();
+    let mut set = SourceSet::default();
+    let mut at_least = g.deleted_rv;
+    let mut wanted_secrets: HashMap<Key, HashSet<String>> = HashMap::new();
+    for p in g.policies.values() {
+        at_least = at_least.max(rv_of(p));
+        for iss in &p.spec.issuers {
+            if let Some(r) = &iss.jwks.secret_ref {
+                wanted_secrets
+                    .entry((p.namespace().unwrap_or_default(), r.name.clone()))
+                    .or_default()
+                    .insert(r.key.clone());
+            }
+        }
+        let mut clean = TokenPolicy::new(&p.name_any(), p.spec.clone());
+        clean.metadata = slim_meta(&p.metadata);
+        set.upsert(SourceObject::TokenPolicy(clean));
+    }
+    for r in g.routes.values() {
+        at_least = at_least.max(rv_of(r));
+        let mut clean = ApiRoute::new(&r.name_any(), r.spec.clone());
+        clean.metadata = slim_meta(&r.metadata);
+        set.upsert(SourceObject::ApiRoute(clean));
+    }
+    for (key, keys) in &wanted_secrets {
+        if let Some(s) = g.secrets.get(key) {
+            at_least = at_least.max(rv_of(s));
+            let data: BTreeMap<String, ByteString> = s
+                .data
+                .iter()
+                .flatten()
+                .filter(|(k, _)| keys.contains(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            set.upsert(SourceObject::Secret(Secret {
+                metadata: ObjectMeta {
+                    name: Some(key.1.clone()),
+                    namespace: Some(key.0.clone()),
+                    ..Default::default()
+                },
+                data: Some(data),
+                ..Default::default()
+            }));
+        }
+    }
+    let (routes, policies, secrets) = set.split();
+    let (_, mut errors) = portcullis_policy::compile_with(
+        &CompileOptions {
+            validate_cel: false,
+            ..Default::default()
+        },
+        &routes,
+        &policies,
+        &secrets,
+    );
+    // Service backends must exist (the route still serves; its requests get 502 until then).
+    for r in g.routes.values() {
+        if let Some(svc) = &r.spec.backend.service {
+            let ns = r.namespace().unwrap_or_default();
+            if !g.services.contains(&(ns.clone(), svc.name.clone())) {
+                errors.push(CompileError {
+                    kind: "ApiRoute",
+                    namespace: ns.clone(),
+                    name: r.name_any(),
+                    path: "spec.backend.service.name".into(),
+                    message: format!("Service {ns}/{} not found", svc.name),
+                    reason: "BackendNotFound",
+                });
+            }
+        }
+    }
+    (set, at_least, errors)
+}
+
+fn slim_meta(m: &ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        generation: m.generation,
+        creation_timestamp: m.creation_timestamp.clone(),
+        ..Default::default()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_statuses(
+    client: &Client,
+    store: &Store,
+    registry: &ProxyRegistry,
+    programmed: &Programmed,
+    errors: &[CompileError],
+    recorder: &Recorder,
+    warned: &mut HashSet<(String, Key, Option<i64>, String)>,
+    metrics: &Metrics,
+    timeout: Duration,
+) {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    // (kind, key, generation, current status, object reference)
+    let objects: Vec<(
+        &'static str,
+        Key,
+        Option<i64>,
+        Option<ResourceStatus>,
+        k8s_openapi::api::core::v1::ObjectReference,
+    )> = {
+        let g = store.lock();
+        g.routes
+            .values()
+            .map(|r| {
+                (
+                    "ApiRoute",
+                    key_of(r),
+                    r.metadata.generation,
+                    r.status.clone(),
+                    r.object_ref(&()),
+                )
+            })
+            .chain(g.policies.values().map(|p| {
+                (
+                    "TokenPolicy",
+                    key_of(p),
+                    p.metadata.generation,
+                    p.status.clone(),
+                    p.object_ref(&()),
+                )
+            }))
+            .collect()
+    };
+    let mut by_object: HashMap<(&str, &str, &str), Vec<&CompileError>> = HashMap::new();
+    for e in errors {
+        by_object
+            .entry((e.kind, &e.namespace, &e.name))
+            .or_default()
+            .push(e);
+    }
+    for (kind, key, generation, current, oref) in objects {
+        let errs = by_object
+            .get(&(kind, key.0.as_str(), key.1.as_str()))
+            .cloned()
+            .unwrap_or_default();
+        let proxies = match programmed.get(&(kind.to_string(), key.clone())) {
+            Some((g, v)) if *g == generation => registry.programmed(*v),
+            _ => (0, registry.connected()),
+        };
+        let report = ObjectReport {
+            generation,
+            errors: errs.clone(),
+            proxies,
+        };
+        let desired = status::desired(&report, current.as_ref(), &now);
+        if !status::differs(current.as_ref(), &desired) {
+            continue;
+        }
+        let patch = serde_json::json!({
+            "apiVersion": "portcullis.dev/v1alpha1",
+            "kind": kind,
+            "status": desired,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let write = async {
+            match kind {
+                "ApiRoute" => Api::<ApiRoute>::namespaced(client.clone(), &key.0)
+                    .patch_status(&key.1, &params, &Patch::Apply(&patch))
+                    .await
+                    .map(|_| ()),
+                _ => Api::<TokenPolicy>::namespaced(client.clone(), &key.0)
+                    .patch_status(&key.1, &params, &Patch::Apply(&patch))
+                    .await
+                    .map(|_| ()),
+            }
+        };
+        let result = match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => "ok",
+            Ok(Err(e)) => {
+                warn!(%kind, ns = %key.0, name = %key.1, error = %e, "status write failed");
+                "error"
+            }
+            Err(_) => "timeout",
+        };
+        metrics
+            .status_writes
+            .with_label_values(&[kind, result])
+            .inc();
+        // A Warning Event per rejection, once per generation and reason.
+        for e in &errs {
+            if e.reason == "RuleConflict" && errs.len() > 1 {
+                continue;
+            }
+            let id = (
+                kind.to_string(),
+                key.clone(),
+                generation,
+                e.reason.to_string(),
+            );
+            if warned.insert(id) {
+                let ev = KEvent {
+                    type_: EventType::Warning,
+                    reason: e.reason.into(),
+                    note: Some(
+                        format!("{}: {}", e.path, e.message)
+                            .chars()
+                            .take(1000)
+                            .collect(),
+                    ),
+                    action: "Compile".into(),
+                    secondary: None,
+                };
+                if let Err(err) = recorder.publish(&ev, &oref).await {
+                    debug!(error = %err, "event not published");
+                }
+            }
+        }
+    }
+}
+
+/// Removes revocations whose `expiresAt` has passed (leader only), with a JSON patch that
+/// tests the resourceVersion so a concurrent edit is never overwritten.
+async fn prune(client: &Client, store: &Store, metrics: &Metrics) {
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let candidates: Vec<TokenPolicy> = store.lock().policies.values().cloned().collect();
+    for p in candidates {
+        let expired = |r: &portcullis_api::Revocation| {
+            r.expires_at
+                .as_deref()
+                .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                .is_some_and(|t| t.as_second() <= now)
+        };
+        if !p.spec.revocations.iter().any(expired) {
+            continue;
+        }
+        let kept: Vec<_> = p
+            .spec
+            .revocations
+            .iter()
+            .filter(|r| !expired(r))
+            .cloned()
+            .collect();
+        let removed = p.spec.revocations.len() - kept.len();
+        let ops = serde_json::json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": p.resource_version()},
+            {"op": "replace", "path": "/spec/revocations", "value": kept},
+        ]);
+        let ns = p.namespace().unwrap_or_default();
+        match raw_json_patch(client, &ns, &p.name_any(), &ops).await {
+            Ok(()) => {
+                metrics
+                    .pruned
+                    .with_label_values(&[&ns])
+                    .inc_by(removed as u64);
+                info!(policy = %format!("{ns}/{}", p.name_any()), removed, "pruned expired revocations");
+            }
+            Err(e) => debug!(error = %e, "prune skipped; will retry"),
+        }
+    }
+}
+
+/// Sends an RFC 6902 JSON patch to a TokenPolicy.
+async fn raw_json_patch(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    ops: &serde_json::Value,
+) -> Result<(), kube::Error> {
+    let url = format!("/apis/portcullis.dev/v1alpha1/namespaces/{ns}/tokenpolicies/{name}");
+    let req = http::Request::patch(url)
+        .header(http::header::CONTENT_TYPE, "application/json-patch+json")
+        .body(serde_json::to_vec(ops).unwrap_or_default())
+        .map_err(kube::Error::HttpError)?;
+    let _: serde_json::Value = client.request(req).await?;
+    Ok(())
+}

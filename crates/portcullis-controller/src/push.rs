@@ -1,0 +1,269 @@
+//! The push endpoint: `POST /v1/stream` (see `portcullis_api::push` for the protocol),
+//! plus `/metrics`, `/healthz` and `/readyz`, on the controller's own port. Every replica
+//! serves streams.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use portcullis_api::push::{ProxyMessage, STREAM_PATH, ServerMessage};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::auth::ProxyAuth;
+use crate::metrics::Metrics;
+use crate::publisher::{Catchup, Publisher};
+use crate::registry::ProxyRegistry;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Everything the push endpoint needs.
+pub struct PushState {
+    /// The config being published.
+    pub publisher: Arc<Publisher>,
+    /// Connected proxies.
+    pub registry: Arc<ProxyRegistry>,
+    /// Who may subscribe.
+    pub auth: ProxyAuth,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+}
+
+/// Serves until `shutdown` turns true; open streams then end, so proxies reconnect to
+/// another replica.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<PushState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let addr = listener.local_addr().ok();
+    info!(?addr, "push endpoint listening");
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                let shutdown = shutdown.clone();
+                async move { Ok::<_, Infallible>(route(req, peer, state, shutdown).await) }
+            });
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            b.http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(Duration::from_secs(20)));
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            let _ = b.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+async fn route(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    state: Arc<PushState>,
+    shutdown: watch::Receiver<bool>,
+) -> Response<Body> {
+    match (req.method().as_str(), req.uri().path()) {
+        ("POST", STREAM_PATH) => stream(req, peer, state, shutdown).await,
+        ("GET", "/metrics") => text(StatusCode::OK, state.metrics.render()),
+        ("GET", "/healthz") => text(StatusCode::OK, "ok\n"),
+        ("GET", "/readyz") if state.publisher.current().0 > 0 => text(StatusCode::OK, "ready\n"),
+        ("GET", "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "no config compiled yet\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+fn line(msg: &ServerMessage) -> Bytes {
+    let mut v = serde_json::to_vec(msg).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+async fn stream(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    state: Arc<PushState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Response<Body> {
+    let identity = match state
+        .auth
+        .check(
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        )
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            state.metrics.refused.with_label_values(&[e.label()]).inc();
+            warn!(%peer, reason = e.label(), "config stream refused");
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+            let mut r = text(
+                status,
+                format!("{}\n", status.canonical_reason().unwrap_or("refused")),
+            );
+            if status == StatusCode::UNAUTHORIZED {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"portcullis-controller\""),
+                );
+            }
+            return r;
+        }
+    };
+    let since = match query_param(req.uri().query(), "since").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => return text(StatusCode::BAD_REQUEST, "since must be a version number\n"),
+    };
+    let proxy_name = query_param(req.uri().query(), "proxy")
+        .unwrap_or("-")
+        .to_owned();
+    if let Some(since) = since
+        && since > state.publisher.current().0
+    {
+        let v = state.publisher.raise_floor(since);
+        info!(proxy = %proxy_name, since, version = v, "a proxy holds a newer version than this replica; moved above it");
+    }
+    let id = state.registry.connect(identity.clone());
+    state
+        .metrics
+        .connected_proxies
+        .set(state.registry.connected() as i64);
+    info!(proxy = %proxy_name, %identity, %peer, ?since, "proxy subscribed");
+
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    }));
+    let incoming = req.into_body();
+
+    // Acks from the proxy.
+    let ack_task = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut body = incoming;
+            let mut buf = Vec::new();
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                buf.extend_from_slice(&data);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let l: Vec<u8> = buf.drain(..=pos).collect();
+                    match serde_json::from_slice::<ProxyMessage>(&l) {
+                        Ok(ProxyMessage::Ack { version }) => {
+                            state.registry.ack(id, version);
+                            if let Some(created) = state.publisher.created_at(version) {
+                                state
+                                    .metrics
+                                    .push_latency
+                                    .with_label_values(&["any"])
+                                    .observe(created.elapsed().as_secs_f64());
+                            }
+                        }
+                        Err(e) => debug!(error = %e, "unreadable message from a proxy"),
+                    }
+                }
+                if buf.len() > 1 << 20 {
+                    break;
+                }
+            }
+        })
+    };
+
+    // Config to the proxy.
+    let state2 = state.clone();
+    tokio::spawn(async move {
+        let mut versions = state2.publisher.subscribe();
+        let mut sent = since;
+        let mut heartbeat = tokio::time::interval(state2.heartbeat);
+        heartbeat.tick().await;
+        'outer: loop {
+            match state2.publisher.catchup(sent) {
+                Catchup::UpToDate => {}
+                Catchup::Full(msg) => {
+                    if let ServerMessage::Full { version, .. } = &msg {
+                        sent = Some(*version);
+                    }
+                    if tx.send(line(&msg)).await.is_err() {
+                        break;
+                    }
+                }
+                Catchup::Deltas(msgs) => {
+                    for msg in msgs {
+                        if let ServerMessage::Delta { version, .. } = &msg {
+                            sent = Some(*version);
+                        }
+                        if tx.send(line(&msg)).await.is_err() {
+                            break 'outer;
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                r = versions.changed() => if r.is_err() { break },
+                _ = heartbeat.tick() => {
+                    let version = state2.publisher.current().0;
+                    if tx.send(line(&ServerMessage::Heartbeat { version })).await.is_err() {
+                        break;
+                    }
+                }
+                _ = tx.closed() => break,
+                _ = shutdown.changed() => break,
+            }
+        }
+        ack_task.abort();
+        state2.registry.disconnect(id);
+        state2
+            .metrics
+            .connected_proxies
+            .set(state2.registry.connected() as i64);
+        info!(proxy = %proxy_name, "proxy stream ended");
+    });
+
+    let mut resp = Response::new(body.boxed());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    resp
+}

@@ -1,0 +1,395 @@
+//! `portcullis proxy --controller URL`: subscribes to the controller's config stream
+//! (protocol in `portcullis_api::push`), compiles what it receives with the same compiler
+//! the controller runs, swaps the snapshot in atomically and acknowledges the version.
+//!
+//! * The controller gone: the last good snapshot keeps serving; reconnects back off
+//!   exponentially with full jitter (100 ms to 10 s).
+//! * Versions only go up: a message not above the version in force is ignored, so a
+//!   reconnect or an older replica can never un-apply a revocation.
+//! * With `--state-file`, every applied config is persisted (written to a temporary file
+//!   and renamed), and a restarted proxy serves it before it reconnects.
+//! * The bearer token is re-read from its file on every connect: projected ServiceAccount
+//!   tokens rotate.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis_api::push::{ProxyMessage, STREAM_PATH, ServerMessage, SourceSet};
+use portcullis_policy::{CompileOptions, compile_with};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::LiveConfig;
+use crate::metrics::Metrics;
+
+/// How to subscribe.
+#[derive(Debug, Clone)]
+pub struct SubscriberOptions {
+    /// The controller's push endpoint, `http://host:port` (h2c) or `https://...` (h2).
+    pub controller: Uri,
+    /// A file holding the bearer token (a projected ServiceAccount token in a cluster).
+    pub token_file: Option<PathBuf>,
+    /// This proxy's name (pod name), for the controller's logs.
+    pub name: String,
+    /// Where to persist the applied config.
+    pub state_file: Option<PathBuf>,
+    /// Compile options (clock, cache sizes).
+    pub compile: CompileOptions,
+    /// Extra CA certificates (PEM) for an https controller.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PersistedState {
+    version: u64,
+    sources: SourceSet,
+}
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Could not connect.
+    #[error("connecting to the controller: {0}")]
+    Connect(String),
+    /// The controller refused the stream.
+    #[error("the controller refused the stream: {0}")]
+    Refused(StatusCode),
+    /// The stream broke.
+    #[error("stream broken: {0}")]
+    Broken(String),
+    /// A delta did not apply: resubscribe from our version.
+    #[error("out of sync: {0}")]
+    OutOfSync(String),
+}
+
+/// The proxy's side of the stream.
+pub struct Subscriber {
+    opts: SubscriberOptions,
+    config: Arc<LiveConfig>,
+    metrics: Metrics,
+    version: u64,
+    sources: SourceSet,
+    last_contact: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl Subscriber {
+    /// A subscriber; loads the state file, if any, and applies it at once.
+    pub fn new(opts: SubscriberOptions, config: Arc<LiveConfig>, metrics: Metrics) -> Self {
+        let mut s = Self {
+            opts,
+            config,
+            metrics,
+            version: 0,
+            sources: SourceSet::default(),
+            last_contact: Default::default(),
+        };
+        if let Some(path) = s.opts.state_file.clone() {
+            match std::fs::read(&path).map(|b| serde_json::from_slice::<PersistedState>(&b)) {
+                Ok(Ok(state)) => {
+                    info!(version = state.version, path = %path.display(), "serving the persisted config until the controller answers");
+                    s.apply(state.version, state.sources, "state-file");
+                }
+                Ok(Err(e)) => {
+                    warn!(path = %path.display(), error = %e, "state file unreadable; ignoring it")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "state file unreadable; ignoring it")
+                }
+            }
+        }
+        s
+    }
+
+    /// The version in force.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn apply(&mut self, version: u64, sources: SourceSet, origin: &str) {
+        let (routes, policies, secrets) = sources.split();
+        let options = CompileOptions {
+            validate_cel: false,
+            ..self.opts.compile.clone()
+        };
+        let (snapshot, errors) = compile_with(&options, &routes, &policies, &secrets);
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        self.config.apply(
+            snapshot.with_version(version),
+            vec![origin.to_owned()],
+            errors,
+        );
+        self.version = version;
+        self.sources = sources;
+        if let Some(path) = &self.opts.state_file
+            && let Err(e) = persist(path, self.version, &self.sources)
+        {
+            warn!(path = %path.display(), error = %e, "could not persist the config");
+        }
+    }
+
+    /// Runs forever: connect, stream, back off, reconnect.
+    pub async fn run(mut self) {
+        // Staleness: seconds since the controller was last heard from.
+        let contact = self.last_contact.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let since = contact
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or(started);
+                metrics.config_staleness.set(since.elapsed().as_secs_f64());
+            }
+        });
+        let mut failures: u32 = 0;
+        loop {
+            let started = Instant::now();
+            let result = self.stream_once().await;
+            self.metrics.controller_connected.set(0);
+            match &result {
+                Err(StreamError::OutOfSync(why)) => {
+                    info!(reason = %why, version = self.version, "resubscribing")
+                }
+                Err(e) => {
+                    warn!(error = %e, version = self.version, "controller stream ended; serving the last good config")
+                }
+                Ok(()) => info!(version = self.version, "controller closed the stream"),
+            }
+            if started.elapsed() > Duration::from_secs(30)
+                || matches!(result, Err(StreamError::OutOfSync(_)))
+            {
+                failures = 0;
+            }
+            let delay = backoff(failures);
+            failures = failures.saturating_add(1);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn read_token(&self) -> Option<String> {
+        let path = self.opts.token_file.as_ref()?;
+        match std::fs::read_to_string(path) {
+            Ok(t) => Some(t.trim().to_owned()),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot read the controller token");
+                None
+            }
+        }
+    }
+
+    async fn stream_once(&mut self) -> Result<(), StreamError> {
+        let uri = &self.opts.controller;
+        let host = uri
+            .host()
+            .ok_or_else(|| StreamError::Connect("the controller URL has no host".into()))?
+            .to_owned();
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(5),
+            TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| StreamError::Connect("timed out".into()))?
+        .map_err(|e| StreamError::Connect(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let mut sender = if https {
+            let tls = self.tls_connector()?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| StreamError::Connect(e.to_string()))?;
+            let stream = tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| StreamError::Connect(e.to_string()))?;
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .map_err(|e| StreamError::Connect(e.to_string()))?;
+            tokio::spawn(conn);
+            sender
+        } else {
+            let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .keep_alive_interval(Duration::from_secs(20))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| StreamError::Connect(e.to_string()))?;
+            tokio::spawn(conn);
+            sender
+        };
+
+        let (ack_tx, ack_rx) = mpsc::channel::<Bytes>(16);
+        let body = StreamBody::new(Box::pin(futures::stream::unfold(
+            ack_rx,
+            |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, std::convert::Infallible>(Frame::data(b)), rx))
+            },
+        )));
+        let since = if self.version > 0 {
+            format!("since={}&", self.version)
+        } else {
+            String::new()
+        };
+        let path = format!("{STREAM_PATH}?{since}proxy={}", self.opts.name);
+        let mut req = Request::post(format!(
+            "{}://{}{}",
+            if https { "https" } else { "http" },
+            uri.authority().map(|a| a.as_str()).unwrap_or(&host),
+            path
+        ))
+        .header(header::CONTENT_TYPE, "application/x-ndjson");
+        if let Some(token) = self.read_token() {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req
+            .body(body)
+            .map_err(|e| StreamError::Connect(e.to_string()))?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+            .await
+            .map_err(|_| StreamError::Connect("no answer".into()))?
+            .map_err(|e| StreamError::Connect(e.to_string()))?;
+        if resp.status() != StatusCode::OK {
+            return Err(StreamError::Refused(resp.status()));
+        }
+        self.metrics.controller_connected.set(1);
+        self.touch();
+        info!(controller = %uri, since = self.version, "subscribed to the controller");
+
+        let mut body = resp.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        // The controller sends a heartbeat every few seconds; silence means a dead peer.
+        let idle = Duration::from_secs(30);
+        loop {
+            let frame = match tokio::time::timeout(idle, body.frame()).await {
+                Err(_) => return Err(StreamError::Broken("no heartbeat".into())),
+                Ok(None) => return Ok(()),
+                Ok(Some(Err(e))) => return Err(StreamError::Broken(e.to_string())),
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let msg: ServerMessage = serde_json::from_slice(&line)
+                    .map_err(|e| StreamError::Broken(format!("unreadable message: {e}")))?;
+                self.touch();
+                if let Some(applied) = self.handle(msg)? {
+                    let mut ack = serde_json::to_vec(&ProxyMessage::Ack { version: applied })
+                        .unwrap_or_default();
+                    ack.push(b'\n');
+                    let _ = ack_tx.send(Bytes::from(ack)).await;
+                }
+            }
+            if buf.len() > 256 << 20 {
+                return Err(StreamError::Broken("message too large".into()));
+            }
+        }
+    }
+
+    fn touch(&self) {
+        *self.last_contact.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Applies one message; returns the version to acknowledge.
+    fn handle(&mut self, msg: ServerMessage) -> Result<Option<u64>, StreamError> {
+        match msg {
+            ServerMessage::Full { version, sources } => {
+                if version < self.version || (version == self.version && self.version > 0) {
+                    // Stale or repeated: keep what we have, but say what we enforce.
+                    info!(
+                        offered = version,
+                        current = self.version,
+                        "ignoring a config not newer than the one in force"
+                    );
+                    return Ok(Some(self.version));
+                }
+                self.apply(version, sources, "controller");
+                Ok(Some(version))
+            }
+            ServerMessage::Delta {
+                from,
+                version,
+                changes,
+            } => {
+                if version <= self.version {
+                    return Ok(Some(self.version));
+                }
+                if from != self.version {
+                    return Err(StreamError::OutOfSync(format!(
+                        "delta from {from}, we hold {}",
+                        self.version
+                    )));
+                }
+                let mut next = self.sources.clone();
+                next.apply(&changes).map_err(StreamError::OutOfSync)?;
+                self.apply(version, next, "controller");
+                Ok(Some(version))
+            }
+            ServerMessage::Heartbeat { .. } => Ok(None),
+        }
+    }
+
+    fn tls_connector(&self) -> Result<tokio_rustls::TlsConnector, StreamError> {
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = &self.opts.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| StreamError::Connect(format!("{}: {e}", ca.display())))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()).filter_map(Result::ok) {
+                let _ = roots.add(cert);
+            }
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StreamError::Connect(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+    }
+}
+
+fn persist(path: &Path, version: u64, sources: &SourceSet) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec(&PersistedState {
+        version,
+        sources: sources.clone(),
+    })
+    .map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
+}
+
+/// Exponential backoff with full jitter: a random delay up to 100 ms * 2^n, capped at 10 s.
+fn backoff(failures: u32) -> Duration {
+    let cap = Duration::from_millis(100)
+        .saturating_mul(1 << failures.min(7))
+        .min(Duration::from_secs(10));
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    // xorshift on the clock's nanoseconds: enough to spread reconnects.
+    let mut x = nanos ^ 0x9E37_79B9_7F4A_7C15;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    let frac = (x % 1000) as u32;
+    (cap * frac / 1000).max(Duration::from_millis(20))
+}
