@@ -15,6 +15,10 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;
 use sha2::{Digest, Sha256};
 
+/// Recent TokenReview answers by token SHA-256: the identity (None: not authenticated)
+/// and when it was asked.
+type ReviewCache = HashMap<[u8; 32], (Option<String>, Instant)>;
+
 /// The audience proxies' ServiceAccount tokens must carry.
 pub const AUDIENCE: &str = "portcullis";
 
@@ -68,7 +72,7 @@ pub enum ProxyAuth {
         /// Allowed ServiceAccounts, `namespace/name`.
         allowed: Vec<String>,
         /// Recent answers by token SHA-256: identity (or None: invalid) and when asked.
-        cache: Mutex<HashMap<[u8; 32], (Option<String>, Instant)>>,
+        cache: Mutex<ReviewCache>,
     },
 }
 
@@ -147,7 +151,7 @@ impl ProxyAuth {
                     .strip_prefix("system:serviceaccount:")
                     .map(|s| s.replacen(':', "/", 1));
                 match sa {
-                    Some(sa) if allowed.iter().any(|a| *a == sa) => Ok(sa),
+                    Some(sa) if allowed.contains(&sa) => Ok(sa),
                     _ => Err(AuthError::Forbidden(identity)),
                 }
             }

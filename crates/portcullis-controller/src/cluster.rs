@@ -41,6 +41,18 @@ pub const FIELD_MANAGER: &str = "portcullis-controller";
 
 type Key = (String, String);
 
+/// How one watcher's events change the store; true once its initial list is complete.
+type ApplyFn<K> = fn(&mut StoreInner, &mut Option<BTreeMap<Key, K>>, Event<K>) -> bool;
+
+/// An object whose status may need writing: kind, key, generation, current status, reference.
+type StatusTarget = (
+    &'static str,
+    Key,
+    Option<i64>,
+    Option<ResourceStatus>,
+    k8s_openapi::api::core::v1::ObjectReference,
+);
+
 fn key_of<K: ResourceExt>(o: &K) -> Key {
     (o.namespace().unwrap_or_default(), o.name_any())
 }
@@ -117,12 +129,8 @@ impl Store {
     }
 }
 
-async fn watch_kind<K>(
-    api: Api<K>,
-    store: Arc<Store>,
-    name: &'static str,
-    apply: fn(&mut StoreInner, &mut Option<BTreeMap<Key, K>>, Event<K>) -> bool,
-) where
+async fn watch_kind<K>(api: Api<K>, store: Arc<Store>, name: &'static str, apply: ApplyFn<K>)
+where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let mut buffer = None;
@@ -380,6 +388,16 @@ pub async fn run(
             .run(metrics.clone(), leader_changed.clone(), shutdown.clone()),
     );
 
+    // The current etcd revision: a floor for our first version, so a restart never
+    // publishes a version below one handed out before it (a deletion leaves no object
+    // whose resourceVersion would say so).
+    let floor = Api::<ApiRoute>::all(client.clone())
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+        .ok()
+        .and_then(|l| l.metadata.resource_version)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -415,6 +433,7 @@ pub async fn run(
             }
             let started = Instant::now();
             let (sources, at_least, errors) = compile_store(&store);
+            let at_least = at_least.max(floor);
             metrics
                 .compile_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -571,13 +590,7 @@ async fn write_statuses(
 ) {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     // (kind, key, generation, current status, object reference)
-    let objects: Vec<(
-        &'static str,
-        Key,
-        Option<i64>,
-        Option<ResourceStatus>,
-        k8s_openapi::api::core::v1::ObjectReference,
-    )> = {
+    let objects: Vec<StatusTarget> = {
         let g = store.lock();
         g.routes
             .values()

@@ -3,8 +3,8 @@
 //!
 //! Versions only go up. The controller derives them from Kubernetes `resourceVersion`s
 //! (etcd revisions, shared by every replica), so replicas that saw the same objects agree
-//! on the version; [`Publisher::raise_floor`] lifts a replica past a version a proxy
-//! already holds (after a restart that saw a deletion only as an absence).
+//! on the version. A proxy ahead of a replica gets nothing from it until the replica moves
+//! past the proxy's version: an older config is never sent.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -111,24 +111,6 @@ impl Publisher {
         Some(version)
     }
 
-    /// A proxy holds `version` above ours (we restarted, and the change that produced it
-    /// was a deletion we only see as an absence): move above it with the same sources, so
-    /// the proxy accepts our config and versions keep going up.
-    pub fn raise_floor(&self, version: u64) -> u64 {
-        let mut s = self.lock();
-        if version < s.version {
-            return s.version;
-        }
-        s.version = version + 1;
-        // Deltas from before the jump cannot be chained to the new version.
-        s.history.clear();
-        let v = s.version;
-        s.created.insert(v, Instant::now());
-        drop(s);
-        self.tx.send_replace(v);
-        v
-    }
-
     /// What a proxy at `since` needs.
     pub fn catchup(&self, since: Option<u64>) -> Catchup {
         let s = self.lock();
@@ -139,7 +121,10 @@ impl Publisher {
             })
         };
         let Some(since) = since else { return full() };
-        if since == s.version {
+        if since >= s.version {
+            // The proxy is current, or ahead of this replica (which lags, or restarted):
+            // never send it anything older than what it enforces. It hears from us once
+            // we move past its version.
             return Catchup::UpToDate;
         }
         let Some(start) = s.history.iter().position(|(from, _, _)| *from == since) else {

@@ -155,12 +155,6 @@ async fn stream(
     let proxy_name = query_param(req.uri().query(), "proxy")
         .unwrap_or("-")
         .to_owned();
-    if let Some(since) = since
-        && since > state.publisher.current().0
-    {
-        let v = state.publisher.raise_floor(since);
-        info!(proxy = %proxy_name, since, version = v, "a proxy holds a newer version than this replica; moved above it");
-    }
     let id = state.registry.connect(identity.clone());
     state
         .metrics
