@@ -9,4 +9,4 @@ bin=target/release/portcullis
 "$bin" echo --listen 127.0.0.1:9000 &
 echo_pid=$!
 trap 'kill "$echo_pid" 2>/dev/null || true' EXIT INT TERM
-"$bin" standalone --manifests examples/quickstart --listen 127.0.0.1:8080 --admin 127.0.0.1:9901
+"$bin" standalone --access-log --manifests examples/quickstart --listen 127.0.0.1:8080 --admin 127.0.0.1:9901

@@ -381,6 +381,12 @@ pub async fn run(
         duration: opts.lease_duration,
         is_leader: AtomicBool::new(false),
     });
+    tokio::spawn(share_acks(
+        client.clone(),
+        opts.clone(),
+        registry.clone(),
+        shutdown.clone(),
+    ));
     let leader_changed = Arc::new(Notify::new());
     tokio::spawn(
         leader
@@ -474,10 +480,11 @@ pub async fn run(
             last_errors = errors;
         }
         if leader.is_leader() && store.synced() {
+            let acks = cluster_acks(&client, &opts, &registry).await;
             write_statuses(
                 &client,
                 &store,
-                &registry,
+                &acks,
                 &programmed,
                 &last_errors,
                 &recorder,
@@ -488,6 +495,115 @@ pub async fn run(
             .await;
         }
     }
+}
+
+/// Label on the Leases through which replicas share their proxies' acknowledgements.
+const ACKS_LABEL: &str = "portcullis.dev/acks";
+/// Annotation holding a replica's acknowledged versions, one per connected proxy.
+const ACKS_ANNOTATION: &str = "portcullis.dev/acked-versions";
+/// A replica's share older than this is ignored (the replica is gone).
+const ACKS_TTL: i64 = 15;
+
+fn acks_lease_name(identity: &str) -> String {
+    let clean: String = identity
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("portcullis-acks-{}", clean.trim_matches('-'))
+}
+
+/// Every replica serves streams, but only the leader writes status: each replica shares
+/// the versions its proxies acknowledged in a Lease of its own, refreshed every second.
+async fn share_acks(
+    client: Client,
+    opts: ControllerOptions,
+    registry: Arc<ProxyRegistry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let api: Api<Lease> = Api::namespaced(client, &opts.lease_namespace);
+    let name = acks_lease_name(&opts.identity);
+    let mut last: Option<(Vec<u64>, Instant)> = None;
+    loop {
+        let acks = registry.acked_versions();
+        let stale = last
+            .as_ref()
+            .is_none_or(|(v, at)| *v != acks || at.elapsed() > Duration::from_secs(5));
+        if stale {
+            let lease = serde_json::json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": name, "labels": {ACKS_LABEL: "true"}, "annotations": {ACKS_ANNOTATION: serde_json::to_string(&acks).unwrap_or_default()}},
+                "spec": {"holderIdentity": opts.identity, "leaseDurationSeconds": ACKS_TTL, "renewTime": MicroTime(k8s_openapi::jiff::Timestamp::now())},
+            });
+            match tokio::time::timeout(
+                opts.write_timeout,
+                api.patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&lease),
+                ),
+            )
+            .await
+            {
+                Ok(Ok(_)) => last = Some((acks, Instant::now())),
+                Ok(Err(e)) => debug!(error = %e, "could not share acknowledgements"),
+                Err(_) => debug!("sharing acknowledgements timed out"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = registry.changed_share.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ = shutdown.changed() => break,
+        }
+    }
+    let _ = api.delete(&name, &Default::default()).await;
+}
+
+/// The acknowledged versions of every proxy connected to any live replica.
+async fn cluster_acks(
+    client: &Client,
+    opts: &ControllerOptions,
+    registry: &ProxyRegistry,
+) -> Vec<u64> {
+    let mut acks = registry.acked_versions();
+    let own = acks_lease_name(&opts.identity);
+    let api: Api<Lease> = Api::namespaced(client.clone(), &opts.lease_namespace);
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    if let Ok(Ok(list)) = tokio::time::timeout(
+        opts.write_timeout,
+        api.list(&kube::api::ListParams::default().labels(&format!("{ACKS_LABEL}=true"))),
+    )
+    .await
+    {
+        for lease in list {
+            if lease.name_any() == own {
+                continue;
+            }
+            let fresh = lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.renew_time.as_ref())
+                .is_some_and(|t| now - t.0.as_second() <= ACKS_TTL);
+            if !fresh {
+                continue;
+            }
+            if let Some(v) = lease
+                .annotations()
+                .get(ACKS_ANNOTATION)
+                .and_then(|a| serde_json::from_str::<Vec<u64>>(a).ok())
+            {
+                acks.extend(v);
+            }
+        }
+    }
+    acks
 }
 
 /// Builds the published source set from the store and compiles it for errors.
@@ -580,7 +696,7 @@ fn slim_meta(m: &ObjectMeta) -> ObjectMeta {
 async fn write_statuses(
     client: &Client,
     store: &Store,
-    registry: &ProxyRegistry,
+    acks: &[u64],
     programmed: &Programmed,
     errors: &[CompileError],
     recorder: &Recorder,
@@ -627,8 +743,10 @@ async fn write_statuses(
             .cloned()
             .unwrap_or_default();
         let proxies = match programmed.get(&(kind.to_string(), key.clone())) {
-            Some((g, v)) if *g == generation => registry.programmed(*v),
-            _ => (0, registry.connected()),
+            Some((g, v)) if *g == generation => {
+                (acks.iter().filter(|a| **a >= *v).count(), acks.len())
+            }
+            _ => (0, acks.len()),
         };
         let report = ObjectReport {
             generation,

@@ -19,8 +19,10 @@ pub struct ProxyEntry {
 #[derive(Debug, Default)]
 pub struct ProxyRegistry {
     inner: Mutex<HashMap<u64, ProxyEntry>>,
-    /// Woken on every connect, acknowledgement and disconnect.
+    /// Woken on every connect, acknowledgement and disconnect (the status loop).
     pub changed: tokio::sync::Notify,
+    /// The same, for the task that shares acknowledgements with the leader.
+    pub changed_share: tokio::sync::Notify,
     next: std::sync::atomic::AtomicU64,
 }
 
@@ -41,6 +43,7 @@ impl ProxyRegistry {
             },
         );
         self.changed.notify_one();
+        self.changed_share.notify_one();
         id
     }
 
@@ -50,12 +53,14 @@ impl ProxyRegistry {
             e.acked = e.acked.max(version);
         }
         self.changed.notify_one();
+        self.changed_share.notify_one();
     }
 
     /// Removes a stream.
     pub fn disconnect(&self, id: u64) {
         self.lock().remove(&id);
         self.changed.notify_one();
+        self.changed_share.notify_one();
     }
 
     /// Connected streams.
@@ -67,6 +72,13 @@ impl ProxyRegistry {
     pub fn programmed(&self, version: u64) -> (usize, usize) {
         let g = self.lock();
         (g.values().filter(|e| e.acked >= version).count(), g.len())
+    }
+
+    /// The acknowledged version of every connected proxy.
+    pub fn acked_versions(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.lock().values().map(|e| e.acked).collect();
+        v.sort_unstable();
+        v
     }
 
     /// A copy of every entry.

@@ -14,6 +14,10 @@ mod token_cmd;
 #[derive(Parser, Debug)]
 #[command(name = "portcullis", version, about)]
 struct Cli {
+    /// Write an access log line per request (target `portcullis::access`). Off by default:
+    /// metrics count every decision; turn it on (or set RUST_LOG) to see each request.
+    #[arg(long, global = true, env = "PORTCULLIS_ACCESS_LOG")]
+    access_log: bool,
     /// Log format: `text` for people, `json` for log pipelines.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"], env = "PORTCULLIS_LOG_FORMAT")]
     log_format: String,
@@ -76,7 +80,7 @@ pub(crate) fn duration(s: &str) -> Result<std::time::Duration, String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+    init_tracing(&cli.log_format, cli.access_log);
     match cli.command {
         Command::Crd { dir } => crd(dir),
         Command::Standalone(args) => runtime()?.block_on(standalone(args)),
@@ -95,9 +99,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn init_tracing(format: &str) {
+fn init_tracing(format: &str, access_log: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let default = if access_log {
+        "info"
+    } else {
+        "info,portcullis::access=off"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
