@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, lints, and every test in the workspace.
-# Called by .ci/run; run it yourself before sending a change.
+# The project's test command: formatting, lints, every unit and integration test, then
+# the end-to-end suite against a real kube-apiserver + etcd (built once from the Go
+# module proxy into ~/.cache/portcullis-e2e; set KUBEBUILDER_ASSETS to use your own).
+# Called by .ci/run; run it yourself before sending a change. SKIP_E2E=1 skips the last
+# step (and says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,4 +13,10 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+if [ "${SKIP_E2E:-0}" = 1 ]; then
+  echo "== e2e SKIPPED (SKIP_E2E=1)"
+else
+  echo "== e2e: real kube-apiserver + etcd"
+  e2e/run.sh
+fi
 echo "== all tests passed"

@@ -63,7 +63,41 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
         }
         out.push_str(&serde_yaml::to_string(crd)?);
     }
-    Ok(out)
+    Ok(yaml11_safe(&out))
+}
+
+/// Quotes mapping keys that YAML 1.1 readers (kubectl among them) take for booleans:
+/// serde_yaml writes YAML 1.2, where `n:` is the string "n", but kubectl would read the
+/// JWK property `n` as `false` and lose it.
+fn yaml11_safe(yaml: &str) -> String {
+    const BOOLISH: &[&str] = &[
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF", "true", "True", "TRUE", "false", "False", "FALSE",
+    ];
+    let mut out = String::with_capacity(yaml.len() + 16);
+    for line in yaml.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        let (item, rest) = match trimmed.strip_prefix("- ") {
+            Some(r) => ("- ", r),
+            None => ("", trimmed),
+        };
+        match rest.split_once(':') {
+            Some((key, after))
+                if BOOLISH.contains(&key)
+                    && (after.starts_with(' ') || after.starts_with('\n') || after.is_empty()) =>
+            {
+                out.push_str(indent);
+                out.push_str(item);
+                out.push('"');
+                out.push_str(key);
+                out.push_str("\":");
+                out.push_str(after);
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
 }
 
 /// One CRD per file, as `(file name, YAML)`: the layout of the `crds/` directory.
@@ -71,11 +105,11 @@ pub fn crd_files() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
     Ok(vec![
         (
             "apiroutes.portcullis.dev.yaml",
-            serde_yaml::to_string(&ApiRoute::crd())?,
+            yaml11_safe(&serde_yaml::to_string(&ApiRoute::crd())?),
         ),
         (
             "tokenpolicies.portcullis.dev.yaml",
-            serde_yaml::to_string(&TokenPolicy::crd())?,
+            yaml11_safe(&serde_yaml::to_string(&TokenPolicy::crd())?),
         ),
     ])
 }

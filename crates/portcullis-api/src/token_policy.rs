@@ -84,7 +84,7 @@ pub struct TokenPolicySpec {
     /// Claims copied into request headers for the backend, as `claim: Header-Name`
     /// (e.g. `sub: X-User`). A client-sent header of the same name is removed first, so it
     /// cannot be forged.
-    #[schemars(length(max = 32))]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 64}))]
     #[x_kube(validation = Rule::new("self.all(k, self[k].matches('^[A-Za-z0-9][-A-Za-z0-9]*$'))").message("forwardClaims values must be HTTP header names such as X-User (letters, digits and dashes)"))]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub forward_claims: BTreeMap<String, String>,
@@ -92,7 +92,7 @@ pub struct TokenPolicySpec {
     /// Revoked tokens. Each entry names exactly one of `jti`, `tokenSha256`, `subject`
     /// (with `issuedBefore`) or `keyId`, and may carry `expiresAt`, after which it is
     /// ignored and pruned.
-    #[schemars(length(max = 10000))]
+    #[schemars(length(max = 5000))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revocations: Vec<Revocation>,
 }
@@ -197,7 +197,8 @@ pub struct Jwk {
     #[schemars(length(max = 16))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crv: Option<String>,
-    /// RSA modulus, base64url.
+    /// RSA modulus, base64url. Quote the key in YAML (`"n": ...`): YAML 1.1 readers such
+    /// as kubectl take a bare `n` for the boolean false.
     #[schemars(length(max = 4096))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<String>,
@@ -209,7 +210,8 @@ pub struct Jwk {
     #[schemars(length(max = 256))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x: Option<String>,
-    /// EC y coordinate, base64url.
+    /// EC y coordinate, base64url. Quote the key in YAML (`"y": ...`): YAML 1.1 readers
+    /// such as kubectl take a bare `y` for the boolean true.
     #[schemars(length(max = 256))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub y: Option<String>,
@@ -231,8 +233,7 @@ pub struct Revocation {
 
     /// Revoke the token whose SHA-256 (lowercase hex of the whole compact token) is this.
     /// `portcullis revoke --token -` computes it without storing the token.
-    #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("tokenSha256 must be the lowercase hex SHA-256 of the token: 64 characters 0-9a-f"))]
+    #[schemars(length(min = 64, max = 64), regex(pattern = "^[0-9a-f]{64}$"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_sha256: Option<String>,
 
@@ -245,7 +246,7 @@ pub struct Revocation {
     /// With `subject`: an RFC 3339 instant; the subject's tokens with an earlier `iat` are
     /// revoked.
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$')").message("issuedBefore must be an RFC 3339 time such as 2026-01-31T12:00:00Z"))]
+    #[schemars(extend("format" = "date-time"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_before: Option<String>,
 
@@ -257,7 +258,7 @@ pub struct Revocation {
     /// An RFC 3339 instant after which this entry is ignored and pruned (set it to the
     /// revoked token's `exp`; after that the token is dead anyway).
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$')").message("expiresAt must be an RFC 3339 time such as 2026-01-31T12:00:00Z"))]
+    #[schemars(extend("format" = "date-time"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
 }

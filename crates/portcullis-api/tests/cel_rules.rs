@@ -169,12 +169,6 @@ fn revocation_needs_exactly_one_selector() {
     let mut p = policy(POLICY);
     p.spec.revocations[1].issued_before = None;
     assert!(messages(token_policy(&p)).contains("subject and issuedBefore go together"));
-    let mut p = policy(POLICY);
-    p.spec.revocations[2].token_sha256 = Some("ABC".into());
-    assert!(messages(token_policy(&p)).contains("lowercase hex SHA-256"));
-    let mut p = policy(POLICY);
-    p.spec.revocations[2].expires_at = Some("tomorrow".into());
-    assert!(messages(token_policy(&p)).contains("expiresAt must be an RFC 3339 time"));
 }
 
 #[test]
@@ -212,4 +206,13 @@ fn private_and_secret_keys_cannot_be_inline() {
     let mut p = policy(POLICY);
     p.spec.issuers[0].jwks.inline.as_mut().unwrap().keys[0].kty = "oct".into();
     assert!(messages(token_policy(&p)).contains("shared secrets (oct) belong in a Secret"));
+}
+
+#[test]
+fn revocation_hashes_and_times_are_checked_by_the_schema() {
+    // Checked by schema pattern/format rather than CEL: a regex per entry of a 5,000-entry
+    // list exceeds the API server's CEL cost budget.
+    let yaml = portcullis_api::crds_yaml().unwrap();
+    assert!(yaml.contains("pattern: ^[0-9a-f]{64}$"));
+    assert_eq!(yaml.matches("format: date-time").count(), 2);
 }

@@ -394,16 +394,6 @@ pub async fn run(
             .run(metrics.clone(), leader_changed.clone(), shutdown.clone()),
     );
 
-    // The current etcd revision: a floor for our first version, so a restart never
-    // publishes a version below one handed out before it (a deletion leaves no object
-    // whose resourceVersion would say so).
-    let floor = Api::<ApiRoute>::all(client.clone())
-        .list_metadata(&kube::api::ListParams::default().limit(1))
-        .await
-        .ok()
-        .and_then(|l| l.metadata.resource_version)
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -438,8 +428,8 @@ pub async fn run(
                 continue;
             }
             let started = Instant::now();
-            let (sources, at_least, errors) = compile_store(&store);
-            let at_least = at_least.max(floor);
+            let (sources, rvs, errors) = compile_store(&store);
+            let at_least = rvs.for_change(&publisher.current().1, &sources);
             metrics
                 .compile_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -606,14 +596,55 @@ async fn cluster_acks(
     acks
 }
 
+/// resourceVersions of the source objects (by `SourceSet` map key), and the highest
+/// resourceVersion among deletions seen.
+#[derive(Default)]
+struct Versions {
+    of: HashMap<String, u64>,
+    deleted: u64,
+}
+
+impl Versions {
+    /// The version a change from `prev` to `next` is published at: the highest
+    /// resourceVersion among the objects that changed (etcd revisions, the same for every
+    /// replica). Status writes bump resourceVersions too, so objects that did not change
+    /// are left out: replicas that saw the same changes agree on the version.
+    fn for_change(&self, prev: &SourceSet, next: &SourceSet) -> u64 {
+        let changes = prev.diff(next);
+        let key = |k: &portcullis_api::push::ObjectKey| SourceSet::map_key(k);
+        let mut v = changes
+            .upserts
+            .iter()
+            .map(|o| key(&o.key()))
+            .chain(changes.revocations.iter().map(|e| key(&e.policy)))
+            .filter_map(|k| self.of.get(&k).copied())
+            .max()
+            .unwrap_or(0);
+        if !changes.deletes.is_empty() {
+            v = v.max(self.deleted);
+        }
+        v
+    }
+}
+
 /// Builds the published source set from the store and compiles it for errors.
-fn compile_store(store: &Store) -> (SourceSet, u64, Vec<CompileError>) {
+fn compile_store(store: &Store) -> (SourceSet, Versions, Vec<CompileError>) {
     let g = store.lock();
     let mut set = SourceSet::default();
-    let mut at_least = g.deleted_rv;
+    let mut rvs = Versions {
+        deleted: g.deleted_rv,
+        ..Default::default()
+    };
     let mut wanted_secrets: HashMap<Key, HashSet<String>> = HashMap::new();
     for p in g.policies.values() {
-        at_least = at_least.max(rv_of(p));
+        rvs.of.insert(
+            format!(
+                "TokenPolicy/{}/{}",
+                p.namespace().unwrap_or_default(),
+                p.name_any()
+            ),
+            rv_of(p),
+        );
         for iss in &p.spec.issuers {
             if let Some(r) = &iss.jwks.secret_ref {
                 wanted_secrets
@@ -627,14 +658,22 @@ fn compile_store(store: &Store) -> (SourceSet, u64, Vec<CompileError>) {
         set.upsert(SourceObject::TokenPolicy(clean));
     }
     for r in g.routes.values() {
-        at_least = at_least.max(rv_of(r));
+        rvs.of.insert(
+            format!(
+                "ApiRoute/{}/{}",
+                r.namespace().unwrap_or_default(),
+                r.name_any()
+            ),
+            rv_of(r),
+        );
         let mut clean = ApiRoute::new(&r.name_any(), r.spec.clone());
         clean.metadata = slim_meta(&r.metadata);
         set.upsert(SourceObject::ApiRoute(clean));
     }
     for (key, keys) in &wanted_secrets {
         if let Some(s) = g.secrets.get(key) {
-            at_least = at_least.max(rv_of(s));
+            rvs.of
+                .insert(format!("Secret/{}/{}", key.0, key.1), rv_of(s));
             let data: BTreeMap<String, ByteString> = s
                 .data
                 .iter()
@@ -679,7 +718,7 @@ fn compile_store(store: &Store) -> (SourceSet, u64, Vec<CompileError>) {
             }
         }
     }
-    (set, at_least, errors)
+    (set, rvs, errors)
 }
 
 fn slim_meta(m: &ObjectMeta) -> ObjectMeta {

@@ -262,9 +262,14 @@ impl KeySet {
                     seen = true;
                 }
                 if seen {
-                    KeyLookup::Mismatch
-                } else {
-                    KeyLookup::Unknown
+                    return KeyLookup::Mismatch;
+                }
+                // A key published without a kid (a PEM public key, say) answers for any
+                // kid, but only when it is the one such key that fits.
+                let mut anonymous = self.keys.iter().filter(|k| k.kid.is_none()).filter(fits);
+                match (anonymous.next(), anonymous.next()) {
+                    (Some(k), None) => KeyLookup::Found(k),
+                    _ => KeyLookup::Unknown,
                 }
             }
             None => {

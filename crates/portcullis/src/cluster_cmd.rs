@@ -36,6 +36,9 @@ pub struct ControllerArgs {
     /// Outside a cluster: a file holding the shared token proxies present instead.
     #[arg(long, conflicts_with = "allow_service_accounts")]
     pub proxy_token_file: Option<PathBuf>,
+    /// How often the leader prunes revocations past their expiresAt.
+    #[arg(long, default_value = "30s", value_parser = crate::duration)]
+    pub prune_interval: Duration,
     /// Heartbeat interval on config streams.
     #[arg(long, default_value = "5s", value_parser = crate::duration)]
     pub heartbeat: Duration,
@@ -153,6 +156,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         lease_name: args.lease_name,
         identity,
         lease_duration: args.lease_duration,
+        prune_interval: args.prune_interval,
         ..Default::default()
     };
     let ctl = tokio::spawn(cluster::run(
@@ -229,6 +233,16 @@ fn revocation(args: &RevokeArgs, stdin: impl std::io::Read) -> anyhow::Result<Re
             r.expires_at = k8s_openapi::jiff::Timestamp::from_second(exp)
                 .ok()
                 .map(|t| t.to_string());
+        }
+    }
+    for (field, value) in [
+        ("issuedBefore", &r.issued_before),
+        ("expiresAt", &r.expires_at),
+    ] {
+        if let Some(v) = value
+            && v.parse::<k8s_openapi::jiff::Timestamp>().is_err()
+        {
+            bail!("{field} must be an RFC 3339 time such as 2026-01-31T12:00:00Z, not {v:?}");
         }
     }
     for v in portcullis_api::validate::token_policy(&TokenPolicy::new(

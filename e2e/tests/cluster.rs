@@ -1,0 +1,790 @@
+//! Portcullis on a real kube-apiserver + etcd, driven with kubectl and the YAML a user
+//! writes: two controller replicas (Lease), three proxies authenticating with
+//! ServiceAccount tokens through TokenReview, a real upstream. Run by `e2e/run.sh`, which
+//! starts the control plane; each step works in its own namespace and waits on
+//! conditions with timeouts.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+// === helpers ===
+
+fn bin() -> String {
+    std::env::var("PORTCULLIS_BIN").expect("PORTCULLIS_BIN is set by e2e/run.sh")
+}
+
+fn kubectl_cmd() -> Command {
+    Command::new(std::env::var("KUBECTL").expect("KUBECTL is set by e2e/cluster.sh"))
+}
+
+/// Runs kubectl; returns (success, stdout, stderr).
+fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut c = kubectl_cmd();
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if stdin.is_some() {
+        c.stdin(Stdio::piped());
+    }
+    let mut child = c.spawn().expect("kubectl runs");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn k(args: &[&str]) -> String {
+    let (ok, out, err) = kubectl(args, None);
+    assert!(ok, "kubectl {args:?} failed: {err}");
+    out
+}
+
+fn apply(yaml: &str) {
+    let (ok, _, err) = kubectl(&["apply", "-f", "-"], Some(yaml));
+    assert!(ok, "kubectl apply failed: {err}\n{yaml}");
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    fn start(name: &str, args: &[&str]) -> Proc {
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("portcullis-e2e-{name}.log")))
+                .unwrap();
+        let child = Command::new(bin())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("portcullis starts");
+        Proc {
+            name: name.into(),
+            child,
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = &self.name;
+    }
+}
+
+/// One HTTP/1.1 request; returns the status code.
+fn status(port: u16, host: &str, path: &str, token: Option<&str>) -> u16 {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
+    );
+    let mut buf = [0u8; 12];
+    let mut got = 0;
+    while got < 12 {
+        match s.read(&mut buf[got..]) {
+            Ok(0) | Err(_) => return 0,
+            Ok(n) => got += n,
+        }
+    }
+    std::str::from_utf8(&buf[9..12])
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, out)
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn mint(key: &Path, jti: &str, scope: &str) -> String {
+    let out = Command::new(bin())
+        .args([
+            "token",
+            "mint",
+            "--key",
+            key.to_str().unwrap(),
+            "--sub",
+            "alice",
+            "--scope",
+            scope,
+            "--ttl",
+            "10m",
+            "--jti",
+            jti,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mint: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn dev_key() -> PathBuf {
+    repo().join("examples/quickstart/dev-private.pem")
+}
+
+fn namespace(ns: &str) {
+    let _ = kubectl(&["create", "namespace", ns], None);
+}
+
+/// The quickstart policy and route, moved into `ns`, on host `<ns>.test`, to `upstream`.
+fn quickstart(ns: &str, upstream: u16) -> String {
+    let policy = std::fs::read_to_string(repo().join("examples/quickstart/policy.yaml")).unwrap();
+    let route = std::fs::read_to_string(repo().join("examples/quickstart/route.yaml")).unwrap();
+    format!("{policy}\n---\n{route}")
+        .replace("namespace: default", &format!("namespace: {ns}"))
+        .replace("- localhost", &format!("- {ns}.test"))
+        .replace("[localhost]", &format!("[{ns}.test]"))
+        .replace(
+            "http://127.0.0.1:9000",
+            &format!("http://127.0.0.1:{upstream}"),
+        )
+}
+
+fn condition(kind: &str, ns: &str, name: &str, type_: &str) -> (String, String, String) {
+    let path = format!(
+        "jsonpath={{.status.conditions[?(@.type==\"{type_}\")].status}}|{{.status.conditions[?(@.type==\"{type_}\")].reason}}|{{.status.conditions[?(@.type==\"{type_}\")].observedGeneration}}"
+    );
+    let out = kubectl(&["get", kind, name, "-n", ns, "-o", &path], None).1;
+    let mut p = out.split('|').map(str::to_owned);
+    (
+        p.next().unwrap_or_default(),
+        p.next().unwrap_or_default(),
+        p.next().unwrap_or_default(),
+    )
+}
+
+fn all_proxies(ports: &[u16], host: &str, token: &str, want: u16) -> bool {
+    ports
+        .iter()
+        .all(|p| status(*p, host, "/orders", Some(token)) == want)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+// === the suite ===
+
+#[test]
+#[ignore = "needs the e2e control plane: run e2e/run.sh"]
+fn portcullis_on_a_real_api_server() {
+    let tmp = std::env::temp_dir().join(format!("portcullis-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+
+    // CRDs, the controllers' namespace, ServiceAccounts.
+    k(&["apply", "-f", repo().join("crds").to_str().unwrap()]);
+    k(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/apiroutes.portcullis.dev",
+        "crd/tokenpolicies.portcullis.dev",
+    ]);
+    namespace("portcullis-system");
+    for sa in ["portcullis-proxy", "intruder"] {
+        let _ = kubectl(
+            &["create", "serviceaccount", sa, "-n", "portcullis-system"],
+            None,
+        );
+    }
+    let token_file = |sa: &str| {
+        let t = k(&[
+            "create",
+            "token",
+            sa,
+            "-n",
+            "portcullis-system",
+            "--audience",
+            "portcullis",
+            "--duration",
+            "1h",
+        ]);
+        let f = tmp.join(format!("{sa}.token"));
+        std::fs::write(&f, t.trim()).unwrap();
+        f
+    };
+    let proxy_token = token_file("portcullis-proxy");
+
+    // Upstream, two controllers, three proxies.
+    let echo_port = free_port();
+    let _echo = Proc::start(
+        "echo",
+        &["echo", "--listen", &format!("127.0.0.1:{echo_port}")],
+    );
+    let c_ports = [free_port(), free_port()];
+    let controller = |i: usize| {
+        Proc::start(
+            &format!("controller-{i}"),
+            &[
+                "controller",
+                "--listen",
+                &format!("127.0.0.1:{}", c_ports[i]),
+                "--identity",
+                &format!("controller-{i}"),
+                "--lease-namespace",
+                "portcullis-system",
+                "--lease-duration",
+                "3s",
+                "--prune-interval",
+                "1s",
+                "--heartbeat",
+                "1s",
+                "--allow-service-account",
+                "portcullis-system/portcullis-proxy",
+            ],
+        )
+    };
+    let mut controllers = vec![controller(0), controller(1)];
+    let p_ports = [free_port(), free_port(), free_port()];
+    let a_ports = [free_port(), free_port(), free_port()];
+    let state_file = tmp.join("proxy-2.state");
+    let proxy = |i: usize, token: &Path| {
+        let mut args = vec![
+            "proxy".to_string(),
+            "--controller".into(),
+            format!("http://127.0.0.1:{}", c_ports[i.min(1)]),
+            "--token-file".into(),
+            token.to_str().unwrap().into(),
+            "--name".into(),
+            format!("proxy-{i}"),
+            "--listen".into(),
+            format!("127.0.0.1:{}", p_ports[i]),
+            "--admin".into(),
+            format!("127.0.0.1:{}", a_ports[i]),
+        ];
+        if i == 2 {
+            args.extend(["--state-file".into(), state_file.to_str().unwrap().into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::start(&format!("proxy-{i}"), &args)
+    };
+    let mut proxies = vec![
+        proxy(0, &proxy_token),
+        proxy(1, &proxy_token),
+        proxy(2, &proxy_token),
+    ];
+    for a in a_ports {
+        wait_until("proxies ready", Duration::from_secs(30), || {
+            http_get(a, "/readyz").0 == 200
+        });
+    }
+    println!("== stack up: controllers {c_ports:?}, proxies {p_ports:?}");
+
+    // --- READY, explain, allow/401/403/404 through each proxy ---
+    let ns = "e2e-basic";
+    let host = format!("{ns}.test");
+    namespace(ns);
+    apply(&quickstart(ns, echo_port));
+    k(&[
+        "wait",
+        "--for=condition=Programmed",
+        "--timeout=30s",
+        "-n",
+        ns,
+        "apiroute/orders",
+        "tokenpolicy/default",
+    ]);
+    let table = k(&["get", "apiroutes,tokenpolicies", "-n", ns]);
+    assert!(
+        table.contains("READY") && table.matches("True").count() >= 2,
+        "{table}"
+    );
+    let explain = k(&["explain", "apiroute.spec.rules.requiredScopes"]);
+    assert!(explain.contains("Scopes the token must hold"), "{explain}");
+    let proxies_status = k(&[
+        "get",
+        "apiroute",
+        "orders",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.status.proxies.programmed}/{.status.proxies.connected}",
+    ]);
+    assert_eq!(proxies_status, "3/3");
+    let good = mint(&dev_key(), "basic-1", "orders:read");
+    for p in p_ports {
+        assert_eq!(status(p, &host, "/orders", Some(&good)), 200);
+        assert_eq!(status(p, &host, "/orders", None), 401);
+        assert_eq!(
+            status(
+                p,
+                &host,
+                "/orders",
+                Some(&mint(&dev_key(), "basic-2", "profile"))
+            ),
+            403
+        );
+        assert_eq!(status(p, &host, "/nothing", Some(&good)), 404);
+        assert_eq!(status(p, "unknown.test", "/orders", Some(&good)), 404);
+    }
+    println!("== allow/401/403/404 on all three proxies");
+
+    // --- rejected at apply time by the CRD's CEL rules, with its message ---
+    let (ok, _, err) = kubectl(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {{name: bad, namespace: {ns}}}\nspec:\n  issuers: [{{issuer: x, audiences: [a], algorithms: [none], jwks: {{uri: 'https://x'}}}}]\n  clockSkew: -5s\n"
+        )),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("algorithm none is never allowed")
+            && err.contains("clockSkew must be a positive duration"),
+        "{err}"
+    );
+    // --- semantically bad: ResolvedRefs=False, a Warning Event, the rest keeps working ---
+    apply(&format!(
+        "apiVersion: portcullis.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: dangling, namespace: {ns}}}\nspec:\n  hosts: [dangling.{ns}.test]\n  policyRef: {{name: missing}}\n  backend: {{url: 'http://127.0.0.1:{echo_port}'}}\n  rules: [{{match: {{pathPrefix: /}}}}]\n"
+    ));
+    wait_until("ResolvedRefs=False", Duration::from_secs(20), || {
+        condition("apiroute", ns, "dangling", "ResolvedRefs").1 == "PolicyNotFound"
+    });
+    wait_until("a Warning Event", Duration::from_secs(20), || {
+        k(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            "reason=PolicyNotFound",
+            "-o",
+            "name",
+        ])
+        .contains("event")
+    });
+    assert_eq!(status(p_ports[0], &host, "/orders", Some(&good)), 200);
+    println!("== CEL rejection at apply time; ResolvedRefs=False + Warning Event; rest unaffected");
+
+    // --- a scope change reaches all proxies; Programmed and status.proxies follow ---
+    k(&[
+        "patch",
+        "apiroute",
+        "orders",
+        "-n",
+        ns,
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/rules/0/requiredScopes","value":["orders:admin"]}]"#,
+    ]);
+    wait_until("403 everywhere", Duration::from_secs(10), || {
+        all_proxies(&p_ports, &host, &good, 403)
+    });
+    wait_until(
+        "Programmed for generation 2",
+        Duration::from_secs(20),
+        || {
+            condition("apiroute", ns, "orders", "Programmed")
+                == ("True".into(), "Programmed".into(), "2".into())
+        },
+    );
+    k(&[
+        "patch",
+        "apiroute",
+        "orders",
+        "-n",
+        ns,
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/rules/0/requiredScopes","value":["orders:read"]}]"#,
+    ]);
+    wait_until("200 again", Duration::from_secs(10), || {
+        all_proxies(&p_ports, &host, &good, 200)
+    });
+    println!("== scope change propagated; Programmed follows the generation");
+
+    // --- revocation: `portcullis revoke --token -` and a kubectl patch ---
+    let victim = mint(&dev_key(), "victim-1", "orders:read");
+    assert!(all_proxies(&p_ports, &host, &victim, 200));
+    let mut revoke = Command::new(bin())
+        .args([
+            "revoke",
+            "--policy",
+            &format!("{ns}/default"),
+            "--token",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    revoke
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(victim.as_bytes())
+        .unwrap();
+    let out = revoke.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        "revoked by token hash everywhere",
+        Duration::from_secs(5),
+        || all_proxies(&p_ports, &host, &victim, 401),
+    );
+    let stored = k(&["get", "tokenpolicy", "default", "-n", ns, "-o", "json"]);
+    assert!(
+        !stored.contains(&victim[..40]),
+        "the token itself was stored"
+    );
+    let mut latencies = Vec::new();
+    for i in 0..50 {
+        let t = mint(&dev_key(), &format!("measure-{i}"), "orders:read");
+        assert!(all_proxies(&p_ports, &host, &t, 200));
+        let t0 = Instant::now();
+        k(&[
+            "patch",
+            "tokenpolicy",
+            "default",
+            "-n",
+            ns,
+            "--type",
+            "json",
+            "-p",
+            &format!(
+                r#"[{{"op":"add","path":"/spec/revocations/-","value":{{"jti":"measure-{i}"}}}}]"#
+            ),
+        ]);
+        let mut pending: Vec<u16> = p_ports.to_vec();
+        while !pending.is_empty() {
+            pending.retain(|p| status(*p, &host, "/orders", Some(&t)) != 401);
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "revocation {i} not enforced"
+            );
+        }
+        latencies.push(t0.elapsed());
+    }
+    println!(
+        "== revocation, API write -> enforced on all three proxies, 50 runs: p50 {:?} p99 {:?} (includes kubectl's own start-up)",
+        pct(&mut latencies, 0.5),
+        pct(&mut latencies, 0.99)
+    );
+
+    // --- JWKS rotation through a Secret update ---
+    let ns2 = "e2e-rotation";
+    let host2 = format!("{ns2}.test");
+    namespace(ns2);
+    let second = tmp.join("second.pem");
+    let genrsa = Command::new("openssl")
+        .args(["genrsa", "2048"])
+        .output()
+        .unwrap();
+    assert!(genrsa.status.success());
+    std::fs::write(
+        &second,
+        format!(
+            "# PORTCULLIS DEV-ONLY KEY: never use in production\n{}",
+            String::from_utf8_lossy(&genrsa.stdout)
+        ),
+    )
+    .unwrap();
+    let public_of = |key: &Path| {
+        let out = Command::new("openssl")
+            .args(["rsa", "-in", key.to_str().unwrap(), "-pubout"])
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let secret = |pem: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: issuer-key, namespace: {ns2}}}\nstringData:\n  key.pem: |\n{}",
+            pem.lines()
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>()
+        )
+    };
+    apply(&secret(&public_of(&dev_key())));
+    let q = quickstart(ns2, echo_port);
+    let (from, to) = (
+        q.find("      jwks:").unwrap(),
+        q.find("  clockSkew").unwrap(),
+    );
+    apply(&format!(
+        "{}      jwks:\n        secretRef: {{name: issuer-key, key: key.pem}}\n{}",
+        &q[..from],
+        &q[to..]
+    ));
+    k(&[
+        "wait",
+        "--for=condition=Programmed",
+        "--timeout=30s",
+        "-n",
+        ns2,
+        "tokenpolicy/default",
+    ]);
+    let old_key_token = mint(&dev_key(), "rot-old", "orders:read");
+    let new_key_token = mint(&second, "rot-new", "orders:read");
+    wait_until("old key accepted", Duration::from_secs(10), || {
+        all_proxies(&p_ports, &host2, &old_key_token, 200)
+    });
+    assert!(all_proxies(&p_ports, &host2, &new_key_token, 401));
+    apply(&secret(&public_of(&second)));
+    wait_until("new key accepted", Duration::from_secs(10), || {
+        all_proxies(&p_ports, &host2, &new_key_token, 200)
+    });
+    assert!(
+        all_proxies(&p_ports, &host2, &old_key_token, 401),
+        "the removed key still verifies"
+    );
+    println!("== JWKS rotation through a Secret: new key accepted, removed key refused");
+
+    // --- proxies with a wrong or missing ServiceAccount token are refused ---
+    let intruder_token = token_file("intruder");
+    let empty = tmp.join("empty.token");
+    std::fs::write(&empty, "").unwrap();
+    for (i, t) in [(3usize, &intruder_token), (4, &empty)] {
+        let (pp, ap) = (free_port(), free_port());
+        let mut p = Proc::start(
+            &format!("intruder-{i}"),
+            &[
+                "proxy",
+                "--controller",
+                &format!("http://127.0.0.1:{}", c_ports[0]),
+                "--token-file",
+                t.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{pp}"),
+                "--admin",
+                &format!("127.0.0.1:{ap}"),
+            ],
+        );
+        wait_until("intruder admin up", Duration::from_secs(10), || {
+            http_get(ap, "/healthz").0 == 200
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(
+            http_get(ap, "/readyz").0,
+            503,
+            "a proxy with a bad token got config"
+        );
+        p.kill();
+    }
+    let metrics = http_get(c_ports[0], "/metrics").1;
+    assert!(
+        metrics.contains("portcullis_controller_refused_streams_total{reason=\"forbidden\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_controller_refused_streams_total{reason=\"missing_token\"}"),
+        "{metrics}"
+    );
+    println!("== wrong (403) and missing (401) ServiceAccount tokens refused");
+
+    // --- the leader dies: the standby takes the Lease and status keeps updating ---
+    let holder = || {
+        k(&[
+            "get",
+            "lease",
+            "portcullis-controller",
+            "-n",
+            "portcullis-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+    };
+    let leader = holder();
+    let idx: usize = leader
+        .trim_start_matches("controller-")
+        .parse()
+        .expect("a controller holds the Lease");
+    controllers[idx].kill();
+    wait_until(
+        "the standby takes the Lease",
+        Duration::from_secs(20),
+        || holder() == format!("controller-{}", 1 - idx),
+    );
+    k(&[
+        "patch",
+        "apiroute",
+        "orders",
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"passAuthorization":true}}"#,
+    ]);
+    wait_until(
+        "status from the new leader",
+        Duration::from_secs(20),
+        || condition("apiroute", ns, "orders", "Accepted").2 == "4",
+    );
+    controllers[idx] = controller(idx);
+    println!("== leader {leader} killed; the standby took the Lease and wrote status");
+
+    // --- controllers down: proxies keep enforcing; back: they catch up ---
+    for c in &mut controllers {
+        c.kill();
+    }
+    let late = mint(&dev_key(), "while-down", "orders:read");
+    for p in p_ports {
+        assert_eq!(
+            status(p, &host, "/orders", Some(&victim)),
+            401,
+            "revocation lost while the controller is down"
+        );
+        assert_eq!(status(p, &host, "/orders", Some(&good)), 200);
+    }
+    k(&[
+        "patch",
+        "tokenpolicy",
+        "default",
+        "-n",
+        ns,
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/revocations/-","value":{"jti":"while-down"}}]"#,
+    ]);
+    // A proxy restarted with its state file serves at once, controller or not.
+    proxies[2].kill();
+    proxies[2] = proxy(2, &proxy_token);
+    wait_until(
+        "restarted proxy ready from its state file",
+        Duration::from_secs(10),
+        || http_get(a_ports[2], "/readyz").0 == 200,
+    );
+    assert_eq!(status(p_ports[2], &host, "/orders", Some(&victim)), 401);
+    assert_eq!(status(p_ports[2], &host, "/orders", Some(&good)), 200);
+    controllers.clear();
+    controllers.extend([controller(0), controller(1)]);
+    wait_until(
+        "catch up after the controllers return",
+        Duration::from_secs(30),
+        || all_proxies(&p_ports, &host, &late, 401),
+    );
+    println!(
+        "== controllers down: last snapshot enforced; state file served at once; caught up after"
+    );
+
+    // --- kube-apiserver restarted (etcd kept): nothing lost, changes flow again ---
+    let cluster = repo().join("e2e/cluster.sh");
+    let out = Command::new(&cluster)
+        .arg("restart-apiserver")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = mint(&dev_key(), "after-restart", "orders:read");
+    assert!(all_proxies(&p_ports, &host, &good, 200));
+    k(&[
+        "patch",
+        "tokenpolicy",
+        "default",
+        "-n",
+        ns,
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/revocations/-","value":{"jti":"after-restart"}}]"#,
+    ]);
+    wait_until(
+        "revocation after the API server restart",
+        Duration::from_secs(60),
+        || all_proxies(&p_ports, &host, &after, 401),
+    );
+    assert!(all_proxies(&p_ports, &host, &victim, 401));
+    println!("== kube-apiserver restarted: controllers reconnected, nothing lost");
+
+    // --- an expired revocation is pruned by the leader ---
+    let soon = Command::new("date")
+        .args(["-u", "-d", "+2 seconds", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    let soon = String::from_utf8(soon.stdout).unwrap();
+    k(&[
+        "patch",
+        "tokenpolicy",
+        "default",
+        "-n",
+        ns,
+        "--type",
+        "json",
+        "-p",
+        &format!(
+            r#"[{{"op":"add","path":"/spec/revocations/-","value":{{"jti":"short-lived","expiresAt":"{}"}}}}]"#,
+            soon.trim()
+        ),
+    ]);
+    wait_until("pruned", Duration::from_secs(30), || {
+        !k(&["get", "tokenpolicy", "default", "-n", ns, "-o", "json"]).contains("short-lived")
+    });
+    assert!(
+        k(&["get", "tokenpolicy", "default", "-n", ns, "-o", "json"]).contains("while-down"),
+        "pruning removed a live revocation"
+    );
+    println!("== expired revocation pruned by the leader");
+}
