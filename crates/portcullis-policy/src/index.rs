@@ -7,6 +7,11 @@
 //! ties go to the earlier route (oldest, then `namespace/name`) and earlier rule.
 
 use std::collections::HashMap;
+
+/// Hash maps for the index. Keys come from config only; requests merely look them up, so a
+/// fast unkeyed-quality hash is safe here (no attacker chooses what is inserted), and it
+/// is several times cheaper than SipHash on the hot path.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use crate::decision::RouteInfo;
@@ -52,8 +57,8 @@ impl Candidates {
 /// The rules of one host.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct HostRules {
-    exact: HashMap<Box<str>, Candidates>,
-    prefix: HashMap<Box<str>, Candidates>,
+    exact: FastMap<Box<str>, Candidates>,
+    prefix: FastMap<Box<str>, Candidates>,
 }
 
 impl HostRules {
@@ -128,9 +133,9 @@ fn normalize_prefix(path: &str, is_prefix: bool) -> &str {
 /// Host -> rules.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct RouteIndex {
-    exact: HashMap<Box<str>, HostRules>,
+    exact: FastMap<Box<str>, HostRules>,
     /// `*.example.com` stored under `example.com`.
-    wildcard: HashMap<Box<str>, HostRules>,
+    wildcard: FastMap<Box<str>, HostRules>,
     pub(crate) rules: usize,
 }
 
