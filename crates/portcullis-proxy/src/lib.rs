@@ -93,36 +93,28 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
 }
 
-/// Starts the standalone gateway: loads the manifests, binds both ports, watches the
-/// directory. Returns once listening.
-pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartError> {
-    let metrics = Metrics::new();
-    let config = Arc::new(LiveConfig::new(metrics.clone()));
-    let manifests = standalone::ManifestDir::new(opts.manifests.clone(), opts.compile.clone());
-    let tls = match &opts.tls {
+/// Binds both ports and serves them with `config`, which something else keeps current.
+async fn serve(
+    config: Arc<LiveConfig>,
+    metrics: Metrics,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    tls: Option<&(PathBuf, PathBuf)>,
+    limits: &Limits,
+) -> Result<Running, StartError> {
+    let tls = match tls {
         Some((cert, key)) => Some(tls::acceptor(cert.clone(), key.clone())?),
         None => None,
     };
-    let proxy = server::bind(opts.listen).await?;
-    let admin = server::bind(opts.admin).await?;
+    let proxy = server::bind(listen).await?;
+    let admin = server::bind(admin).await?;
     let proxy_addr = proxy.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let (shutdown, rx) = watch::channel(false);
-
-    // Load synchronously first so the proxy never serves before its config.
-    let mut manifests = manifests;
-    standalone::apply(&mut manifests, &config, &metrics);
-    tokio::spawn(standalone::run_watch(
-        manifests,
-        config.clone(),
-        metrics.clone(),
-        opts.debounce,
-    ));
-
     let pipeline = Arc::new(Pipeline::new(
         config.clone(),
         metrics.clone(),
-        opts.limits.clone(),
+        limits.clone(),
     ));
     tokio::spawn(server::serve_proxy(
         proxy,
@@ -137,7 +129,6 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
         metrics.clone(),
         rx,
     ));
-    tracing::info!(%proxy_addr, %admin_addr, manifests = %opts.manifests.display(), "portcullis standalone listening");
     Ok(Running {
         proxy_addr,
         admin_addr,
@@ -145,6 +136,33 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
         metrics,
         shutdown,
     })
+}
+
+/// Starts the standalone gateway: loads the manifests, binds both ports, watches the
+/// directory. Returns once listening.
+pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartError> {
+    let metrics = Metrics::new();
+    let config = Arc::new(LiveConfig::new(metrics.clone()));
+    // Load synchronously first so the proxy never serves before its config.
+    let mut manifests = standalone::ManifestDir::new(opts.manifests.clone(), opts.compile.clone());
+    standalone::apply(&mut manifests, &config, &metrics);
+    let running = serve(
+        config.clone(),
+        metrics.clone(),
+        opts.listen,
+        opts.admin,
+        opts.tls.as_ref(),
+        &opts.limits,
+    )
+    .await?;
+    tokio::spawn(standalone::run_watch(
+        manifests,
+        config,
+        metrics,
+        opts.debounce,
+    ));
+    tracing::info!(proxy_addr = %running.proxy_addr, admin_addr = %running.admin_addr, manifests = %opts.manifests.display(), "portcullis standalone listening");
+    Ok(running)
 }
 
 /// How to run a proxy fed by the controller.
@@ -167,41 +185,17 @@ pub struct ProxyOptions {
 pub async fn start_proxy(opts: ProxyOptions) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     let config = Arc::new(LiveConfig::new(metrics.clone()));
-    let tls = match &opts.tls {
-        Some((cert, key)) => Some(tls::acceptor(cert.clone(), key.clone())?),
-        None => None,
-    };
-    let proxy = server::bind(opts.listen).await?;
-    let admin = server::bind(opts.admin).await?;
-    let proxy_addr = proxy.local_addr()?;
-    let admin_addr = admin.local_addr()?;
-    let (shutdown, rx) = watch::channel(false);
     let sub = subscriber::Subscriber::new(opts.subscriber.clone(), config.clone(), metrics.clone());
-    tokio::spawn(sub.run());
-    let pipeline = Arc::new(Pipeline::new(
-        config.clone(),
-        metrics.clone(),
-        opts.limits.clone(),
-    ));
-    tokio::spawn(server::serve_proxy(
-        proxy,
-        pipeline,
-        tls,
-        metrics.clone(),
-        rx.clone(),
-    ));
-    tokio::spawn(server::serve_admin(
-        admin,
-        config.clone(),
-        metrics.clone(),
-        rx,
-    ));
-    tracing::info!(%proxy_addr, %admin_addr, controller = %opts.subscriber.controller, "portcullis proxy listening");
-    Ok(Running {
-        proxy_addr,
-        admin_addr,
+    let running = serve(
         config,
         metrics,
-        shutdown,
-    })
+        opts.listen,
+        opts.admin,
+        opts.tls.as_ref(),
+        &opts.limits,
+    )
+    .await?;
+    tokio::spawn(sub.run());
+    tracing::info!(proxy_addr = %running.proxy_addr, admin_addr = %running.admin_addr, controller = %opts.subscriber.controller, "portcullis proxy listening");
+    Ok(running)
 }
