@@ -322,7 +322,7 @@ fn portcullis_on_a_real_api_server() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Proc::start(&format!("proxy-{i}"), &args)
     };
-    let mut proxies = vec![
+    let mut proxies = [
         proxy(0, &proxy_token),
         proxy(1, &proxy_token),
         proxy(2, &proxy_token),
