@@ -442,6 +442,16 @@ fn portcullis_on_a_real_api_server() {
                 == ("True".into(), "Programmed".into(), "2".into())
         },
     );
+    let counts = k(&[
+        "get",
+        "apiroute",
+        "orders",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.status.proxies.programmed}/{.status.proxies.connected}",
+    ]);
+    assert_eq!(counts, "3/3", "status.proxies after the scope change");
     k(&[
         "patch",
         "apiroute",

@@ -183,7 +183,7 @@ impl Subscriber {
         match std::fs::read_to_string(path) {
             Ok(t) => Some(t.trim().to_owned()),
             Err(e) => {
-                warn!(path = %path.display(), error = %e, "cannot read the controller token");
+                warn!(path = %path.display(), error = %e, "cannot read the credentials file for the controller");
                 None
             }
         }
