@@ -2,12 +2,9 @@
 //! `portcullis proxy`) serving real traffic to a real upstream.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::KeyPair;
-use base64::Engine;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, StreamBody};
@@ -19,7 +16,7 @@ use portcullis_controller::push::{PushState, serve};
 use portcullis_controller::{Metrics, ProxyAuth, ProxyRegistry, Publisher};
 use portcullis_proxy::subscriber::SubscriberOptions;
 use portcullis_proxy::{ProxyOptions, Running, start_proxy};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -27,24 +24,10 @@ const SHARED: &str = "proxy-shared-token-for-tests";
 
 // === keys, tokens, sources ===
 
-struct Signer {
-    key: jsonwebtoken::EncodingKey,
-    jwk: Value,
-}
-
-fn signer() -> &'static Signer {
-    static S: OnceLock<Signer> = OnceLock::new();
-    S.get_or_init(|| {
-        let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-        let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'_>>::as_der(&kp).unwrap();
-        let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", base64::engine::general_purpose::STANDARD.encode(der.as_ref()));
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-        let p = kp.public_key();
-        Signer {
-            key: jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
-            jwk: json!({"kty": "RSA", "kid": "k1", "n": b64(p.modulus().big_endian_without_leading_zero()), "e": b64(p.exponent().big_endian_without_leading_zero())}),
-        }
-    })
+/// One RSA signing key for the whole test binary.
+fn signer() -> &'static portcullis_testkit::TestKey {
+    static S: std::sync::OnceLock<portcullis_testkit::TestKey> = std::sync::OnceLock::new();
+    S.get_or_init(|| portcullis_testkit::rsa("k1"))
 }
 
 fn token(jti: &str) -> String {
@@ -54,7 +37,7 @@ fn token(jti: &str) -> String {
         .as_secs() as i64;
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     h.kid = Some("k1".into());
-    jsonwebtoken::encode(&h, &json!({"iss": "https://issuer.test", "aud": "api", "sub": "alice", "jti": jti, "scope": "orders:read", "iat": now, "exp": now + 600}), &signer().key).unwrap()
+    jsonwebtoken::encode(&h, &json!({"iss": "https://issuer.test", "aud": "api", "sub": "alice", "jti": jti, "scope": "orders:read", "iat": now, "exp": now + 600}), &signer().encoding).unwrap()
 }
 
 fn sources(upstream: SocketAddr, revoked: &[&str], extra_routes: usize) -> SourceSet {

@@ -17,10 +17,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::{self, KeyPair};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use k8s_openapi::api::core::v1::Secret;
@@ -38,24 +36,7 @@ const HOST: &str = "api.example.com";
 /// Distinct tokens per algorithm for the uncached benchmarks.
 const DISTINCT: usize = 2000;
 
-// === keys (a copy of the minimum of tests/support) ===
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let body = STANDARD.encode(der);
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
-}
+// === keys (from portcullis-testkit) ===
 
 struct BenchKey {
     alg: Algorithm,
@@ -66,52 +47,29 @@ struct BenchKey {
     jwk: Value,
 }
 
-fn rsa() -> BenchKey {
-    let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-    let pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'_>>::as_der(&kp).unwrap();
-    let encoding =
-        EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes()).unwrap();
-    let public = kp.public_key();
-    let n = b64(public.modulus().big_endian_without_leading_zero());
-    let e = b64(public.exponent().big_endian_without_leading_zero());
+/// A testkit key, with the DecodingKey built from the same JWK parts the policy uses.
+fn bench_key(k: portcullis_testkit::TestKey, kid: &'static str) -> BenchKey {
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(k.jwk.clone()).unwrap();
     BenchKey {
-        alg: Algorithm::RS256,
+        alg: k.alg,
         iss: ISSUER,
-        kid: "rsa-1",
-        encoding,
-        decoding: DecodingKey::from_rsa_components(&n, &e).unwrap(),
-        jwk: json!({"kty": "RSA", "kid": "rsa-1", "use": "sig", "n": n, "e": e}),
+        kid,
+        encoding: k.encoding,
+        decoding: DecodingKey::from_jwk(&jwk).unwrap(),
+        jwk: k.jwk,
     }
+}
+
+fn rsa() -> BenchKey {
+    bench_key(portcullis_testkit::rsa("rsa-1"), "rsa-1")
 }
 
 fn ec256() -> BenchKey {
-    let kp =
-        signature::EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
-    let pkcs8 = kp.to_pkcs8v1().unwrap();
-    let point = kp.public_key().as_ref().to_vec();
-    let (x, y) = (b64(&point[1..33]), b64(&point[33..]));
-    BenchKey {
-        alg: Algorithm::ES256,
-        iss: ISSUER,
-        kid: "ec-1",
-        encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
-        decoding: DecodingKey::from_ec_components(&x, &y).unwrap(),
-        jwk: json!({"kty": "EC", "kid": "ec-1", "crv": "P-256", "x": x, "y": y}),
-    }
+    bench_key(portcullis_testkit::ec("ec-1", false), "ec-1")
 }
 
 fn ed25519() -> BenchKey {
-    let kp = signature::Ed25519KeyPair::generate().unwrap();
-    let pkcs8 = kp.to_pkcs8().unwrap();
-    let x = b64(kp.public_key().as_ref());
-    BenchKey {
-        alg: Algorithm::EdDSA,
-        iss: ISSUER,
-        kid: "ed-1",
-        encoding: EncodingKey::from_ed_der(pkcs8.as_ref()),
-        decoding: DecodingKey::from_ed_components(&x).unwrap(),
-        jwk: json!({"kty": "OKP", "kid": "ed-1", "crv": "Ed25519", "x": x}),
-    }
+    bench_key(portcullis_testkit::ed("ed-1"), "ed-1")
 }
 
 fn hmac() -> BenchKey {

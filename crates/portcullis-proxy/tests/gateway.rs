@@ -9,16 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::KeyPair;
-use base64::Engine;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, Header};
 use portcullis_proxy::{Running, StandaloneOptions, start_standalone};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -90,27 +87,10 @@ async fn upstream() -> SocketAddr {
 
 // === keys and tokens ===
 
-struct Signer {
-    key: EncodingKey,
-    jwk: Value,
-}
-
-fn signer() -> &'static Signer {
-    static S: std::sync::OnceLock<Signer> = std::sync::OnceLock::new();
-    S.get_or_init(|| {
-        let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-        let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'_>>::as_der(&kp).unwrap();
-        let pem = format!(
-            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-            base64::engine::general_purpose::STANDARD.encode(der.as_ref())
-        );
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-        let p = kp.public_key();
-        Signer {
-            key: EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
-            jwk: json!({"kty": "RSA", "kid": "k1", "n": b64(p.modulus().big_endian_without_leading_zero()), "e": b64(p.exponent().big_endian_without_leading_zero())}),
-        }
-    })
+/// One RSA signing key for the whole test binary.
+fn signer() -> &'static portcullis_testkit::TestKey {
+    static S: std::sync::OnceLock<portcullis_testkit::TestKey> = std::sync::OnceLock::new();
+    S.get_or_init(|| portcullis_testkit::rsa("k1"))
 }
 
 fn now() -> i64 {
@@ -124,7 +104,7 @@ fn token(jti: &str, scope: &str, exp_in: i64) -> String {
     let mut h = Header::new(Algorithm::RS256);
     h.kid = Some("k1".into());
     let claims = json!({"iss": "https://issuer.test", "aud": "api", "sub": "alice", "jti": jti, "scope": scope, "iat": now() - 5, "exp": now() + exp_in});
-    jsonwebtoken::encode(&h, &claims, &signer().key).unwrap()
+    jsonwebtoken::encode(&h, &claims, &signer().encoding).unwrap()
 }
 
 // === gateway ===
