@@ -50,6 +50,13 @@ fn k(args: &[&str]) -> String {
     out
 }
 
+/// `kubectl patch KIND NAME -n NS --type TYPE -p BODY`.
+fn patch(kind: &str, name: &str, ns: &str, patch_type: &str, body: &str) {
+    k(&[
+        "patch", kind, name, "-n", ns, "--type", patch_type, "-p", body,
+    ]);
+}
+
 fn apply(yaml: &str) {
     let (ok, _, err) = kubectl(&["apply", "-f", "-"], Some(yaml));
     assert!(ok, "kubectl apply failed: {err}\n{yaml}");
@@ -420,17 +427,13 @@ fn portcullis_on_a_real_api_server() {
     println!("== CEL rejection at apply time; ResolvedRefs=False + Warning Event; rest unaffected");
 
     // --- a scope change reaches all proxies; Programmed and status.proxies follow ---
-    k(&[
-        "patch",
+    patch(
         "apiroute",
         "orders",
-        "-n",
         ns,
-        "--type",
         "json",
-        "-p",
         r#"[{"op":"replace","path":"/spec/rules/0/requiredScopes","value":["orders:admin"]}]"#,
-    ]);
+    );
     wait_until("403 everywhere", Duration::from_secs(10), || {
         all_proxies(&p_ports, &host, &good, 403)
     });
@@ -452,17 +455,13 @@ fn portcullis_on_a_real_api_server() {
         "jsonpath={.status.proxies.programmed}/{.status.proxies.connected}",
     ]);
     assert_eq!(counts, "3/3", "status.proxies after the scope change");
-    k(&[
-        "patch",
+    patch(
         "apiroute",
         "orders",
-        "-n",
         ns,
-        "--type",
         "json",
-        "-p",
         r#"[{"op":"replace","path":"/spec/rules/0/requiredScopes","value":["orders:read"]}]"#,
-    ]);
+    );
     wait_until("200 again", Duration::from_secs(10), || {
         all_proxies(&p_ports, &host, &good, 200)
     });
@@ -510,19 +509,15 @@ fn portcullis_on_a_real_api_server() {
         let t = mint(&dev_key(), &format!("measure-{i}"), "orders:read");
         assert!(all_proxies(&p_ports, &host, &t, 200));
         let t0 = Instant::now();
-        k(&[
-            "patch",
+        patch(
             "tokenpolicy",
             "default",
-            "-n",
             ns,
-            "--type",
             "json",
-            "-p",
             &format!(
                 r#"[{{"op":"add","path":"/spec/revocations/-","value":{{"jti":"measure-{i}"}}}}]"#
             ),
-        ]);
+        );
         let mut pending: Vec<u16> = p_ports.to_vec();
         while !pending.is_empty() {
             pending.retain(|p| status(*p, &host, "/orders", Some(&t)) != 401);
@@ -673,17 +668,13 @@ fn portcullis_on_a_real_api_server() {
         Duration::from_secs(20),
         || holder() == format!("controller-{}", 1 - idx),
     );
-    k(&[
-        "patch",
+    patch(
         "apiroute",
         "orders",
-        "-n",
         ns,
-        "--type",
         "merge",
-        "-p",
         r#"{"spec":{"passAuthorization":true}}"#,
-    ]);
+    );
     wait_until(
         "status from the new leader",
         Duration::from_secs(20),
@@ -705,17 +696,13 @@ fn portcullis_on_a_real_api_server() {
         );
         assert_eq!(status(p, &host, "/orders", Some(&good)), 200);
     }
-    k(&[
-        "patch",
+    patch(
         "tokenpolicy",
         "default",
-        "-n",
         ns,
-        "--type",
         "json",
-        "-p",
         r#"[{"op":"add","path":"/spec/revocations/-","value":{"jti":"while-down"}}]"#,
-    ]);
+    );
     // A proxy restarted with its state file serves at once, controller or not.
     proxies[2].kill();
     proxies[2] = proxy(2, &proxy_token);
@@ -750,17 +737,13 @@ fn portcullis_on_a_real_api_server() {
     );
     let after = mint(&dev_key(), "after-restart", "orders:read");
     assert!(all_proxies(&p_ports, &host, &good, 200));
-    k(&[
-        "patch",
+    patch(
         "tokenpolicy",
         "default",
-        "-n",
         ns,
-        "--type",
         "json",
-        "-p",
         r#"[{"op":"add","path":"/spec/revocations/-","value":{"jti":"after-restart"}}]"#,
-    ]);
+    );
     wait_until(
         "revocation after the API server restart",
         Duration::from_secs(60),
@@ -775,20 +758,16 @@ fn portcullis_on_a_real_api_server() {
         .output()
         .unwrap();
     let soon = String::from_utf8(soon.stdout).unwrap();
-    k(&[
-        "patch",
+    patch(
         "tokenpolicy",
         "default",
-        "-n",
         ns,
-        "--type",
         "json",
-        "-p",
         &format!(
             r#"[{{"op":"add","path":"/spec/revocations/-","value":{{"jti":"short-lived","expiresAt":"{}"}}}}]"#,
             soon.trim()
         ),
-    ]);
+    );
     wait_until("pruned", Duration::from_secs(30), || {
         !k(&["get", "tokenpolicy", "default", "-n", ns, "-o", "json"]).contains("short-lived")
     });
