@@ -78,27 +78,48 @@ struct StoreInner {
     policies: BTreeMap<Key, TokenPolicy>,
     secrets: BTreeMap<Key, Secret>,
     services: HashSet<Key>,
+    /// Per object, the resourceVersion at which its content (spec, or a Secret's data)
+    /// last changed. Status writes bump resourceVersions without changing content; these
+    /// do not move, so every replica derives the same config version.
+    route_rv: HashMap<Key, u64>,
+    policy_rv: HashMap<Key, u64>,
+    secret_rv: HashMap<Key, u64>,
     /// Highest resourceVersion among deletions of routes and policies.
     deleted_rv: u64,
     /// Each watcher has listed everything once.
     synced: HashSet<&'static str>,
 }
 
-/// Applies watcher events to a map, with Init/InitDone replacing the whole map atomically.
+/// Applies watcher events to a map, with Init/InitDone replacing the whole map atomically,
+/// and keeps each object's content resourceVersion (see `StoreInner::route_rv`).
 fn apply_event<K: ResourceExt + Clone>(
     map: &mut BTreeMap<Key, K>,
+    content_rv: &mut HashMap<Key, u64>,
+    same: fn(&K, &K) -> bool,
     buffer: &mut Option<BTreeMap<Key, K>>,
     ev: Event<K>,
     deleted_rv: &mut u64,
 ) -> bool {
+    let rv_for =
+        |map: &BTreeMap<Key, K>, content_rv: &HashMap<Key, u64>, key: &Key, o: &K| match map
+            .get(key)
+        {
+            Some(old) if same(old, o) => content_rv.get(key).copied().unwrap_or_else(|| rv_of(old)),
+            _ => rv_of(o),
+        };
     match ev {
         Event::Apply(o) => {
-            map.insert(key_of(&o), o);
+            let key = key_of(&o);
+            let rv = rv_for(map, content_rv, &key, &o);
+            content_rv.insert(key.clone(), rv);
+            map.insert(key, o);
             false
         }
         Event::Delete(o) => {
             *deleted_rv = (*deleted_rv).max(rv_of(&o));
-            map.remove(&key_of(&o));
+            let key = key_of(&o);
+            content_rv.remove(&key);
+            map.remove(&key);
             false
         }
         Event::Init => {
@@ -112,7 +133,13 @@ fn apply_event<K: ResourceExt + Clone>(
             false
         }
         Event::InitDone => {
-            *map = buffer.take().unwrap_or_default();
+            let listed = buffer.take().unwrap_or_default();
+            let rvs = listed
+                .iter()
+                .map(|(k, o)| (k.clone(), rv_for(map, content_rv, k, o)))
+                .collect();
+            *content_rv = rvs;
+            *map = listed;
             true
         }
     }
@@ -326,13 +353,31 @@ pub async fn run(
         Api::<ApiRoute>::all(client.clone()),
         store.clone(),
         "ApiRoute",
-        |s, b, e| apply_event(&mut s.routes, b, e, &mut s.deleted_rv),
+        |s, b, e| {
+            apply_event(
+                &mut s.routes,
+                &mut s.route_rv,
+                |a, b| a.spec == b.spec && a.metadata.generation == b.metadata.generation,
+                b,
+                e,
+                &mut s.deleted_rv,
+            )
+        },
     ));
     tokio::spawn(watch_kind(
         Api::<TokenPolicy>::all(client.clone()),
         store.clone(),
         "TokenPolicy",
-        |s, b, e| apply_event(&mut s.policies, b, e, &mut s.deleted_rv),
+        |s, b, e| {
+            apply_event(
+                &mut s.policies,
+                &mut s.policy_rv,
+                |a, b| a.spec == b.spec && a.metadata.generation == b.metadata.generation,
+                b,
+                e,
+                &mut s.deleted_rv,
+            )
+        },
     ));
     tokio::spawn(watch_kind(
         Api::<Secret>::all(client.clone()),
@@ -340,7 +385,14 @@ pub async fn run(
         "Secret",
         |s, b, e| {
             let mut ignored = 0;
-            apply_event(&mut s.secrets, b, e, &mut ignored)
+            apply_event(
+                &mut s.secrets,
+                &mut s.secret_rv,
+                |a, b| a.data == b.data,
+                b,
+                e,
+                &mut ignored,
+            )
         },
     ));
     tokio::spawn(watch_kind(
@@ -643,7 +695,10 @@ fn compile_store(store: &Store) -> (SourceSet, Versions, Vec<CompileError>) {
                 p.namespace().unwrap_or_default(),
                 p.name_any()
             ),
-            rv_of(p),
+            g.policy_rv
+                .get(&key_of(p))
+                .copied()
+                .unwrap_or_else(|| rv_of(p)),
         );
         for iss in &p.spec.issuers {
             if let Some(r) = &iss.jwks.secret_ref {
@@ -664,7 +719,10 @@ fn compile_store(store: &Store) -> (SourceSet, Versions, Vec<CompileError>) {
                 r.namespace().unwrap_or_default(),
                 r.name_any()
             ),
-            rv_of(r),
+            g.route_rv
+                .get(&key_of(r))
+                .copied()
+                .unwrap_or_else(|| rv_of(r)),
         );
         let mut clean = ApiRoute::new(&r.name_any(), r.spec.clone());
         clean.metadata = slim_meta(&r.metadata);
@@ -672,8 +730,10 @@ fn compile_store(store: &Store) -> (SourceSet, Versions, Vec<CompileError>) {
     }
     for (key, keys) in &wanted_secrets {
         if let Some(s) = g.secrets.get(key) {
-            rvs.of
-                .insert(format!("Secret/{}/{}", key.0, key.1), rv_of(s));
+            rvs.of.insert(
+                format!("Secret/{}/{}", key.0, key.1),
+                g.secret_rv.get(key).copied().unwrap_or_else(|| rv_of(s)),
+            );
             let data: BTreeMap<String, ByteString> = s
                 .data
                 .iter()
@@ -913,4 +973,78 @@ async fn raw_json_patch(
         .map_err(kube::Error::HttpError)?;
     let _: serde_json::Value = client.request(req).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(rv: u64, scope: &str) -> ApiRoute {
+        let mut r: ApiRoute = serde_json::from_value(serde_json::json!({
+            "apiVersion": "portcullis.dev/v1alpha1", "kind": "ApiRoute",
+            "metadata": {"name": "r", "namespace": "ns", "resourceVersion": rv.to_string(), "generation": 1},
+            "spec": {"hosts": ["a.test"], "policyRef": {"name": "p"}, "backend": {"url": "http://x"},
+                     "rules": [{"match": {"pathPrefix": "/"}, "requiredScopes": [scope]}]}
+        }))
+        .unwrap();
+        if scope != "read" {
+            r.metadata.generation = Some(2);
+        }
+        r
+    }
+
+    #[test]
+    fn status_writes_do_not_move_the_content_version() {
+        let same: fn(&ApiRoute, &ApiRoute) -> bool =
+            |a, b| a.spec == b.spec && a.metadata.generation == b.metadata.generation;
+        let (mut map, mut rvs, mut buf, mut del) = (BTreeMap::new(), HashMap::new(), None, 0);
+        let key = ("ns".to_string(), "r".to_string());
+        apply_event(
+            &mut map,
+            &mut rvs,
+            same,
+            &mut buf,
+            Event::Apply(route(10, "read")),
+            &mut del,
+        );
+        // A status write: new resourceVersion, same spec.
+        apply_event(
+            &mut map,
+            &mut rvs,
+            same,
+            &mut buf,
+            Event::Apply(route(12, "read")),
+            &mut del,
+        );
+        assert_eq!(rvs[&key], 10);
+        // A spec change moves it.
+        apply_event(
+            &mut map,
+            &mut rvs,
+            same,
+            &mut buf,
+            Event::Apply(route(15, "write")),
+            &mut del,
+        );
+        assert_eq!(rvs[&key], 15);
+        // A relist (watch restarted) of unchanged content keeps it.
+        apply_event(&mut map, &mut rvs, same, &mut buf, Event::Init, &mut del);
+        apply_event(
+            &mut map,
+            &mut rvs,
+            same,
+            &mut buf,
+            Event::InitApply(route(20, "write")),
+            &mut del,
+        );
+        apply_event(
+            &mut map,
+            &mut rvs,
+            same,
+            &mut buf,
+            Event::InitDone,
+            &mut del,
+        );
+        assert_eq!(rvs[&key], 15);
+    }
 }
