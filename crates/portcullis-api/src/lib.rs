@@ -25,7 +25,8 @@ pub use route::{
 };
 pub use status::{Condition, ConditionStatus, ProxiesStatus, ResourceStatus};
 pub use token_policy::{
-    IssuerSpec, Jwk, JwkSet, JwksSource, Revocation, SecretKeyRef, TokenPolicy, TokenPolicySpec,
+    IntrospectionSpec, IssuerSpec, Jwk, JwkSet, JwksSource, Revocation, SecretKeyRef, SecretRef,
+    TokenPolicy, TokenPolicySpec,
 };
 
 use kube::CustomResourceExt;

@@ -7,9 +7,15 @@
 //! ```text
 //! controller -> proxy (response body)        proxy -> controller (request body)
 //!   {"type":"full", version, sources}          {"type":"ack", version}
-//!   {"type":"delta", from, version, ...}       (room for more: refetch, quota leases)
+//!   {"type":"delta", from, version, ...}       {"type":"refetch", url}
 //!   {"type":"heartbeat", version}
 //! ```
+//!
+//! * Key sets fetched from `jwks.uri` or OIDC discovery travel as `RemoteKeys` source
+//!   objects (kind `RemoteKeys`, name = the URL the issuer's keys come from), so every proxy
+//!   verifies with the same keys and the provider sees the controller's fetches only. A
+//!   proxy that meets an unknown `kid` from such an issuer sends `refetch`; the controller
+//!   rate-limits those per URL.
 //!
 //! * On connect the controller sends `full`, unless the proxy's `since` is a version it
 //!   still has deltas from, in which case it sends only those deltas (resume).
@@ -58,6 +64,18 @@ pub enum SourceObject {
     TokenPolicy(TokenPolicy),
     /// A Secret holding key material (only the referenced keys are sent).
     Secret(Secret),
+    /// A key set fetched by the controller.
+    RemoteKeys(RemoteKeys),
+}
+
+/// A JWKS document fetched from a provider, as the compiler's `remote_jwks` input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteKeys {
+    /// The source: a `jwks.uri`, or `<issuer>/.well-known/openid-configuration` for
+    /// discovery.
+    pub url: String,
+    /// The last good JWKS document fetched from it.
+    pub jwks: serde_json::Value,
 }
 
 impl SourceObject {
@@ -67,6 +85,13 @@ impl SourceObject {
             SourceObject::ApiRoute(o) => ("ApiRoute", &o.metadata),
             SourceObject::TokenPolicy(o) => ("TokenPolicy", &o.metadata),
             SourceObject::Secret(o) => ("Secret", &o.metadata),
+            SourceObject::RemoteKeys(k) => {
+                return ObjectKey {
+                    kind: "RemoteKeys".into(),
+                    namespace: String::new(),
+                    name: k.url.clone(),
+                };
+            }
         };
         ObjectKey {
             kind: kind.into(),
@@ -102,9 +127,21 @@ impl SourceSet {
                 SourceObject::ApiRoute(x) => r.push(x.clone()),
                 SourceObject::TokenPolicy(x) => p.push(x.clone()),
                 SourceObject::Secret(x) => s.push(x.clone()),
+                SourceObject::RemoteKeys(_) => {}
             }
         }
         (r, p, s)
+    }
+
+    /// The fetched key sets, by source URL: the compiler's `remote_jwks`.
+    pub fn remote_jwks(&self) -> std::collections::HashMap<String, serde_json::Value> {
+        self.objects
+            .values()
+            .filter_map(|o| match o {
+                SourceObject::RemoteKeys(k) => Some((k.url.clone(), k.jwks.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The change from `self` to `next`: replaced and removed objects, with policies whose
@@ -267,5 +304,11 @@ pub enum ProxyMessage {
     Ack {
         /// Version applied.
         version: u64,
+    },
+    /// A token arrived whose `kid` is not in the key set fetched from `url`: fetch it again
+    /// (the controller decides whether the rate limit allows it).
+    Refetch {
+        /// The key source, as in [`RemoteKeys::url`].
+        url: String,
     },
 }

@@ -53,7 +53,10 @@ pub(crate) const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|
 pub struct TokenPolicySpec {
     /// Trusted token issuers. A token whose `iss` claim names none of them is refused.
     #[schemars(length(max = 16))]
-    #[x_kube(validation = Rule::new("self.size() > 0").message("spec.issuers must list at least one trusted issuer"))]
+    #[x_kube(
+        validation = Rule::new("self.size() > 0").message("spec.issuers must list at least one trusted issuer"),
+        validation = Rule::new("self.filter(i, has(i.introspection)).size() <= 1").message("at most one issuer per policy may use introspection: an opaque token names no issuer, so only one endpoint can judge it")
+    )]
     pub issuers: Vec<IssuerSpec>,
 
     /// The claim that holds the token's scopes: a space-separated string (`scope`, as in
@@ -97,44 +100,61 @@ pub struct TokenPolicySpec {
     pub revocations: Vec<Revocation>,
 }
 
-/// A trusted issuer: its name, accepted audiences and algorithms, and where its keys are.
+/// A trusted issuer: its name, accepted audiences, and how its tokens are checked: signed
+/// JWTs verified with keys from `jwks`, or opaque tokens judged by the issuer's RFC 7662
+/// `introspection` endpoint. Exactly one of the two.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("!self.algorithms.exists(a, a.startsWith('HS')) || has(self.jwks.secretRef)").message("HS256/HS384/HS512 need a shared secret kept in a Secret: set jwks.secretRef"),
-    validation = Rule::new("!self.algorithms.exists(a, a.startsWith('HS')) || self.algorithms.all(a, a.startsWith('HS'))").message("do not mix HS* with public-key algorithms in one issuer: a shared secret and a public key cannot share a key set")
+    validation = Rule::new("has(self.jwks) != has(self.introspection)").message("an issuer needs exactly one of jwks (signed JWTs) or introspection (opaque tokens)"),
+    validation = Rule::new("!has(self.jwks) || (has(self.algorithms) && self.algorithms.size() > 0)").message("algorithms must list at least one signature algorithm, e.g. RS256"),
+    validation = Rule::new("!has(self.jwks) || !has(self.algorithms) || !self.algorithms.exists(a, a.startsWith('HS')) || has(self.jwks.secretRef)").message("HS256/HS384/HS512 need a shared secret kept in a Secret: set jwks.secretRef"),
+    validation = Rule::new("!has(self.algorithms) || !self.algorithms.exists(a, a.startsWith('HS')) || self.algorithms.all(a, a.startsWith('HS'))").message("do not mix HS* with public-key algorithms in one issuer: a shared secret and a public key cannot share a key set"),
+    validation = Rule::new("!has(self.jwks) || !has(self.jwks.discovery) || !self.jwks.discovery || self.issuer.startsWith('https://') || self.issuer.startsWith('http://127.0.0.1') || self.issuer.startsWith('http://localhost') || self.issuer.startsWith('http://[::1]')").message("jwks.discovery reads <issuer>/.well-known/openid-configuration, so the issuer must be an https:// URL (plain http only for loopback addresses)")
 )]
 pub struct IssuerSpec {
     /// The issuer identifier, compared exactly with the token's `iss` claim
-    /// (e.g. `https://auth.example.com/`).
+    /// (e.g. `https://auth.example.com/`). With `jwks.discovery` it is also where the
+    /// OpenID configuration is read from.
     #[schemars(length(min = 1, max = 512))]
     pub issuer: String,
 
-    /// Audiences accepted in the token's `aud` claim; a token must name at least one.
+    /// Audiences accepted in the token's `aud` claim; a token must name at least one. For
+    /// introspected tokens, the answer's `aud` (or, without one, its `client_id`).
     #[schemars(length(max = 16), inner(length(min = 1, max = 512)))]
     #[x_kube(validation = Rule::new("self.size() > 0").message("audiences must list at least one audience: Portcullis refuses tokens not meant for it"))]
     pub audiences: Vec<String>,
 
     /// Signature algorithms accepted from this issuer (an allow-list): RS256, RS384, RS512,
     /// PS256, PS384, PS512, ES256, ES384, EdDSA, or HS256/384/512 with a shared secret from
-    /// a Secret. `none` is never accepted.
+    /// a Secret. `none` is never accepted. Required with `jwks`; unused with
+    /// `introspection`.
     #[schemars(length(max = 12), inner(length(max = 16)))]
     #[x_kube(
-        validation = Rule::new("self.size() > 0").message("algorithms must list at least one signature algorithm, e.g. RS256"),
         validation = Rule::new("self.all(a, a.lowerAscii() != 'none')").message("algorithm none is never allowed: tokens must be signed"),
         validation = Rule::new("self.all(a, a.lowerAscii() == 'none' || a in ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'EdDSA', 'HS256', 'HS384', 'HS512'])").message("unknown algorithm: use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384 or HS512")
     )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub algorithms: Vec<String>,
 
-    /// Where the verification keys come from.
-    pub jwks: JwksSource,
+    /// Where the verification keys of this issuer's signed JWTs come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwksSource>,
+
+    /// Judge this issuer's opaque tokens with its OAuth 2.0 introspection endpoint
+    /// (RFC 7662). At most one introspection issuer per policy: an opaque token names no
+    /// issuer, so there must be only one endpoint to ask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection: Option<IntrospectionSpec>,
 }
 
-/// Key material for an issuer: exactly one of `inline`, `secretRef` or `uri`.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// Key material for an issuer: exactly one of `inline`, `secretRef`, `uri` or
+/// `discovery: true`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("[has(self.inline), has(self.secretRef), has(self.uri)].exists_one(x, x)").message("jwks needs exactly one of inline, secretRef or uri")
+    validation = Rule::new("[has(self.inline), has(self.secretRef), has(self.uri), has(self.discovery) && self.discovery].exists_one(x, x)").message("jwks needs exactly one of inline, secretRef, uri or discovery: true"),
+    validation = Rule::new("!has(self.caBundleSecretRef) || has(self.uri) || (has(self.discovery) && self.discovery)").message("caBundleSecretRef only applies to keys fetched over HTTPS (uri or discovery)")
 )]
 pub struct JwksSource {
     /// A JWKS document written as YAML (`keys: [{kty: RSA, kid: ..., n: ..., e: AQAB}]`).
@@ -148,15 +168,88 @@ pub struct JwksSource {
     pub secret_ref: Option<SecretKeyRef>,
 
     /// An HTTPS URL serving the issuer's JWKS, fetched and refreshed so keys can rotate
-    /// without restarts.
+    /// without restarts. In a cluster the controller fetches it and sends the keys to
+    /// every proxy.
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1') || self.startsWith('http://localhost') || self.startsWith('http://[::1]')").message("jwks.uri must use https:// (plain http only for loopback addresses)"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+
+    /// OpenID Connect discovery: read `jwks_uri` from
+    /// `<issuer>/.well-known/openid-configuration` (whose `issuer` must equal this
+    /// issuer), then fetch and refresh that key set as with `uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<bool>,
+
+    /// Fetched keys are refreshed when the document's `Cache-Control: max-age` runs out,
+    /// but never sooner than this; it also bounds refetches for tokens with an unknown
+    /// `kid` (at most one per issuer per interval). A duration; default `1m`.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("minRefreshInterval must be a positive duration such as 30s or 1m"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_refresh_interval: Option<String>,
+
+    /// Fetched keys are refreshed at least this often, whatever `max-age` says. A
+    /// duration; default `1h`.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("maxRefreshInterval must be a positive duration such as 10m or 1h"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_refresh_interval: Option<String>,
+
+    /// A key in a Secret of this namespace holding PEM CA
+    /// certificates trusted for the HTTPS fetch in addition to the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_secret_ref: Option<SecretKeyRef>,
+}
+
+/// An OAuth 2.0 token introspection endpoint (RFC 7662) and how to call it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IntrospectionSpec {
+    /// The endpoint URL: https:// (plain http only for loopback addresses).
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1') || self.startsWith('http://localhost') || self.startsWith('http://[::1]')").message("introspection.endpoint must use https:// (plain http only for loopback addresses)"))]
+    pub endpoint: String,
+
+    /// A Secret of this namespace with the client credentials Portcullis authenticates
+    /// with (`client_secret_basic`): keys `client-id` and `client-secret`.
+    pub credentials_secret_ref: SecretRef,
+
+    /// How long an active answer is reused (never past the token's `exp`). Scopes and
+    /// revocations are still checked on every request. A duration; default `60s`.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("cacheTTL must be a positive duration such as 30s or 5m"))]
+    #[serde(default, rename = "cacheTTL", skip_serializing_if = "Option::is_none")]
+    pub cache_ttl: Option<String>,
+
+    /// How long an inactive answer is reused, so a flood of bad tokens does not become a
+    /// flood of calls. A duration; default `10s`.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("negativeCacheTTL must be a positive duration such as 5s or 1m"))]
+    #[serde(
+        default,
+        rename = "negativeCacheTTL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub negative_cache_ttl: Option<String>,
+
+    /// Time allowed for one call, connect included. A duration; default `2s`.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("timeout must be a positive duration such as 500ms or 2s"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// A Secret of the same namespace, by name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// A key inside a Secret of the same namespace.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SecretKeyRef {
     /// Name of the Secret.
     #[schemars(length(min = 1, max = 253))]

@@ -151,11 +151,17 @@ fn hmac_needs_a_secret() {
 #[test]
 fn jwks_needs_exactly_one_source() {
     let mut p = policy(POLICY);
-    p.spec.issuers[0].jwks.uri = Some("https://auth.example.com/jwks".into());
-    assert!(messages(token_policy(&p)).contains("exactly one of inline, secretRef or uri"));
+    p.spec.issuers[0].jwks.as_mut().unwrap().uri = Some("https://auth.example.com/jwks".into());
+    assert!(
+        messages(token_policy(&p))
+            .contains("exactly one of inline, secretRef, uri or discovery: true")
+    );
     let mut p = policy(POLICY);
-    p.spec.issuers[0].jwks.inline = None;
-    assert!(messages(token_policy(&p)).contains("exactly one of inline, secretRef or uri"));
+    p.spec.issuers[0].jwks.as_mut().unwrap().inline = None;
+    assert!(
+        messages(token_policy(&p))
+            .contains("exactly one of inline, secretRef, uri or discovery: true")
+    );
 }
 
 #[test]
@@ -204,7 +210,15 @@ fn forward_claims_must_name_headers() {
 #[test]
 fn private_and_secret_keys_cannot_be_inline() {
     let mut p = policy(POLICY);
-    p.spec.issuers[0].jwks.inline.as_mut().unwrap().keys[0].kty = "oct".into();
+    p.spec.issuers[0]
+        .jwks
+        .as_mut()
+        .unwrap()
+        .inline
+        .as_mut()
+        .unwrap()
+        .keys[0]
+        .kty = "oct".into();
     assert!(messages(token_policy(&p)).contains("shared secrets (oct) belong in a Secret"));
 }
 

@@ -26,7 +26,8 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use portcullis_api::push::{SourceObject, SourceSet};
 use portcullis_api::{ApiRoute, ResourceStatus, TokenPolicy};
-use portcullis_policy::{CompileError, CompileOptions};
+use portcullis_fetch::{FetchResult, HttpClient, KeyFetcher};
+use portcullis_policy::{CompileError, CompileOptions, RemoteSource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
@@ -456,6 +457,14 @@ pub async fn run(
     let mut programmed: Programmed = HashMap::new();
     let mut last_errors: Vec<CompileError> = Vec::new();
     let mut warned: HashSet<(String, Key, Option<i64>, String)> = HashSet::new();
+    // Remote key sets: fetched by the leader only (see jwks_store).
+    let fetcher = KeyFetcher::new(Arc::new(HttpClient::default()), metrics.registry());
+    let mut fetch_changes = fetcher.subscribe();
+    let mut remote_sources: Vec<RemoteSource> = Vec::new();
+    let mut fetching = false;
+    let mut stored: HashMap<String, (Option<serde_json::Value>, &'static str, String)> =
+        HashMap::new();
+    let mut handled_refetch: HashMap<String, String> = HashMap::new();
     let mut prune_tick = tokio::time::interval(opts.prune_interval);
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     let mut shutdown = shutdown;
@@ -465,6 +474,30 @@ pub async fn run(
             _ = store.changed.notified() => recompile = true,
             _ = registry.changed.notified() => {}
             _ = leader_changed.notified() => {}
+            _ = fetch_changes.changed() => {
+                if leader.is_leader() {
+                    for st in fetcher.states().into_values() {
+                        let now = (st.document.clone(), st.result.reason(), st.message.clone());
+                        if st.document.is_some() && stored.get(&st.source.url) != Some(&now) {
+                            crate::jwks_store::write(&client, &opts.lease_namespace, FIELD_MANAGER, &st, opts.write_timeout).await;
+                            stored.insert(st.source.url.clone(), now);
+                        }
+                    }
+                }
+            }
+            _ = registry.refetch_requested.notified() => {
+                for url in registry.take_refetches() {
+                    if !remote_sources.iter().any(|s| s.url == url) {
+                        continue;
+                    }
+                    if leader.is_leader() {
+                        fetcher.request_refetch(&url);
+                    } else {
+                        crate::jwks_store::request_refetch(&client, &opts.lease_namespace, &url, opts.write_timeout).await;
+                    }
+                }
+                continue;
+            }
             _ = status_tick.tick() => {}
             _ = prune_tick.tick() => {
                 if leader.is_leader() && store.synced() {
@@ -480,7 +513,8 @@ pub async fn run(
                 continue;
             }
             let started = Instant::now();
-            let (sources, rvs, errors) = compile_store(&store);
+            let (sources, rvs, errors, remote) = compile_store(&store, &opts.lease_namespace);
+            remote_sources = remote;
             let at_least = rvs.for_change(&publisher.current().1, &sources);
             metrics
                 .compile_duration
@@ -510,7 +544,7 @@ pub async fn run(
                     SourceObject::TokenPolicy(p) => {
                         ("TokenPolicy", key_of(p), p.metadata.generation)
                     }
-                    SourceObject::Secret(_) => continue,
+                    SourceObject::Secret(_) | SourceObject::RemoteKeys(_) => continue,
                 };
                 let entry = programmed
                     .entry((kind.into(), key))
@@ -521,7 +555,41 @@ pub async fn run(
             }
             last_errors = errors;
         }
+        // The leader fetches; a replica that lost the lead stops.
         if leader.is_leader() && store.synced() {
+            fetcher.set_sources(remote_sources.clone());
+            let g = store.lock();
+            for src in &remote_sources {
+                let key = (
+                    opts.lease_namespace.clone(),
+                    crate::jwks_store::secret_name(&src.url),
+                );
+                if let Some(secret) = g.secrets.get(&key) {
+                    if !fetching
+                        && let Some(doc) = crate::jwks_store::stored_document(secret, &src.url)
+                    {
+                        fetcher.seed(&src.url, doc, crate::jwks_store::stored_fetched_at(secret));
+                    }
+                    // Refetches other replicas passed on.
+                    if let Some(at) = secret
+                        .annotations()
+                        .get(crate::jwks_store::REFETCH_REQUESTED)
+                        && handled_refetch.get(&src.url) != Some(at)
+                    {
+                        handled_refetch.insert(src.url.clone(), at.clone());
+                        fetcher.request_refetch(&src.url);
+                    }
+                }
+            }
+            drop(g);
+            fetching = true;
+        } else if fetching {
+            fetcher.set_sources(Vec::new());
+            stored.clear();
+            fetching = false;
+        }
+        if leader.is_leader() && store.synced() {
+            let keys = keys_reports(&fetcher);
             let acks = cluster_acks(&client, &opts, &registry).await;
             write_statuses(
                 &client,
@@ -529,6 +597,7 @@ pub async fn run(
                 &acks,
                 &programmed,
                 &last_errors,
+                &keys,
                 &recorder,
                 &mut warned,
                 &metrics,
@@ -680,7 +749,10 @@ impl Versions {
 }
 
 /// Builds the published source set from the store and compiles it for errors.
-fn compile_store(store: &Store) -> (SourceSet, Versions, Vec<CompileError>) {
+fn compile_store(
+    store: &Store,
+    jwks_namespace: &str,
+) -> (SourceSet, Versions, Vec<CompileError>, Vec<RemoteSource>) {
     let g = store.lock();
     let mut set = SourceSet::default();
     let mut rvs = Versions {
@@ -700,12 +772,27 @@ fn compile_store(store: &Store) -> (SourceSet, Versions, Vec<CompileError>) {
                 .copied()
                 .unwrap_or_else(|| rv_of(p)),
         );
+        let ns = p.namespace().unwrap_or_default();
         for iss in &p.spec.issuers {
-            if let Some(r) = &iss.jwks.secret_ref {
+            let jwks = iss.jwks.as_ref();
+            for r in [
+                jwks.and_then(|j| j.secret_ref.as_ref()),
+                jwks.and_then(|j| j.ca_bundle_secret_ref.as_ref()),
+            ]
+            .into_iter()
+            .flatten()
+            {
                 wanted_secrets
-                    .entry((p.namespace().unwrap_or_default(), r.name.clone()))
+                    .entry((ns.clone(), r.name.clone()))
                     .or_default()
                     .insert(r.key.clone());
+            }
+            if let Some(intro) = &iss.introspection {
+                let keys = wanted_secrets
+                    .entry((ns.clone(), intro.credentials_secret_ref.name.clone()))
+                    .or_default();
+                keys.insert(portcullis_policy::INTROSPECTION_CLIENT_ID_KEY.into());
+                keys.insert(portcullis_policy::INTROSPECTION_CLIENT_SECRET_KEY.into());
             }
         }
         let mut clean = TokenPolicy::new(&p.name_any(), p.spec.clone());
@@ -752,10 +839,36 @@ fn compile_store(store: &Store) -> (SourceSet, Versions, Vec<CompileError>) {
             }));
         }
     }
+    // Fetched key sets: the leader keeps them in Secrets of the controller's namespace.
+    let (_, policies, secrets) = set.split();
+    let remote = portcullis_policy::remote_sources(&policies, &secrets);
+    for src in &remote {
+        let key = (
+            jwks_namespace.to_owned(),
+            crate::jwks_store::secret_name(&src.url),
+        );
+        if let Some(secret) = g.secrets.get(&key)
+            && let Some(doc) = crate::jwks_store::stored_document(secret, &src.url)
+        {
+            let obj = SourceObject::RemoteKeys(portcullis_api::push::RemoteKeys {
+                url: src.url.clone(),
+                jwks: doc,
+            });
+            rvs.of.insert(
+                SourceSet::map_key(&obj.key()),
+                g.secret_rv
+                    .get(&key)
+                    .copied()
+                    .unwrap_or_else(|| rv_of(secret)),
+            );
+            set.upsert(obj);
+        }
+    }
     let (routes, policies, secrets) = set.split();
     let (_, mut errors) = portcullis_policy::compile_with(
         &CompileOptions {
             validate_cel: false,
+            remote_jwks: set.remote_jwks(),
             ..Default::default()
         },
         &routes,
@@ -778,7 +891,7 @@ fn compile_store(store: &Store) -> (SourceSet, Versions, Vec<CompileError>) {
             }
         }
     }
-    (set, rvs, errors)
+    (set, rvs, errors, remote)
 }
 
 fn slim_meta(m: &ObjectMeta) -> ObjectMeta {
@@ -798,6 +911,7 @@ async fn write_statuses(
     acks: &[u64],
     programmed: &Programmed,
     errors: &[CompileError],
+    keys: &HashMap<String, (bool, &'static str, String)>,
     recorder: &Recorder,
     warned: &mut HashSet<(String, Key, Option<i64>, String)>,
     metrics: &Metrics,
@@ -847,10 +961,42 @@ async fn write_statuses(
             }
             _ => (0, acks.len()),
         };
+        let keys_report = if kind == "TokenPolicy" {
+            keys.get(&format!("{}/{}", key.0, key.1)).cloned()
+        } else {
+            None
+        };
+        if let Some((false, reason, message)) = &keys_report
+            && *reason != "Pending"
+            && warned.insert((
+                kind.to_string(),
+                key.clone(),
+                generation,
+                format!("keys:{reason}"),
+            ))
+        {
+            let ev = KEvent {
+                type_: EventType::Warning,
+                reason: (*reason).into(),
+                note: Some(message.chars().take(1000).collect()),
+                action: "FetchKeys".into(),
+                secondary: None,
+            };
+            if let Err(err) = recorder.publish(&ev, &oref).await {
+                debug!(error = %err, "event not published");
+            }
+        }
+        if let Some((true, _, _)) = &keys_report {
+            // Recovered: a later failure deserves a new Event.
+            warned.retain(|(k, o, g, r)| {
+                !(k == kind && *o == key && *g == generation && r.starts_with("keys:"))
+            });
+        }
         let report = ObjectReport {
             generation,
             errors: errs.clone(),
             proxies,
+            keys: keys_report,
         };
         let desired = status::desired(&report, current.as_ref(), &now);
         if !status::differs(current.as_ref(), &desired) {
@@ -916,6 +1062,45 @@ async fn write_statuses(
             }
         }
     }
+}
+
+/// `KeysReady` per policy (`namespace/name`) from the fetcher's sources: the first source
+/// that is not ready decides.
+fn keys_reports(fetcher: &KeyFetcher) -> HashMap<String, (bool, &'static str, String)> {
+    let mut out: HashMap<String, (bool, &'static str, String)> = HashMap::new();
+    let mut states: Vec<_> = fetcher.states().into_iter().collect();
+    states.sort_by(|a, b| a.0.cmp(&b.0));
+    for (url, st) in states {
+        let fetched = st
+            .fetched_at
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| k8s_openapi::jiff::Timestamp::from_second(d.as_secs() as i64).ok())
+            .map(|t| t.to_string());
+        let report = match st.result {
+            FetchResult::Ok => (true, "Fetched", format!("{} keys from {url}", st.keys)),
+            FetchResult::Pending => (false, "Pending", format!("fetching {url}")),
+            other => (
+                false,
+                other.reason(),
+                match fetched {
+                    Some(at) => format!(
+                        "{}; keeping the last good keys ({} keys fetched at {at})",
+                        st.message, st.keys
+                    ),
+                    None => format!("{}; no keys fetched yet", st.message),
+                },
+            ),
+        };
+        for p in &st.source.policies {
+            match out.get(p) {
+                Some((false, _, _)) => {}
+                _ => {
+                    out.insert(p.clone(), report.clone());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Removes revocations whose `expiresAt` has passed (leader only), with a JSON patch that

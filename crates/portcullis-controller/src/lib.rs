@@ -6,9 +6,11 @@
 //! * [`push`]: the streaming endpoint every replica serves (protocol in
 //!   `portcullis_api::push`), authenticated by [`auth`].
 //! * [`status`]: conditions as plain data.
+//! * [`jwks_store`]: fetched key sets, fetched by the leader and kept in Secrets.
 
 pub mod auth;
 pub mod cluster;
+pub mod jwks_store;
 pub mod metrics;
 pub mod publisher;
 pub mod push;

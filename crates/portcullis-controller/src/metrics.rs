@@ -114,7 +114,12 @@ impl Metrics {
         }
     }
 
-    /// Renders every metric in the Prometheus text format.
+    /// The registry, for metrics other components add (the key fetcher's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -194,6 +194,12 @@ async fn stream(
                                     .observe(created.elapsed().as_secs_f64());
                             }
                         }
+                        Ok(ProxyMessage::Refetch { url }) if url.len() <= 2048 => {
+                            state.registry.request_refetch(url);
+                        }
+                        Ok(ProxyMessage::Refetch { .. }) => {
+                            debug!("refetch request with an oversized URL ignored")
+                        }
                         Err(e) => debug!(error = %e, "unreadable message from a proxy"),
                     }
                 }

@@ -24,9 +24,30 @@ pub struct ProxyRegistry {
     /// The same, for the task that shares acknowledgements with the leader.
     pub changed_share: tokio::sync::Notify,
     next: std::sync::atomic::AtomicU64,
+    refetch: Mutex<std::collections::BTreeSet<String>>,
+    /// Woken when a proxy asks for a key set to be refetched.
+    pub refetch_requested: tokio::sync::Notify,
 }
 
 impl ProxyRegistry {
+    /// A proxy met an unknown `kid` from the key set at `url`. Requests are collapsed per
+    /// URL until the controller takes them (the fetcher rate-limits what it grants).
+    pub fn request_refetch(&self, url: String) {
+        let mut q = self.refetch.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() < 256 {
+            q.insert(url);
+        }
+        drop(q);
+        self.refetch_requested.notify_one();
+    }
+
+    /// Takes the pending refetch requests.
+    pub fn take_refetches(&self) -> Vec<String> {
+        std::mem::take(&mut *self.refetch.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_iter()
+            .collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ProxyEntry>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

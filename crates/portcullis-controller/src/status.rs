@@ -11,6 +11,8 @@ pub const ACCEPTED: &str = "Accepted";
 pub const RESOLVED_REFS: &str = "ResolvedRefs";
 /// Condition types.
 pub const PROGRAMMED: &str = "Programmed";
+/// Condition type: the keys fetched from a `jwks.uri` or discovery are current.
+pub const KEYS_READY: &str = "KeysReady";
 
 /// What the controller knows about one object after a compile pass.
 #[derive(Debug, Clone)]
@@ -21,6 +23,8 @@ pub struct ObjectReport<'a> {
     pub errors: Vec<&'a CompileError>,
     /// `(programmed, connected)` proxies for the version holding this generation.
     pub proxies: (usize, usize),
+    /// For a TokenPolicy with fetched keys: `(ready, reason, message)` for `KeysReady`.
+    pub keys: Option<(bool, &'static str, String)>,
 }
 
 fn condition(
@@ -125,6 +129,9 @@ pub fn desired(
             )
         },
     ];
+    if let Some((ok, reason, message)) = &report.keys {
+        conditions.push(condition(KEYS_READY, *ok, reason, message.clone(), g, now));
+    }
     let programmed = if !accepted || !resolved {
         condition(
             PROGRAMMED,
@@ -224,6 +231,7 @@ mod tests {
                 generation: Some(3),
                 errors: vec![],
                 proxies: (3, 3),
+                keys: None,
             },
             None,
             "t0",
@@ -253,6 +261,7 @@ mod tests {
                 generation: Some(1),
                 errors: vec![],
                 proxies: (2, 3),
+                keys: None,
             },
             None,
             "t0",
@@ -268,6 +277,7 @@ mod tests {
                 generation: Some(1),
                 errors: vec![],
                 proxies: (0, 0),
+                keys: None,
             },
             None,
             "t0",
@@ -283,6 +293,7 @@ mod tests {
                 generation: Some(1),
                 errors: vec![&e],
                 proxies: (1, 1),
+                keys: None,
             },
             None,
             "t0",
@@ -304,6 +315,7 @@ mod tests {
                 generation: Some(1),
                 errors: vec![&e],
                 proxies: (1, 1),
+                keys: None,
             },
             None,
             "t0",
@@ -322,6 +334,7 @@ mod tests {
                 generation: Some(1),
                 errors: vec![],
                 proxies: (0, 1),
+                keys: None,
             },
             None,
             "t0",
@@ -331,6 +344,7 @@ mod tests {
                 generation: Some(1),
                 errors: vec![],
                 proxies: (1, 1),
+                keys: None,
             },
             Some(&first),
             "t1",
@@ -343,6 +357,7 @@ mod tests {
                 generation: Some(1),
                 errors: vec![],
                 proxies: (1, 1),
+                keys: None,
             },
             Some(&second),
             "t2",

@@ -136,6 +136,7 @@ async fn proxy(controller: SocketAddr, state_file: Option<std::path::PathBuf>) -
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, SHARED).unwrap();
     let running = start_proxy(ProxyOptions {
+        unknown_kid_hold: Duration::from_secs(1),
         listen: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
         tls: None,

@@ -17,11 +17,13 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use portcullis_api::{ApiRoute, AuthMode, TokenPolicy, parse_duration};
 
-use crate::decision::{RouteInfo, Upstream};
+use crate::decision::{IntrospectionEndpoint, Refetch, RouteInfo, Upstream};
 use crate::index::{CompiledRule, Requirement, RouteIndex};
 use crate::keys::{KeySet, parse_algorithm};
 use crate::revocation::RevocationSet;
-use crate::snapshot::{CompiledIssuer, CompiledPolicy, Snapshot, TokenCache};
+use crate::snapshot::{
+    CompiledIntrospection, CompiledIssuer, CompiledPolicy, IntrospectionCache, Snapshot, TokenCache,
+};
 
 /// A problem with one object, naming the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -210,9 +212,12 @@ fn compile_policy(
         ));
     }
     let mut issuers = HashMap::new();
+    let mut introspection = None;
     for (i, iss) in spec.issuers.iter().enumerate() {
         let at = format!("spec.issuers[{i}]");
-        if issuers.contains_key(&iss.issuer) {
+        if issuers.contains_key(&iss.issuer)
+            || spec.issuers[..i].iter().any(|o| o.issuer == iss.issuer)
+        {
             errs.push(policy_error(
                 p,
                 format!("{at}.issuer"),
@@ -221,6 +226,34 @@ fn compile_policy(
             ));
             continue;
         }
+        let jwks = match (&iss.jwks, &iss.introspection) {
+            (Some(jwks), None) => jwks,
+            (None, Some(intro)) => {
+                if introspection.is_some() {
+                    errs.push(policy_error(
+                        p,
+                        format!("{at}.introspection"),
+                        "Invalid",
+                        "at most one issuer per policy may use introspection: an opaque token names no issuer, so only one endpoint can judge it",
+                    ));
+                    continue;
+                }
+                match compile_introspection(p, &at, iss, intro, secrets, &mut trust) {
+                    Ok(c) => introspection = Some(c),
+                    Err(e) => errs.push(e),
+                }
+                continue;
+            }
+            _ => {
+                errs.push(policy_error(
+                    p,
+                    at,
+                    "Invalid",
+                    "an issuer needs exactly one of jwks (signed JWTs) or introspection (opaque tokens)",
+                ));
+                continue;
+            }
+        };
         let mut algorithms = Vec::new();
         for (j, a) in iss.algorithms.iter().enumerate() {
             match parse_algorithm(a) {
@@ -262,8 +295,13 @@ fn compile_policy(
                 "at least one audience is required",
             ));
         }
-        let jwks = &iss.jwks;
-        let keys = match (&jwks.inline, &jwks.secret_ref, &jwks.uri) {
+        let remote_url = match (&jwks.uri, jwks.discovery) {
+            (Some(uri), _) => Some(uri.clone()),
+            (None, Some(true)) => Some(crate::remote::discovery_url(&iss.issuer)),
+            _ => None,
+        };
+        let inline_or_secret = (&jwks.inline, &jwks.secret_ref);
+        let keys = match (inline_or_secret.0, inline_or_secret.1, &remote_url) {
             (Some(inline), None, None) => {
                 if hmac {
                     Err(policy_error(
@@ -306,30 +344,32 @@ fn compile_policy(
                     }
                 },
             },
-            (None, None, Some(uri)) => match options.remote_jwks.get(uri) {
-                None => Err(policy_error(
-                    p,
-                    format!("{at}.jwks.uri"),
-                    "KeysNotFetched",
-                    format!("the key set at {uri} has not been fetched yet"),
-                )),
-                Some(doc) => {
-                    doc.to_string().hash(&mut trust);
-                    KeySet::from_jwks(doc, false).map_err(|e| {
-                        policy_error(
-                            p,
-                            format!("{at}.jwks.uri"),
-                            "InvalidKeys",
-                            format!("{uri}: {e}"),
-                        )
-                    })
+            (None, None, Some(uri)) => {
+                let field = if jwks.uri.is_some() {
+                    format!("{at}.jwks.uri")
+                } else {
+                    format!("{at}.jwks.discovery")
+                };
+                match options.remote_jwks.get(uri) {
+                    None => Err(policy_error(
+                        p,
+                        field,
+                        "KeysNotFetched",
+                        format!("the key set from {uri} has not been fetched yet"),
+                    )),
+                    Some(doc) => {
+                        doc.to_string().hash(&mut trust);
+                        KeySet::from_remote_jwks(doc).map_err(|e| {
+                            policy_error(p, field, "InvalidKeys", format!("{uri}: {e}"))
+                        })
+                    }
                 }
-            },
+            }
             _ => Err(policy_error(
                 p,
                 format!("{at}.jwks"),
                 "Invalid",
-                "exactly one of inline, secretRef or uri is required",
+                "exactly one of inline, secretRef, uri or discovery: true is required",
             )),
         };
         let mut keys = match keys {
@@ -348,12 +388,34 @@ fn compile_policy(
             ));
             continue;
         }
+        let refetch = remote_url.map(|url| {
+            let (min, _) = refresh_bounds(jwks);
+            Refetch {
+                url: url.into(),
+                issuer: iss.issuer.as_str().into(),
+                min_interval: min,
+            }
+        });
+        for (field, value) in [
+            ("minRefreshInterval", &jwks.min_refresh_interval),
+            ("maxRefreshInterval", &jwks.max_refresh_interval),
+        ] {
+            if let Some(Err(e)) = value.as_deref().map(parse_duration) {
+                errs.push(policy_error(
+                    p,
+                    format!("{at}.jwks.{field}"),
+                    "InvalidDuration",
+                    e,
+                ));
+            }
+        }
         issuers.insert(
             iss.issuer.clone(),
             CompiledIssuer {
                 audiences: iss.audiences.clone(),
                 algorithms,
                 keys,
+                refetch,
             },
         );
     }
@@ -509,8 +571,141 @@ fn compile_policy(
         revocations,
         trust_hash: trust.finish(),
         cache: Arc::new(TokenCache::new(options.cache_capacity)),
+        introspection: introspection.map(|(endpoint, audiences, ttl, negative_ttl)| {
+            CompiledIntrospection {
+                endpoint,
+                audiences,
+                cache_ttl: ttl,
+                negative_ttl,
+                cache: Arc::new(IntrospectionCache::new(options.cache_capacity)),
+            }
+        }),
     })
 }
+
+/// `minRefreshInterval` and `maxRefreshInterval` of a key source, with their defaults.
+pub(crate) fn refresh_bounds(jwks: &portcullis_api::JwksSource) -> (Duration, Duration) {
+    let dur = |v: &Option<String>, d: Duration| {
+        v.as_deref()
+            .and_then(|v| parse_duration(v).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(d)
+    };
+    let min = dur(
+        &jwks.min_refresh_interval,
+        crate::remote::DEFAULT_MIN_REFRESH,
+    );
+    let max = dur(
+        &jwks.max_refresh_interval,
+        crate::remote::DEFAULT_MAX_REFRESH,
+    )
+    .max(min);
+    (min, max)
+}
+
+/// Whether a URL may be fetched: https, or plain http to a loopback address.
+pub fn url_allowed(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    match (uri.scheme_str(), uri.host()) {
+        (Some("https"), Some(_)) => true,
+        (Some("http"), Some(host)) => {
+            host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => false,
+    }
+}
+
+type IntrospectionParts = (IntrospectionEndpoint, Vec<String>, i64, i64);
+
+fn compile_introspection(
+    p: &TokenPolicy,
+    at: &str,
+    iss: &portcullis_api::IssuerSpec,
+    intro: &portcullis_api::IntrospectionSpec,
+    secrets: &HashMap<(String, String), &Secret>,
+    trust: &mut impl Hasher,
+) -> Result<IntrospectionParts, CompileError> {
+    let ns = p.namespace().unwrap_or_default();
+    if !url_allowed(&intro.endpoint) {
+        return Err(policy_error(
+            p,
+            format!("{at}.introspection.endpoint"),
+            "Invalid",
+            "the endpoint must be an https:// URL (plain http only for loopback addresses)",
+        ));
+    }
+    let name = &intro.credentials_secret_ref.name;
+    let secret = secrets.get(&(ns.clone(), name.clone())).ok_or_else(|| {
+        policy_error(
+            p,
+            format!("{at}.introspection.credentialsSecretRef"),
+            "SecretNotFound",
+            format!("Secret {ns}/{name} not found"),
+        )
+    })?;
+    let mut creds = Vec::new();
+    for key in [INTROSPECTION_CLIENT_ID_KEY, INTROSPECTION_CLIENT_SECRET_KEY] {
+        let v = secret_value(secret, key)
+            .and_then(|v| String::from_utf8(v).ok())
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                policy_error(
+                    p,
+                    format!("{at}.introspection.credentialsSecretRef"),
+                    "SecretNotFound",
+                    format!("Secret {ns}/{name} has no non-empty UTF-8 key {key:?}"),
+                )
+            })?;
+        v.hash(trust);
+        creds.push(v);
+    }
+    let dur = |field: &str, v: &Option<String>, d: u64| -> Result<Duration, CompileError> {
+        match v {
+            None => Ok(Duration::from_secs(d)),
+            Some(v) => parse_duration(v).map_err(|e| {
+                policy_error(
+                    p,
+                    format!("{at}.introspection.{field}"),
+                    "InvalidDuration",
+                    e,
+                )
+            }),
+        }
+    };
+    let ttl = dur("cacheTTL", &intro.cache_ttl, 60)?;
+    let negative = dur("negativeCacheTTL", &intro.negative_cache_ttl, 10)?;
+    let timeout = match &intro.timeout {
+        None => Duration::from_secs(2),
+        Some(_) => dur("timeout", &intro.timeout, 2)?,
+    };
+    let secret_text = creds.pop().unwrap_or_default();
+    let id_text = creds.pop().unwrap_or_default();
+    Ok((
+        IntrospectionEndpoint {
+            issuer: iss.issuer.as_str().into(),
+            url: intro.endpoint.as_str().into(),
+            client_id: id_text.into(),
+            client_secret: secret_text.into(),
+            timeout: timeout.max(Duration::from_millis(1)),
+        },
+        iss.audiences.clone(),
+        ttl.as_secs() as i64,
+        negative.as_secs() as i64,
+    ))
+}
+
+/// Key of the client id in an introspection credentials Secret.
+pub const INTROSPECTION_CLIENT_ID_KEY: &str = "client-id";
+/// Key of the client secret in an introspection credentials Secret.
+pub const INTROSPECTION_CLIENT_SECRET_KEY: &str = "client-secret";
 
 /// Headers a claim may never be written into.
 fn is_reserved_header(h: &HeaderName) -> bool {
@@ -533,7 +728,7 @@ fn is_reserved_header(h: &HeaderName) -> bool {
 }
 
 /// Value of `key` in a Secret's `data` (or, as written in standalone manifests, `stringData`).
-fn secret_value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+pub(crate) fn secret_value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
     if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
         return Some(v.0.clone());
     }

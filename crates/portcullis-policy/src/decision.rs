@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
-use crate::token::{Fingerprint, VerifiedToken};
+use crate::token::{Fingerprint, TokenDigest, VerifiedToken};
 
 /// The `Authorization` header(s) of a request, as the proxy saw them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -153,6 +153,12 @@ pub enum DenyReason {
     RevokedKey,
     /// Valid token, missing scopes.
     InsufficientScope,
+    /// The introspection endpoint says the token is not active (unknown, expired,
+    /// revoked at the provider), or its answer does not fit the policy.
+    InactiveToken,
+    /// The introspection endpoint could not be reached in time: the token was not judged,
+    /// so the answer is 503 with `Retry-After`, not 401.
+    IntrospectionUnavailable,
 }
 
 impl DenyReason {
@@ -163,6 +169,7 @@ impl DenyReason {
             NoRoute => 404,
             MalformedHeader | DuplicateHeader | TokenInQuery => 400,
             InsufficientScope => 403,
+            IntrospectionUnavailable => 503,
             _ => 401,
         }
     }
@@ -171,7 +178,7 @@ impl DenyReason {
     pub fn error_code(self) -> Option<&'static str> {
         use DenyReason::*;
         match self {
-            NoRoute | MissingToken | UnsupportedScheme => None,
+            NoRoute | MissingToken | UnsupportedScheme | IntrospectionUnavailable => None,
             MalformedHeader | DuplicateHeader | TokenInQuery => Some("invalid_request"),
             InsufficientScope => Some("insufficient_scope"),
             _ => Some("invalid_token"),
@@ -209,6 +216,8 @@ impl DenyReason {
             RevokedSubject => "revoked_subject",
             RevokedKey => "revoked_key",
             InsufficientScope => "insufficient_scope",
+            InactiveToken => "inactive_token",
+            IntrospectionUnavailable => "introspection_unavailable",
         }
     }
 
@@ -239,6 +248,8 @@ impl DenyReason {
             MissingClaim => "the token lacks a required claim",
             RevokedJti | RevokedToken | RevokedSubject | RevokedKey => "the token has been revoked",
             InsufficientScope => "the token lacks a required scope",
+            InactiveToken => "the token is not active",
+            IntrospectionUnavailable => "the token could not be checked; retry later",
         }
     }
 }
@@ -256,6 +267,9 @@ pub enum Decision<'s> {
     Allow(Allow<'s>),
     /// Answer it here.
     Deny(Deny<'s>),
+    /// An opaque token with no cached verdict: the caller asks the introspection endpoint
+    /// (see [`Introspect`]) and hands the answer to [`crate::Snapshot::complete_introspection`].
+    Introspect(Introspect<'s>),
 }
 
 impl Decision<'_> {
@@ -264,6 +278,7 @@ impl Decision<'_> {
         match self {
             Decision::Allow(a) => Some(a.route),
             Decision::Deny(d) => d.route,
+            Decision::Introspect(i) => Some(i.route),
         }
     }
 
@@ -272,6 +287,7 @@ impl Decision<'_> {
         match self {
             Decision::Allow(a) => a.fingerprint,
             Decision::Deny(d) => d.fingerprint,
+            Decision::Introspect(i) => Some(i.digest.fingerprint()),
         }
     }
 
@@ -322,6 +338,62 @@ pub struct Deny<'s> {
     pub cache_hit: bool,
     /// For `insufficient_scope`: the scopes that were missing, space-separated.
     pub missing_scopes: Option<String>,
+    /// For `unknown_key` from an issuer whose keys are fetched: where they come from, so
+    /// the caller can ask for a refetch and retry once a snapshot with new keys arrives.
+    pub refetch: Option<Refetch>,
+}
+
+/// A key source worth fetching again: a trusted issuer signed with a `kid` that is not in
+/// the key set fetched from `url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refetch {
+    /// The key source (`jwks.uri`, or the issuer's discovery URL).
+    pub url: Arc<str>,
+    /// The issuer, for metrics and logs.
+    pub issuer: Arc<str>,
+    /// At most one refetch per this window (the policy's `minRefreshInterval`).
+    pub min_interval: std::time::Duration,
+}
+
+/// An opaque token to judge at an introspection endpoint (RFC 7662).
+#[derive(Debug, Clone)]
+pub struct Introspect<'s> {
+    /// The route and rule matched.
+    pub route: &'s RouteInfo,
+    /// The endpoint and credentials.
+    pub endpoint: &'s IntrospectionEndpoint,
+    /// The token's SHA-256: the cache key, and the key to collapse concurrent calls on.
+    pub digest: TokenDigest,
+    /// Index of the policy (for [`crate::Snapshot::complete_introspection`]).
+    pub(crate) policy: usize,
+    /// The rule whose scopes apply.
+    pub(crate) rule: &'s crate::index::CompiledRule,
+}
+
+/// Where and how to introspect a policy's opaque tokens.
+#[derive(Clone)]
+pub struct IntrospectionEndpoint {
+    /// The issuer the answers must come from.
+    pub issuer: Arc<str>,
+    /// The endpoint URL.
+    pub url: Arc<str>,
+    /// `client_secret_basic` client id.
+    pub client_id: Arc<str>,
+    /// `client_secret_basic` client secret.
+    pub client_secret: Arc<str>,
+    /// Time allowed for one call.
+    pub timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for IntrospectionEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionEndpoint")
+            .field("issuer", &self.issuer)
+            .field("url", &self.url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Deny<'_> {
@@ -332,7 +404,10 @@ impl Deny<'_> {
 
     /// The `WWW-Authenticate` header value, if the status calls for one.
     pub fn www_authenticate(&self) -> Option<String> {
-        if self.reason == DenyReason::NoRoute {
+        if matches!(
+            self.reason,
+            DenyReason::NoRoute | DenyReason::IntrospectionUnavailable
+        ) {
             return None;
         }
         let mut v = String::from("Bearer realm=\"portcullis\"");

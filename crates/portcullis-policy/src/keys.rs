@@ -93,6 +93,18 @@ impl KeySet {
     /// cannot be used is an error naming its index. Symmetric keys (`oct`) are accepted
     /// only when `allow_oct` (they come from a Secret).
     pub(crate) fn from_jwks(doc: &Value, allow_oct: bool) -> Result<Self, KeyError> {
+        Self::parse_jwks(doc, allow_oct, false)
+    }
+
+    /// Parses a JWKS fetched from a provider: keys Portcullis cannot use (other key types,
+    /// curves or algorithms a provider also publishes, symmetric keys) are skipped rather
+    /// than failing the set; a private key still fails it, and so does a set with no usable
+    /// key.
+    pub(crate) fn from_remote_jwks(doc: &Value) -> Result<Self, KeyError> {
+        Self::parse_jwks(doc, false, true)
+    }
+
+    fn parse_jwks(doc: &Value, allow_oct: bool, skip_unusable: bool) -> Result<Self, KeyError> {
         let keys = doc
             .get("keys")
             .and_then(Value::as_array)
@@ -112,10 +124,19 @@ impl KeySet {
             }
             let alg = match str_field("alg") {
                 None => None,
-                Some(a) => {
-                    Some(parse_algorithm(a).ok_or_else(|| bad(format!("unsupported alg {a:?}")))?)
-                }
+                Some(a) => match parse_algorithm(a) {
+                    Some(alg) => Some(alg),
+                    None if skip_unusable => continue,
+                    None => return Err(bad(format!("unsupported alg {a:?}"))),
+                },
             };
+            let supported = matches!(
+                (kty, str_field("crv")),
+                ("RSA", _) | ("EC", Some("P-256" | "P-384")) | ("OKP", Some("Ed25519"))
+            ) || (kty == "oct" && !skip_unusable);
+            if skip_unusable && !supported {
+                continue;
+            }
             let need = |name: &str| {
                 str_field(name).ok_or_else(|| bad(format!("{kty} key lacks `{name}`")))
             };
@@ -310,4 +331,11 @@ fn base64_url(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s.trim_end_matches('='))
         .ok()
+}
+
+/// Checks a JWKS fetched from a provider the way the compiler will read it: the number of
+/// usable public keys, or why there is none (no `keys` array, a private or symmetric key,
+/// a malformed key).
+pub fn usable_keys(doc: &Value) -> Result<usize, KeyError> {
+    KeySet::from_remote_jwks(doc).map(|k| k.keys.len())
 }

@@ -18,15 +18,21 @@ mod compile;
 mod decision;
 mod index;
 mod keys;
+mod remote;
 mod revocation;
 mod snapshot;
 mod token;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use compile::{CompileError, CompileOptions, compile, compile_with};
-pub use decision::{
-    Allow, AuthorizationHeader, Decision, Deny, DenyReason, RequestParts, RouteInfo, Upstream,
+pub use compile::{
+    CompileError, CompileOptions, INTROSPECTION_CLIENT_ID_KEY, INTROSPECTION_CLIENT_SECRET_KEY,
+    compile, compile_with, url_allowed,
 };
-pub use keys::KeyError;
-pub use snapshot::{Snapshot, SnapshotStats};
+pub use decision::{
+    Allow, AuthorizationHeader, Decision, Deny, DenyReason, Introspect, IntrospectionEndpoint,
+    Refetch, RequestParts, RouteInfo, Upstream,
+};
+pub use keys::{KeyError, usable_keys};
+pub use remote::{RemoteSource, RemoteSourceKind, discovery_url, remote_sources};
+pub use snapshot::{Snapshot, SnapshotStats, bearer_token};
 pub use token::{Fingerprint, TokenDigest, VerifiedToken, token_digest};

@@ -12,11 +12,14 @@ use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
 use crate::clock::Clock;
-use crate::decision::{Allow, AuthorizationHeader, Decision, Deny, DenyReason, RequestParts};
-use crate::index::{Requirement, RouteIndex};
+use crate::decision::{
+    Allow, AuthorizationHeader, Decision, Deny, DenyReason, Introspect, IntrospectionEndpoint,
+    Refetch, RequestParts,
+};
+use crate::index::{CompiledRule, Requirement, RouteIndex};
 use crate::keys::{KeyLookup, KeySet};
 use crate::revocation::RevocationSet;
-use crate::token::{self, VerifiedToken, token_digest};
+use crate::token::{self, TokenDigest, VerifiedToken, token_digest};
 
 // === TokenCache ===
 
@@ -42,6 +45,46 @@ impl TokenCache {
     }
 }
 
+/// Introspection verdicts of one policy, keyed by the token's SHA-256: active tokens until
+/// `min(cacheTTL, exp)`, inactive ones for `negativeCacheTTL`.
+pub(crate) struct IntrospectionCache {
+    inner: quick_cache::sync::Cache<[u8; 32], IntrospectionVerdict>,
+}
+
+#[derive(Clone)]
+struct IntrospectionVerdict {
+    /// `None`: inactive.
+    token: Option<Arc<VerifiedToken>>,
+    /// Reused until then (seconds since the epoch).
+    until: i64,
+}
+
+impl std::fmt::Debug for IntrospectionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionCache")
+            .field("len", &self.inner.len())
+            .finish()
+    }
+}
+
+impl IntrospectionCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            inner: quick_cache::sync::Cache::new(capacity.max(1)),
+        }
+    }
+}
+
+/// A policy's introspection issuer.
+#[derive(Debug)]
+pub(crate) struct CompiledIntrospection {
+    pub(crate) endpoint: IntrospectionEndpoint,
+    pub(crate) audiences: Vec<String>,
+    pub(crate) cache_ttl: i64,
+    pub(crate) negative_ttl: i64,
+    pub(crate) cache: Arc<IntrospectionCache>,
+}
+
 // === CompiledPolicy ===
 
 #[derive(Debug)]
@@ -49,6 +92,8 @@ pub(crate) struct CompiledIssuer {
     pub(crate) audiences: Vec<String>,
     pub(crate) algorithms: Vec<Algorithm>,
     pub(crate) keys: KeySet,
+    /// Where the keys were fetched from, when they were.
+    pub(crate) refetch: Option<Refetch>,
 }
 
 /// One TokenPolicy, ready to verify tokens.
@@ -66,6 +111,8 @@ pub(crate) struct CompiledPolicy {
     /// Hash of everything the cache depends on (not revocations).
     pub(crate) trust_hash: u64,
     pub(crate) cache: Arc<TokenCache>,
+    /// The opaque-token issuer, if any.
+    pub(crate) introspection: Option<CompiledIntrospection>,
 }
 
 impl CompiledPolicy {
@@ -94,6 +141,25 @@ impl CompiledPolicy {
         }
 
         // Signature good: now the claims.
+        self.accept_claims(claims, &issuer.audiences, now, jws.kid)
+    }
+
+    /// The `unknown_key` refetch hint for a token: its issuer's key source, if the keys
+    /// are fetched. Runs only on the (rare) unknown-key path.
+    fn refetch_for(&self, raw: &str) -> Option<Refetch> {
+        let jws = token::parse_jws(raw).ok()?;
+        let iss = token::string_claim(&jws.claims, "iss").ok()??;
+        self.issuers.get(iss)?.refetch.clone()
+    }
+
+    /// Checks a signed token's claims and remembers what later requests need.
+    fn accept_claims(
+        &self,
+        claims: &serde_json::Map<String, Value>,
+        audiences: &[String],
+        now: i64,
+        kid: Option<String>,
+    ) -> Result<VerifiedToken, DenyReason> {
         let exp = token::numeric_date(claims, "exp")?.ok_or(DenyReason::MissingExpiry)?;
         let nbf = token::numeric_date(claims, "nbf")?;
         let iat = token::numeric_date(claims, "iat")?;
@@ -112,14 +178,14 @@ impl CompiledPolicy {
             }
         }
         let aud_ok = match claims.get("aud") {
-            Some(Value::String(a)) => issuer.audiences.iter().any(|x| x == a),
+            Some(Value::String(a)) => audiences.iter().any(|x| x == a),
             Some(Value::Array(list)) => {
                 let mut ok = false;
                 for a in list {
                     let Value::String(a) = a else {
                         return Err(DenyReason::MalformedToken);
                     };
-                    ok |= issuer.audiences.iter().any(|x| x == a);
+                    ok |= audiences.iter().any(|x| x == a);
                 }
                 ok
             }
@@ -134,7 +200,26 @@ impl CompiledPolicy {
                 return Err(DenyReason::MissingClaim);
             }
         }
-        let mut scopes: Vec<Box<str>> = match claims.get(&self.scope_claim) {
+        let (scopes, forward_headers) = self.scopes_and_headers(claims, &self.scope_claim)?;
+        Ok(VerifiedToken {
+            subject: token::string_claim(claims, "sub")?.map(Box::from),
+            jti: token::string_claim(claims, "jti")?.map(Box::from),
+            issued_at: iat,
+            expires_at: exp,
+            key_id: kid.map(String::into_boxed_str),
+            scopes,
+            forward_headers,
+        })
+    }
+
+    /// Scopes (sorted, deduplicated) and `forwardClaims` headers from a claim set.
+    #[allow(clippy::type_complexity)]
+    fn scopes_and_headers(
+        &self,
+        claims: &serde_json::Map<String, Value>,
+        scope_claim: &str,
+    ) -> Result<(Box<[Box<str>]>, Vec<(HeaderName, HeaderValue)>), DenyReason> {
+        let mut scopes: Vec<Box<str>> = match claims.get(scope_claim) {
             None => Vec::new(),
             Some(Value::String(s)) => s
                 .split(' ')
@@ -173,16 +258,91 @@ impl CompiledPolicy {
                 forward_headers.push((header.clone(), v));
             }
         }
-        Ok(VerifiedToken {
-            subject: token::string_claim(claims, "sub")?.map(Box::from),
-            jti: token::string_claim(claims, "jti")?.map(Box::from),
+        Ok((scopes.into_boxed_slice(), forward_headers))
+    }
+
+    /// Judges an introspection answer (RFC 7662 section 2.2): `active`, then `token_type`,
+    /// `iss`, `exp`, `nbf`, `aud` (or `client_id`) and the required claims. Returns the
+    /// token to remember, or `None` when it must be refused.
+    fn accept_introspection(
+        &self,
+        intro: &CompiledIntrospection,
+        answer: &Value,
+        now: i64,
+    ) -> Option<VerifiedToken> {
+        let claims = answer.as_object()?;
+        if claims.get("active") != Some(&Value::Bool(true)) {
+            return None;
+        }
+        match claims.get("token_type") {
+            None => {}
+            Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") || t == "access_token" => {}
+            Some(_) => return None,
+        }
+        match claims.get("iss") {
+            None => {}
+            Some(Value::String(i)) if **i == *intro.endpoint.issuer => {}
+            Some(_) => return None,
+        }
+        let number = |name: &str| -> Result<Option<i64>, ()> {
+            match claims.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v.as_i64().map(Some).ok_or(()),
+            }
+        };
+        let exp = number("exp").ok()?;
+        let nbf = number("nbf").ok()?;
+        let iat = number("iat").ok()?;
+        if exp.is_some_and(|exp| now.saturating_sub(self.clock_skew) >= exp) {
+            return None;
+        }
+        if nbf.is_some_and(|nbf| nbf > now.saturating_add(self.clock_skew)) {
+            return None;
+        }
+        if let Some(max) = self.max_lifetime {
+            match (exp, iat) {
+                (Some(exp), Some(iat)) if exp.saturating_sub(iat) <= max => {}
+                _ => return None,
+            }
+        }
+        let named = |v: &Value| {
+            v.as_str()
+                .is_some_and(|a| intro.audiences.iter().any(|x| x == a))
+        };
+        let aud_ok = match (claims.get("aud"), claims.get("client_id")) {
+            (Some(Value::String(_)), _) => named(&claims["aud"]),
+            (Some(Value::Array(list)), _) => list.iter().any(named),
+            (Some(_), _) => false,
+            (None, Some(c)) => named(c),
+            (None, None) => false,
+        };
+        if !aud_ok {
+            return None;
+        }
+        for c in &self.required_claims {
+            if claims.get(c).is_none_or(Value::is_null) {
+                return None;
+            }
+        }
+        // RFC 7662 names the scope member `scope` (space-separated).
+        let (scopes, forward_headers) = self.scopes_and_headers(claims, "scope").ok()?;
+        Some(VerifiedToken {
+            subject: token::string_claim(claims, "sub").ok()?.map(Box::from),
+            jti: token::string_claim(claims, "jti").ok()?.map(Box::from),
             issued_at: iat,
-            expires_at: exp,
-            key_id: jws.kid.map(String::into_boxed_str),
-            scopes: scopes.into_boxed_slice(),
+            expires_at: exp.unwrap_or(i64::MAX),
+            key_id: None,
+            scopes,
             forward_headers,
         })
     }
+}
+
+/// Whether a token has the shape of a compact JWS (three dot-separated segments). Used only
+/// in policies that trust both signed JWTs and an introspection endpoint, to choose the
+/// verifier; both verifiers are authoritative, so the shape picks a judge, never a verdict.
+fn looks_like_jws(raw: &str) -> bool {
+    raw.bytes().filter(|b| *b == b'.').count() == 2
 }
 
 // === Snapshot ===
@@ -313,6 +473,7 @@ impl Snapshot {
                 fingerprint,
                 cache_hit,
                 missing_scopes: None,
+                refetch: None,
             })
         };
         if let Some(q) = req.query
@@ -324,7 +485,7 @@ impl Snapshot {
             return deny(DenyReason::NoRoute, None, None, false);
         };
         let route = Some(&rule.info);
-        let (policy, all, any) = match &rule.requirement {
+        let policy = match &rule.requirement {
             Requirement::Public => {
                 return Decision::Allow(Allow {
                     route: &rule.info,
@@ -333,7 +494,7 @@ impl Snapshot {
                     cache_hit: false,
                 });
             }
-            Requirement::Token { policy, all, any } => (&self.policies[*policy], all, any),
+            Requirement::Token { policy, .. } => &self.policies[*policy],
         };
         let raw = match bearer_token(req.authorization) {
             Ok(t) => t,
@@ -345,6 +506,27 @@ impl Snapshot {
         let digest = token_digest(raw);
         let fp = Some(digest.fingerprint());
         let now = self.clock.now();
+
+        if let Some(intro) = &policy.introspection
+            && (policy.issuers.is_empty() || !looks_like_jws(raw))
+        {
+            return match intro.cache.inner.get(&digest.0) {
+                Some(v) if now < v.until => match v.token {
+                    Some(t) if now.saturating_sub(policy.clock_skew) < t.expires_at => {
+                        finish(rule, policy, t, digest, true, now)
+                    }
+                    Some(_) => deny(DenyReason::Expired, route, fp, true),
+                    None => deny(DenyReason::InactiveToken, route, fp, true),
+                },
+                _ => Decision::Introspect(Introspect {
+                    route: &rule.info,
+                    endpoint: &intro.endpoint,
+                    digest,
+                    policy: rule_policy(rule),
+                    rule,
+                }),
+            };
+        }
 
         let (verified, cache_hit) = match policy.cache.inner.get(&digest.0) {
             Some(t) if now.saturating_sub(policy.clock_skew) < t.expires_at => (t, true),
@@ -358,38 +540,150 @@ impl Snapshot {
                     policy.cache.inner.insert(digest.0, t.clone());
                     (t, false)
                 }
+                Err(DenyReason::UnknownKey) => {
+                    return Decision::Deny(Deny {
+                        reason: DenyReason::UnknownKey,
+                        route,
+                        fingerprint: fp,
+                        cache_hit: false,
+                        missing_scopes: None,
+                        refetch: policy.refetch_for(raw),
+                    });
+                }
                 Err(reason) => return deny(reason, route, fp, false),
             },
         };
-        if let Err(reason) = policy.revocations.check(&digest, &verified, now) {
-            return deny(reason, route, fp, cache_hit);
-        }
-        let missing: Vec<&str> = all
-            .iter()
-            .filter(|s| !verified.has_scope(s))
-            .map(|s| &**s)
-            .collect();
-        let any_ok = any.is_empty() || any.iter().any(|s| verified.has_scope(s));
-        if !missing.is_empty() || !any_ok {
-            let mut scopes = missing;
-            if !any_ok {
-                scopes.extend(any.iter().map(|s| &**s));
-            }
+        finish(rule, policy, verified, digest, cache_hit, now)
+    }
+
+    /// Decides a request that [`Snapshot::authorize`] sent to introspection, given the
+    /// endpoint's answer (`Err` when it could not be reached or answered garbage). The
+    /// verdict is cached: an active token until `min(cacheTTL, exp)`, an inactive one for
+    /// `negativeCacheTTL`; an unreachable endpoint is not cached and gives 503.
+    pub fn complete_introspection<'s>(
+        &'s self,
+        pending: &Introspect<'s>,
+        answer: Result<&Value, ()>,
+    ) -> Decision<'s> {
+        let policy = &self.policies[pending.policy];
+        let route = Some(pending.route);
+        let fp = Some(pending.digest.fingerprint());
+        let Some(intro) = &policy.introspection else {
             return Decision::Deny(Deny {
-                reason: DenyReason::InsufficientScope,
+                reason: DenyReason::InactiveToken,
                 route,
                 fingerprint: fp,
-                cache_hit,
-                missing_scopes: Some(scopes.join(" ")),
+                cache_hit: false,
+                missing_scopes: None,
+                refetch: None,
             });
+        };
+        let now = self.clock.now();
+        let deny = |reason| {
+            Decision::Deny(Deny {
+                reason,
+                route,
+                fingerprint: fp,
+                cache_hit: false,
+                missing_scopes: None,
+                refetch: None,
+            })
+        };
+        let Ok(answer) = answer else {
+            return deny(DenyReason::IntrospectionUnavailable);
+        };
+        match policy.accept_introspection(intro, answer, now) {
+            Some(t) => {
+                let until = now
+                    .saturating_add(intro.cache_ttl)
+                    .min(t.expires_at.saturating_add(policy.clock_skew));
+                let t = Arc::new(t);
+                intro.cache.inner.insert(
+                    pending.digest.0,
+                    IntrospectionVerdict {
+                        token: Some(t.clone()),
+                        until,
+                    },
+                );
+                finish(pending.rule, policy, t, pending.digest, false, now)
+            }
+            None => {
+                intro.cache.inner.insert(
+                    pending.digest.0,
+                    IntrospectionVerdict {
+                        token: None,
+                        until: now.saturating_add(intro.negative_ttl),
+                    },
+                );
+                deny(DenyReason::InactiveToken)
+            }
         }
-        Decision::Allow(Allow {
+    }
+}
+
+fn rule_policy(rule: &CompiledRule) -> usize {
+    match &rule.requirement {
+        Requirement::Token { policy, .. } => *policy,
+        Requirement::Public => 0,
+    }
+}
+
+/// Revocations and scopes: checked on every request, whichever way the token was judged
+/// and whether or not the verdict came from a cache.
+fn finish<'s>(
+    rule: &'s CompiledRule,
+    policy: &CompiledPolicy,
+    verified: Arc<VerifiedToken>,
+    digest: TokenDigest,
+    cache_hit: bool,
+    now: i64,
+) -> Decision<'s> {
+    let route = Some(&rule.info);
+    let fp = Some(digest.fingerprint());
+    let Requirement::Token { all, any, .. } = &rule.requirement else {
+        return Decision::Allow(Allow {
             route: &rule.info,
-            token: Some(verified),
+            token: None,
+            fingerprint: None,
+            cache_hit: false,
+        });
+    };
+    if let Err(reason) = policy.revocations.check(&digest, &verified, now) {
+        return Decision::Deny(Deny {
+            reason,
+            route,
             fingerprint: fp,
             cache_hit,
-        })
+            missing_scopes: None,
+            refetch: None,
+        });
     }
+    let missing: Vec<&str> = all
+        .iter()
+        .filter(|s| !verified.has_scope(s))
+        .map(|s| &**s)
+        .collect();
+    let any_ok = any.is_empty() || any.iter().any(|s| verified.has_scope(s));
+    if !missing.is_empty() || !any_ok {
+        let mut scopes = missing;
+        if !any_ok {
+            scopes.extend(any.iter().map(|s| &**s));
+        }
+        return Decision::Deny(Deny {
+            reason: DenyReason::InsufficientScope,
+            route,
+            fingerprint: fp,
+            cache_hit,
+            missing_scopes: Some(scopes.join(" ")),
+            refetch: None,
+        });
+    }
+    Decision::Allow(Allow {
+        route: &rule.info,
+        token: Some(verified),
+        fingerprint: fp,
+        cache_hit,
+    })
 }
 
 /// Whether the query carries an `access_token` parameter (RFC 6750 section 2.3), which
@@ -401,8 +695,9 @@ fn query_has_token(query: &str) -> bool {
     })
 }
 
-/// Extracts the token from `Authorization: Bearer <token>` (scheme case-insensitive).
-fn bearer_token(h: AuthorizationHeader<'_>) -> Result<&str, DenyReason> {
+/// Extracts the token from `Authorization: Bearer <token>` (scheme case-insensitive),
+/// checking it is a well-formed `b64token` (RFC 6750 section 2.1).
+pub fn bearer_token(h: AuthorizationHeader<'_>) -> Result<&str, DenyReason> {
     let raw = match h {
         AuthorizationHeader::Absent => return Err(DenyReason::MissingToken),
         AuthorizationHeader::Duplicated => return Err(DenyReason::DuplicateHeader),

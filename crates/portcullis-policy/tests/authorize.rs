@@ -29,6 +29,7 @@ fn outcome(d: Decision<'_>) -> Outcome {
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
             .collect()),
         Decision::Deny(d) => Err((d.status(), d.reason, d.www_authenticate())),
+        Decision::Introspect(_) => panic!("no introspection in these fixtures"),
     }
 }
 

@@ -67,6 +67,7 @@ fn hit(s: &Snapshot, method: &str, host: &str, path: &str) -> Result<(String, us
     match s.authorize(&RequestParts::new(method, host, path)) {
         Decision::Allow(a) => Ok((a.route.id.to_string(), a.route.rule)),
         Decision::Deny(d) => Err(d.reason),
+        Decision::Introspect(_) => panic!("no introspection configured"),
     }
 }
 

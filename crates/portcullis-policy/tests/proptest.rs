@@ -529,6 +529,7 @@ proptest! {
                 prop_assert!(matches!(d.status(), 400 | 401), "{:?}", d.reason);
                 prop_assert!(d.status() != 400 || d.reason == DenyReason::MalformedHeader);
             }
+            Decision::Introspect(_) => prop_assert!(false, "no introspection configured"),
         }
     }
 
@@ -574,6 +575,7 @@ proptest! {
             Decision::Deny(d) => {
                 prop_assert!(matches!(d.status(), 401 | 403), "{:?}", d.reason);
             }
+            Decision::Introspect(_) => prop_assert!(false, "no introspection configured"),
         }
     }
 }
@@ -793,6 +795,7 @@ proptest! {
                 match got {
                     Decision::Allow(a) => Ok(a.route.rule),
                     Decision::Deny(d) => Err(d.reason),
+                    Decision::Introspect(_) => Err(DenyReason::InactiveToken),
                 }
             ),
         }

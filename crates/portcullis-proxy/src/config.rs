@@ -33,6 +33,7 @@ pub struct LiveConfig {
     info: ArcSwap<ConfigInfo>,
     loaded: AtomicBool,
     metrics: Metrics,
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl LiveConfig {
@@ -43,7 +44,13 @@ impl LiveConfig {
             info: ArcSwap::from_pointee(ConfigInfo::default()),
             loaded: AtomicBool::new(false),
             metrics,
+            changed: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Notified with the version each time a snapshot is put in force.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// The snapshot in force.
@@ -80,8 +87,10 @@ impl LiveConfig {
             stats,
             errors,
         }));
+        let version = snapshot.version();
         self.snapshot.store(Arc::new(snapshot));
         self.loaded.store(true, Ordering::Release);
+        self.changed.send_replace(version);
     }
 
     /// Records load errors without changing the snapshot in force.

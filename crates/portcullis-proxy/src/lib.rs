@@ -11,6 +11,7 @@
 //! ```
 
 pub mod config;
+pub mod keywait;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;
@@ -45,6 +46,8 @@ pub struct StandaloneOptions {
     pub debounce: Duration,
     /// Compile options (clock, cache size, token size limit).
     pub compile: portcullis_policy::CompileOptions,
+    /// How long a request whose token has an unknown `kid` waits for refetched keys.
+    pub unknown_kid_hold: Duration,
 }
 
 impl StandaloneOptions {
@@ -58,6 +61,7 @@ impl StandaloneOptions {
             limits: Limits::default(),
             debounce: Duration::from_millis(50),
             compile: Default::default(),
+            unknown_kid_hold: Duration::from_secs(1),
         }
     }
 }
@@ -101,6 +105,7 @@ async fn serve(
     admin: SocketAddr,
     tls: Option<&(PathBuf, PathBuf)>,
     limits: &Limits,
+    keys: Arc<keywait::KeyWaiter>,
 ) -> Result<Running, StartError> {
     let tls = match tls {
         Some((cert, key)) => Some(tls::acceptor(cert.clone(), key.clone())?),
@@ -111,11 +116,9 @@ async fn serve(
     let proxy_addr = proxy.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let (shutdown, rx) = watch::channel(false);
-    let pipeline = Arc::new(Pipeline::new(
-        config.clone(),
-        metrics.clone(),
-        limits.clone(),
-    ));
+    let pipeline = Arc::new(
+        Pipeline::new(config.clone(), metrics.clone(), limits.clone()).with_key_waiter(keys),
+    );
     tokio::spawn(server::serve_proxy(
         proxy,
         pipeline,
@@ -143,9 +146,36 @@ async fn serve(
 pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     let config = Arc::new(LiveConfig::new(metrics.clone()));
+    // Standalone mode fetches remote key sets itself.
+    let fetcher = portcullis_fetch::KeyFetcher::new(
+        Arc::new(portcullis_fetch::HttpClient::default()),
+        metrics.registry(),
+    );
     // Load synchronously first so the proxy never serves before its config.
-    let mut manifests = standalone::ManifestDir::new(opts.manifests.clone(), opts.compile.clone());
+    let mut manifests = standalone::ManifestDir::new(opts.manifests.clone(), opts.compile.clone())
+        .with_fetcher(fetcher.clone());
     standalone::apply(&mut manifests, &config, &metrics);
+    // Give the first fetches of remote key sets a moment, so routes on those policies are
+    // served from the first request rather than after the first fetch.
+    let first_fetch = async {
+        let mut changes = fetcher.subscribe();
+        while fetcher
+            .states()
+            .values()
+            .any(|s| s.result == portcullis_fetch::FetchResult::Pending)
+        {
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    if !fetcher.states().is_empty() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), first_fetch).await;
+        standalone::apply(&mut manifests, &config, &metrics);
+    } else {
+        drop(first_fetch);
+    }
+    let sink = Arc::new(FetcherRefetch(fetcher));
     let running = serve(
         config.clone(),
         metrics.clone(),
@@ -153,6 +183,7 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
         opts.admin,
         opts.tls.as_ref(),
         &opts.limits,
+        Arc::new(keywait::KeyWaiter::new(sink, opts.unknown_kid_hold)),
     )
     .await?;
     tokio::spawn(standalone::run_watch(
@@ -163,6 +194,15 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
     ));
     tracing::info!(proxy_addr = %running.proxy_addr, admin_addr = %running.admin_addr, manifests = %opts.manifests.display(), "portcullis standalone listening");
     Ok(running)
+}
+
+/// Standalone refetches go straight to the in-process fetcher, which rate-limits them.
+struct FetcherRefetch(Arc<portcullis_fetch::KeyFetcher>);
+
+impl keywait::RefetchSink for FetcherRefetch {
+    fn request(&self, url: &str) -> bool {
+        self.0.request_refetch(url)
+    }
 }
 
 /// How to run a proxy fed by the controller.
@@ -178,6 +218,8 @@ pub struct ProxyOptions {
     pub limits: Limits,
     /// The controller subscription.
     pub subscriber: subscriber::SubscriberOptions,
+    /// How long a request whose token has an unknown `kid` waits for refetched keys.
+    pub unknown_kid_hold: Duration,
 }
 
 /// Starts a proxy that takes its config from the controller: serves the persisted state
@@ -186,6 +228,10 @@ pub async fn start_proxy(opts: ProxyOptions) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     let config = Arc::new(LiveConfig::new(metrics.clone()));
     let sub = subscriber::Subscriber::new(opts.subscriber.clone(), config.clone(), metrics.clone());
+    let keys = Arc::new(keywait::KeyWaiter::new(
+        Arc::new(sub.refetch_sink()),
+        opts.unknown_kid_hold,
+    ));
     let running = serve(
         config,
         metrics,
@@ -193,6 +239,7 @@ pub async fn start_proxy(opts: ProxyOptions) -> Result<Running, StartError> {
         opts.admin,
         opts.tls.as_ref(),
         &opts.limits,
+        keys,
     )
     .await?;
     tokio::spawn(sub.run());

@@ -22,10 +22,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use portcullis_policy::{AuthorizationHeader, Decision, DenyReason, Fingerprint, RequestParts};
+use portcullis_policy::{
+    AuthorizationHeader, Decision, DenyReason, Fingerprint, RequestParts, Snapshot,
+};
 use tracing::{info, warn};
 
 use crate::config::LiveConfig;
+use crate::keywait::KeyWaiter;
 use crate::metrics::{Metrics, method_label};
 
 /// The body type of every response the proxy sends.
@@ -81,6 +84,8 @@ pub struct Pipeline {
     metrics: Metrics,
     limits: Limits,
     client: UpstreamClient,
+    introspector: Arc<portcullis_fetch::Introspector>,
+    keys: Arc<KeyWaiter>,
 }
 
 impl Pipeline {
@@ -114,12 +119,24 @@ impl Pipeline {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .build(https);
+        let introspector = Arc::new(portcullis_fetch::Introspector::new(
+            Arc::new(portcullis_fetch::HttpClient::default()),
+            metrics.registry(),
+        ));
         Self {
             config,
             metrics,
             limits,
             client,
+            introspector,
+            keys: Arc::new(KeyWaiter::disabled()),
         }
+    }
+
+    /// Holds requests with an unknown `kid` for refetched keys through `keys`.
+    pub fn with_key_waiter(mut self, keys: Arc<KeyWaiter>) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// The limits in force.
@@ -197,7 +214,35 @@ impl Pipeline {
             query: req.uri().query(),
             authorization,
         };
-        let decision = snapshot.authorize(&parts);
+        let mut decision = snapshot.authorize(&parts);
+        // An unknown `kid` from an issuer whose keys are fetched: ask for a refetch and
+        // decide again with the snapshot that brings it (bounded wait).
+        let refreshed;
+        let mut current: &Snapshot = &snapshot;
+        if let Decision::Deny(d) = &decision
+            && let Some(refetch) = d.refetch.clone()
+            && let Some(newer) = self
+                .keys
+                .wait_for_keys(&refetch, &self.config, &snapshot)
+                .await
+        {
+            refreshed = newer;
+            current = &refreshed;
+            decision = current.authorize(&parts);
+        }
+        // An opaque token with no cached verdict: ask the introspection endpoint (one call
+        // per token however many requests wait for it).
+        if let Decision::Introspect(pending) = &decision {
+            let answer = match portcullis_policy::bearer_token(parts.authorization) {
+                Ok(token) => {
+                    self.introspector
+                        .introspect(pending.endpoint, pending.digest.0, token)
+                        .await
+                }
+                Err(_) => Err("no bearer token".into()),
+            };
+            decision = current.complete_introspection(pending, answer.as_ref().map_err(|_| ()));
+        }
         ctx.route = decision.route().map(|r| r.id.clone());
         ctx.fingerprint = decision.fingerprint();
         let allow = match decision {
@@ -211,6 +256,15 @@ impl Pipeline {
                 return deny_response(&deny);
             }
             Decision::Allow(allow) => allow,
+            Decision::Introspect(_) => {
+                // complete_introspection never answers Introspect; refuse rather than guess.
+                ctx.decision = "deny";
+                ctx.reason = "introspection_unavailable";
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "token could not be checked",
+                );
+            }
         };
         ctx.decision = "allow";
         ctx.reason = if allow.token.is_some() {
@@ -413,7 +467,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn deny_response(deny: &portcullis_policy::Deny<'_>) -> Response<ProxyBody> {
     let status = StatusCode::from_u16(deny.status()).unwrap_or(StatusCode::UNAUTHORIZED);
     let body = serde_json::json!({
-        "error": deny.reason.error_code().unwrap_or(if deny.reason == DenyReason::NoRoute { "not_found" } else { "unauthorized" }),
+        "error": deny.reason.error_code().unwrap_or(match deny.reason {
+            DenyReason::NoRoute => "not_found",
+            DenyReason::IntrospectionUnavailable => "temporarily_unavailable",
+            _ => "unauthorized",
+        }),
         "reason": deny.reason.as_str(),
         "error_description": deny.reason.description(),
     })
@@ -423,6 +481,11 @@ fn deny_response(deny: &portcullis_policy::Deny<'_>) -> Response<ProxyBody> {
         && let Ok(v) = HeaderValue::from_str(&challenge)
     {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    if deny.reason == DenyReason::IntrospectionUnavailable {
+        // The token was not judged: the client may retry shortly.
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
     }
     resp
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use notify::{RecursiveMode, Watcher};
 use portcullis_api::{ApiRoute, TokenPolicy};
+use portcullis_fetch::{FetchResult, KeyFetcher};
 use portcullis_policy::{CompileOptions, compile_with};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -160,6 +161,7 @@ pub struct ManifestDir {
     /// The last version of each object that compiled cleanly.
     last_good: HashMap<ObjectKey, Object>,
     version: u64,
+    fetcher: Option<Arc<KeyFetcher>>,
 }
 
 /// The outcome of one load.
@@ -181,7 +183,20 @@ impl ManifestDir {
             last_file: HashMap::new(),
             last_good: HashMap::new(),
             version: 0,
+            fetcher: None,
         }
+    }
+
+    /// Fetches `jwks.uri` and `jwks.discovery` key sets with `fetcher` (standalone mode
+    /// has no controller to do it). Needs a tokio runtime.
+    pub fn with_fetcher(mut self, fetcher: Arc<KeyFetcher>) -> Self {
+        self.fetcher = Some(fetcher);
+        self
+    }
+
+    /// The key fetcher, if any.
+    pub fn fetcher(&self) -> Option<&Arc<KeyFetcher>> {
+        self.fetcher.as_ref()
     }
 
     /// The directory.
@@ -309,6 +324,28 @@ impl ManifestDir {
                 None => errors.push(e.to_string()),
             }
         }
+        if let Some(fetcher) = &self.fetcher {
+            let mut states: Vec<_> = fetcher.states().into_iter().collect();
+            states.sort_by(|a, b| a.0.cmp(&b.0));
+            for (url, st) in states {
+                if matches!(st.result, FetchResult::Ok | FetchResult::Pending) {
+                    continue;
+                }
+                let age = st
+                    .fetched_at
+                    .and_then(|t| t.elapsed().ok())
+                    .map(|d| format!("fetched {}s ago", d.as_secs()))
+                    .unwrap_or_else(|| "none fetched yet".into());
+                errors.push(format!(
+                    "key set {url} (issuer {}, used by {}): KeysReady=False {}: {}; keeping the last good keys ({} keys, {age})",
+                    st.source.issuer,
+                    st.source.policies.join(", "),
+                    st.result.reason(),
+                    st.message,
+                    st.keys,
+                ));
+            }
+        }
         self.version += 1;
         Loaded {
             snapshot: snapshot.with_version(self.version),
@@ -334,7 +371,17 @@ impl ManifestDir {
                 Object::Secret(s) => secrets.push(s.clone()),
             }
         }
-        compile_with(&self.options, &routes, &policies, &secrets)
+        match &self.fetcher {
+            None => compile_with(&self.options, &routes, &policies, &secrets),
+            Some(fetcher) => {
+                fetcher.set_sources(portcullis_policy::remote_sources(&policies, &secrets));
+                let options = CompileOptions {
+                    remote_jwks: fetcher.documents(),
+                    ..self.options.clone()
+                };
+                compile_with(&options, &routes, &policies, &secrets)
+            }
+        }
     }
 }
 
@@ -376,10 +423,31 @@ pub async fn run_watch(
         error!(error = %e, dir = %manifests.dir().display(), "cannot watch the manifest directory");
         return std::future::pending().await;
     }
-    while rx.recv().await.is_some() {
-        // Debounce: editors write files in several steps.
-        tokio::time::sleep(debounce).await;
-        while rx.try_recv().is_ok() {}
+    let mut keys = manifests.fetcher().map(|f| f.subscribe());
+    loop {
+        let key_change = async {
+            match keys.as_mut() {
+                Some(k) => k.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = rx.recv() => {
+                if ev.is_none() {
+                    break;
+                }
+                // Debounce: editors write files in several steps.
+                tokio::time::sleep(debounce).await;
+                while rx.try_recv().is_ok() {}
+            }
+            ok = key_change => {
+                if !ok {
+                    keys = None;
+                    continue;
+                }
+                info!("fetched keys changed; recompiling");
+            }
+        }
         apply(&mut manifests, &config, &metrics);
     }
 }

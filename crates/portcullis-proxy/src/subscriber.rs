@@ -78,6 +78,32 @@ pub struct Subscriber {
     version: u64,
     sources: SourceSet,
     last_contact: Arc<std::sync::Mutex<Option<Instant>>>,
+    outgoing: Arc<std::sync::Mutex<Option<mpsc::Sender<Bytes>>>>,
+}
+
+/// Sends refetch requests to the controller over the stream that is up, if any.
+#[derive(Clone)]
+pub struct ControllerRefetch {
+    outgoing: Arc<std::sync::Mutex<Option<mpsc::Sender<Bytes>>>>,
+}
+
+impl crate::keywait::RefetchSink for ControllerRefetch {
+    fn request(&self, url: &str) -> bool {
+        let Some(tx) = self
+            .outgoing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return false;
+        };
+        let mut line = serde_json::to_vec(&ProxyMessage::Refetch {
+            url: url.to_owned(),
+        })
+        .unwrap_or_default();
+        line.push(b'\n');
+        tx.try_send(Bytes::from(line)).is_ok()
+    }
 }
 
 impl Subscriber {
@@ -90,6 +116,7 @@ impl Subscriber {
             version: 0,
             sources: SourceSet::default(),
             last_contact: Default::default(),
+            outgoing: Default::default(),
         };
         if let Some(path) = s.opts.state_file.clone() {
             match std::fs::read(&path).map(|b| serde_json::from_slice::<PersistedState>(&b)) {
@@ -109,6 +136,13 @@ impl Subscriber {
         s
     }
 
+    /// A sink for refetch requests (unknown `kid`s), sent over the controller stream.
+    pub fn refetch_sink(&self) -> ControllerRefetch {
+        ControllerRefetch {
+            outgoing: self.outgoing.clone(),
+        }
+    }
+
     /// The version in force.
     pub fn version(&self) -> u64 {
         self.version
@@ -118,6 +152,7 @@ impl Subscriber {
         let (routes, policies, secrets) = sources.split();
         let options = CompileOptions {
             validate_cel: false,
+            remote_jwks: sources.remote_jwks(),
             ..self.opts.compile.clone()
         };
         let (snapshot, errors) = compile_with(&options, &routes, &policies, &secrets);
@@ -158,6 +193,7 @@ impl Subscriber {
             let started = Instant::now();
             let result = self.stream_once().await;
             self.metrics.controller_connected.set(0);
+            *self.outgoing.lock().unwrap_or_else(|e| e.into_inner()) = None;
             match &result {
                 Err(StreamError::OutOfSync(why)) => {
                     info!(reason = %why, version = self.version, "resubscribing")
@@ -266,6 +302,7 @@ impl Subscriber {
             return Err(StreamError::Refused(resp.status()));
         }
         self.metrics.controller_connected.set(1);
+        *self.outgoing.lock().unwrap_or_else(|e| e.into_inner()) = Some(ack_tx.clone());
         self.touch();
         info!(controller = %uri, since = self.version, "subscribed to the controller");
 

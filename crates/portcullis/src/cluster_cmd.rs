@@ -47,6 +47,10 @@ pub struct ControllerArgs {
 /// `portcullis proxy`.
 #[derive(clap::Args, Debug)]
 pub struct ProxyArgs {
+    /// How long a request whose token has an unknown `kid` (from an issuer whose keys are
+    /// fetched) waits for the controller to refetch before it is refused.
+    #[arg(long, default_value = "1s", value_parser = crate::duration)]
+    pub unknown_kid_hold: std::time::Duration,
     /// The controller's push endpoint, e.g. http://portcullis-controller:9800.
     #[arg(long)]
     pub controller: http::Uri,
@@ -174,6 +178,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
 
 pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let opts = portcullis_proxy::ProxyOptions {
+        unknown_kid_hold: args.unknown_kid_hold,
         listen: args.listen,
         admin: args.admin,
         tls: args.tls_cert.zip(args.tls_key),

@@ -72,6 +72,10 @@ struct StandaloneArgs {
     /// Request header read timeout (slowloris protection), e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = duration)]
     header_read_timeout: std::time::Duration,
+    /// How long a request whose token has an unknown `kid` (from an issuer whose keys are
+    /// fetched) waits for a refetch before it is refused.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    unknown_kid_hold: std::time::Duration,
 }
 
 pub(crate) fn duration(s: &str) -> Result<std::time::Duration, String> {
@@ -123,6 +127,7 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     opts.admin = args.admin;
     opts.tls = args.tls_cert.zip(args.tls_key);
     opts.limits.header_read_timeout = args.header_read_timeout;
+    opts.unknown_kid_hold = args.unknown_kid_hold;
     let running = portcullis_proxy::start_standalone(opts).await?;
     eprintln!(
         "portcullis standalone: proxy on {} , admin on {} (Ctrl-C to stop)",

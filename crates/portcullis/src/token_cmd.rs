@@ -585,6 +585,7 @@ mod tests {
         match snapshot.authorize(&req) {
             Decision::Allow(_) => Ok(()),
             Decision::Deny(d) => Err(d.reason),
+            Decision::Introspect(_) => panic!("the quickstart has no introspection"),
         }
     }
 
@@ -784,6 +785,8 @@ mod tests {
         let (_, policies) = quickstart_manifests();
         let jwk = &policies[0].spec.issuers[0]
             .jwks
+            .as_ref()
+            .unwrap()
             .inline
             .as_ref()
             .unwrap()
