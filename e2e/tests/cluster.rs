@@ -4,17 +4,14 @@
 //! starts the control plane; each step works in its own namespace and waits on
 //! conditions with timeouts.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 // === helpers ===
 
-fn bin() -> String {
-    std::env::var("PORTCULLIS_BIN").expect("PORTCULLIS_BIN is set by e2e/run.sh")
-}
+use portcullis_e2e::{Proc, bin, free_port, http_get, pct, repo, status, wait_until};
 
 fn kubectl_cmd() -> Command {
     Command::new(std::env::var("KUBECTL").expect("KUBECTL is set by e2e/cluster.sh"))
@@ -60,106 +57,6 @@ fn patch(kind: &str, name: &str, ns: &str, patch_type: &str, body: &str) {
 fn apply(yaml: &str) {
     let (ok, _, err) = kubectl(&["apply", "-f", "-"], Some(yaml));
     assert!(ok, "kubectl apply failed: {err}\n{yaml}");
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Proc {
-    fn start(name: &str, args: &[&str]) -> Proc {
-        let log =
-            std::fs::File::create(std::env::temp_dir().join(format!("portcullis-e2e-{name}.log")))
-                .unwrap();
-        let child = Command::new(bin())
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("portcullis starts");
-        Proc {
-            name: name.into(),
-            child,
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = &self.name;
-    }
-}
-
-/// One HTTP/1.1 request; returns the status code.
-fn status(port: u16, host: &str, path: &str, token: Option<&str>) -> u16 {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return 0;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
-    );
-    let mut buf = [0u8; 12];
-    let mut got = 0;
-    while got < 12 {
-        match s.read(&mut buf[got..]) {
-            Ok(0) | Err(_) => return 0,
-            Ok(n) => got += n,
-        }
-    }
-    std::str::from_utf8(&buf[9..12])
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, out)
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn mint(key: &Path, jti: &str, scope: &str) -> String {
@@ -227,11 +124,6 @@ fn all_proxies(ports: &[u16], host: &str, token: &str, want: u16) -> bool {
     ports
         .iter()
         .all(|p| status(*p, host, "/orders", Some(token)) == want)
-}
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 // === the suite ===

@@ -101,12 +101,15 @@ pub struct TokenPolicySpec {
 }
 
 /// A trusted issuer: its name, accepted audiences, and how its tokens are checked: signed
-/// JWTs verified with keys from `jwks`, or opaque tokens judged by the issuer's RFC 7662
-/// `introspection` endpoint. Exactly one of the two.
+/// JWTs verified with keys from `jwks`, opaque tokens judged by the issuer's RFC 7662
+/// `introspection` endpoint, or both. With both, a token shaped like a compact JWS (three
+/// dot-separated parts) is verified as a JWT and never sent to the endpoint; any other
+/// token is introspected. Either judge is authoritative, so the shape chooses the judge,
+/// never the verdict.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("has(self.jwks) != has(self.introspection)").message("an issuer needs exactly one of jwks (signed JWTs) or introspection (opaque tokens)"),
+    validation = Rule::new("has(self.jwks) || has(self.introspection)").message("an issuer needs jwks (signed JWTs), introspection (opaque tokens), or both"),
     validation = Rule::new("!has(self.jwks) || (has(self.algorithms) && self.algorithms.size() > 0)").message("algorithms must list at least one signature algorithm, e.g. RS256"),
     validation = Rule::new("!has(self.jwks) || !has(self.algorithms) || !self.algorithms.exists(a, a.startsWith('HS')) || has(self.jwks.secretRef)").message("HS256/HS384/HS512 need a shared secret kept in a Secret: set jwks.secretRef"),
     validation = Rule::new("!has(self.algorithms) || !self.algorithms.exists(a, a.startsWith('HS')) || self.algorithms.all(a, a.startsWith('HS'))").message("do not mix HS* with public-key algorithms in one issuer: a shared secret and a public key cannot share a key set"),
@@ -143,7 +146,8 @@ pub struct IssuerSpec {
 
     /// Judge this issuer's opaque tokens with its OAuth 2.0 introspection endpoint
     /// (RFC 7662). At most one introspection issuer per policy: an opaque token names no
-    /// issuer, so there must be only one endpoint to ask.
+    /// issuer, so there must be only one endpoint to ask. In a policy that also trusts
+    /// signed JWTs, only tokens that are not shaped like a JWS are introspected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub introspection: Option<IntrospectionSpec>,
 }

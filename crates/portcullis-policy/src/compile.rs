@@ -226,30 +226,30 @@ fn compile_policy(
             ));
             continue;
         }
-        let jwks = match (&iss.jwks, &iss.introspection) {
-            (Some(jwks), None) => jwks,
-            (None, Some(intro)) => {
-                if introspection.is_some() {
-                    errs.push(policy_error(
-                        p,
-                        format!("{at}.introspection"),
-                        "Invalid",
-                        "at most one issuer per policy may use introspection: an opaque token names no issuer, so only one endpoint can judge it",
-                    ));
-                    continue;
-                }
-                match compile_introspection(p, &at, iss, intro, secrets, &mut trust) {
-                    Ok(c) => introspection = Some(c),
-                    Err(e) => errs.push(e),
-                }
+        if let Some(intro) = &iss.introspection {
+            if introspection.is_some() {
+                errs.push(policy_error(
+                    p,
+                    format!("{at}.introspection"),
+                    "Invalid",
+                    "at most one issuer per policy may use introspection: an opaque token names no issuer, so only one endpoint can judge it",
+                ));
                 continue;
             }
-            _ => {
+            match compile_introspection(p, &at, iss, intro, secrets, &mut trust) {
+                Ok(c) => introspection = Some(c),
+                Err(e) => errs.push(e),
+            }
+        }
+        let jwks = match (&iss.jwks, &iss.introspection) {
+            (Some(jwks), _) => jwks,
+            (None, Some(_)) => continue,
+            (None, None) => {
                 errs.push(policy_error(
                     p,
                     at,
                     "Invalid",
-                    "an issuer needs exactly one of jwks (signed JWTs) or introspection (opaque tokens)",
+                    "an issuer needs jwks (signed JWTs), introspection (opaque tokens), or both",
                 ));
                 continue;
             }
