@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 // === helpers ===
 
+use portcullis_e2e::oidc::{API, OidcProvider};
 use portcullis_e2e::{Proc, bin, free_port, http_get, pct, repo, status, wait_until};
 
 fn kubectl_cmd() -> Command {
@@ -494,6 +495,73 @@ fn portcullis_on_a_real_api_server() {
         "the removed key still verifies"
     );
     println!("== JWKS rotation through a Secret: new key accepted, removed key refused");
+
+    // --- OIDC discovery from a real provider: the leader fetches, all proxies verify;
+    //     a rotation reaches every proxy through the unknown-kid refetch ---
+    let idp = OidcProvider::start();
+    let ns3 = "e2e-oidc";
+    let host3 = format!("{ns3}.test");
+    namespace(ns3);
+    apply(&format!(
+        r#"apiVersion: portcullis.dev/v1alpha1
+kind: TokenPolicy
+metadata: {{name: idp, namespace: {ns3}}}
+spec:
+  issuers:
+  - issuer: {issuer}
+    audiences: [{API}]
+    algorithms: [RS256]
+    jwks:
+      discovery: true
+      minRefreshInterval: 2s
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: orders, namespace: {ns3}}}
+spec:
+  hosts: [{host3}]
+  policyRef: {{name: idp}}
+  backend: {{url: "http://127.0.0.1:{echo_port}"}}
+  rules:
+  - match: {{pathPrefix: /orders}}
+    requiredScopes: [orders:read]
+"#,
+        issuer = idp.issuer()
+    ));
+    for cond in ["--for=condition=KeysReady", "--for=condition=Programmed"] {
+        k(&["wait", cond, "--timeout=30s", "-n", ns3, "tokenpolicy/idp"]);
+    }
+    let (keys_ready, reason, _) = condition("tokenpolicy", ns3, "idp", "KeysReady");
+    assert_eq!((keys_ready.as_str(), reason.as_str()), ("True", "Fetched"));
+    let before = idp.token(API, "orders:read");
+    wait_until("provider tokens accepted", Duration::from_secs(10), || {
+        all_proxies(&p_ports, &host3, &before, 200)
+    });
+    let fetches = idp.served("jwks");
+    idp.rotate();
+    let rotated = Instant::now();
+    let after = idp.token(API, "orders:read");
+    for (i, p) in p_ports.iter().enumerate() {
+        assert_eq!(
+            status(*p, &host3, "/orders", Some(&after)),
+            200,
+            "proxy {i}: the new key's first token"
+        );
+    }
+    println!(
+        "== OIDC rotation: new key accepted by all three proxies on their first request, {:?} after the rotation, {} JWKS fetch(es)",
+        rotated.elapsed(),
+        idp.served("jwks") - fetches
+    );
+    assert!(
+        idp.served("jwks") - fetches <= 2,
+        "one refetch cluster-wide"
+    );
+    assert!(
+        all_proxies(&p_ports, &host3, &before, 200),
+        "old key still published"
+    );
+    drop(idp);
 
     // --- proxies with a wrong or missing ServiceAccount token are refused ---
     let intruder_token = token_file("intruder");
