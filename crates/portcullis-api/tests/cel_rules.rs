@@ -230,3 +230,92 @@ fn revocation_hashes_and_times_are_checked_by_the_schema() {
     assert!(yaml.contains("pattern: ^[0-9a-f]{64}$"));
     assert_eq!(yaml.matches("format: date-time").count(), 2);
 }
+
+const REMOTE: &str = r#"
+apiVersion: portcullis.dev/v1alpha1
+kind: TokenPolicy
+metadata: {name: idp, namespace: shop}
+spec:
+  issuers:
+    - issuer: https://auth.example.com
+      audiences: [orders]
+      algorithms: [RS256]
+      jwks: {discovery: true, minRefreshInterval: 30s, maxRefreshInterval: 1h, caBundleSecretRef: {name: ca, key: ca.pem}}
+      introspection:
+        endpoint: https://auth.example.com/introspect
+        credentialsSecretRef: {name: idp}
+        cacheTTL: 60s
+        negativeCacheTTL: 10s
+"#;
+
+#[test]
+fn discovery_and_introspection_manifests_pass() {
+    assert_eq!(messages(token_policy(&policy(REMOTE))), "");
+    // Introspection alone needs no algorithms.
+    let mut p = policy(REMOTE);
+    p.spec.issuers[0].jwks = None;
+    p.spec.issuers[0].algorithms.clear();
+    assert_eq!(messages(token_policy(&p)), "");
+}
+
+#[test]
+fn remote_keys_and_introspection_are_checked_at_apply_time() {
+    let check = |edit: &dyn Fn(&mut TokenPolicy), want: &str| {
+        let mut p = policy(REMOTE);
+        edit(&mut p);
+        let m = messages(token_policy(&p));
+        assert!(m.contains(want), "want {want:?} in:\n{m}");
+    };
+    check(
+        &|p| p.spec.issuers[0].issuer = "http://auth.example.com".into(),
+        "the issuer must be an https:// URL",
+    );
+    check(
+        &|p| {
+            p.spec.issuers[0].jwks = None;
+            p.spec.issuers[0].introspection = None;
+        },
+        "an issuer needs jwks (signed JWTs), introspection (opaque tokens), or both",
+    );
+    check(
+        &|p| p.spec.issuers[0].algorithms.clear(),
+        "algorithms must list at least one signature algorithm",
+    );
+    check(
+        &|p| {
+            p.spec.issuers[0].introspection.as_mut().unwrap().endpoint =
+                "http://auth.example.com/introspect".into()
+        },
+        "introspection.endpoint must use https://",
+    );
+    check(
+        &|p| p.spec.issuers[0].introspection.as_mut().unwrap().cache_ttl = Some("-5s".into()),
+        "cacheTTL must be a positive duration",
+    );
+    check(
+        &|p| {
+            let j = p.spec.issuers[0].jwks.as_mut().unwrap();
+            j.discovery = None;
+            j.inline = Some(Default::default());
+        },
+        "caBundleSecretRef only applies to keys fetched over HTTPS",
+    );
+    check(
+        &|p| {
+            p.spec.issuers[0]
+                .jwks
+                .as_mut()
+                .unwrap()
+                .min_refresh_interval = Some("soon".into())
+        },
+        "minRefreshInterval must be a positive duration",
+    );
+    check(
+        &|p| {
+            let mut second = p.spec.issuers[0].clone();
+            second.issuer = "https://second.example.com".into();
+            p.spec.issuers.push(second);
+        },
+        "at most one issuer per policy may use introspection",
+    );
+}

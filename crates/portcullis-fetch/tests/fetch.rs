@@ -1,0 +1,430 @@
+//! The fetcher and the introspector against a real HTTP server on loopback (a few lines of
+//! tokio serving canned answers and counting requests).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portcullis_fetch::keys::fetch_once;
+use portcullis_fetch::{FetchResult, HttpClient, Introspector, KeyFetcher};
+use portcullis_policy::{IntrospectionEndpoint, RemoteSource, RemoteSourceKind, discovery_url};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Clone)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    delay: Duration,
+}
+
+fn json_reply(v: &Value) -> Reply {
+    Reply {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: v.to_string().into_bytes(),
+        delay: Duration::ZERO,
+    }
+}
+
+#[derive(Default)]
+struct State {
+    replies: HashMap<String, Reply>,
+    hits: HashMap<String, usize>,
+    last_head: String,
+    last_body: String,
+}
+
+#[derive(Clone)]
+struct Server {
+    base: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://127.0.0.1:{}", l.local_addr().unwrap().port());
+        let state: Arc<Mutex<State>> = Default::default();
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let (head, body) = loop {
+                        let n = s.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).into_owned();
+                        if let Some((h, b)) = text.split_once("\r\n\r\n") {
+                            let len = h
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if b.len() >= len {
+                                break (h.to_owned(), b.to_owned());
+                            }
+                        }
+                    };
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let reply = {
+                        let mut g = st.lock().unwrap();
+                        *g.hits.entry(path.clone()).or_default() += 1;
+                        g.last_head = head.clone();
+                        g.last_body = body;
+                        g.replies.get(&path).cloned()
+                    };
+                    let reply = reply.unwrap_or(Reply {
+                        status: 404,
+                        headers: vec![],
+                        body: b"not found".to_vec(),
+                        delay: Duration::ZERO,
+                    });
+                    tokio::time::sleep(reply.delay).await;
+                    let mut out = format!(
+                        "HTTP/1.1 {} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+                        reply.status,
+                        reply.body.len()
+                    );
+                    for (k, v) in &reply.headers {
+                        out.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    out.push_str("\r\n");
+                    let _ = s.write_all(out.as_bytes()).await;
+                    let _ = s.write_all(&reply.body).await;
+                });
+            }
+        });
+        Server { base, state }
+    }
+
+    fn set(&self, path: &str, reply: Reply) {
+        self.state
+            .lock()
+            .unwrap()
+            .replies
+            .insert(path.into(), reply);
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .hits
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn jwks() -> Value {
+    static KEY: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| json!({"keys": [portcullis_testkit::rsa("k1").jwk]}))
+        .clone()
+}
+
+fn source(url: String, kind: RemoteSourceKind) -> RemoteSource {
+    RemoteSource {
+        url,
+        kind,
+        issuer: "test-issuer".into(),
+        min_refresh: Duration::from_millis(300),
+        max_refresh: Duration::from_secs(3600),
+        ca_pem: vec![],
+        policies: vec!["ns/p".into()],
+    }
+}
+
+fn discovery(srv: &Server, issuer: &str) -> RemoteSource {
+    source(
+        discovery_url(issuer),
+        RemoteSourceKind::Discovery {
+            issuer: issuer.into(),
+        },
+    )
+    .tap(|s| s.url = format!("{}/.well-known/openid-configuration", srv.base))
+}
+
+trait Tap: Sized {
+    fn tap(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+}
+impl<T> Tap for T {}
+
+#[tokio::test]
+async fn discovery_then_jwks_with_max_age() {
+    let srv = Server::start().await;
+    let issuer = srv.base.clone();
+    srv.set(
+        "/.well-known/openid-configuration",
+        json_reply(&json!({"issuer": issuer, "jwks_uri": format!("{}/keys", srv.base)})),
+    );
+    let mut keys = json_reply(&jwks());
+    keys.headers
+        .push(("cache-control".into(), "public, max-age=120".into()));
+    srv.set("/keys", keys);
+    let http = HttpClient::default();
+    let (doc, n, max_age) = fetch_once(&http, &discovery(&srv, &issuer)).await.unwrap();
+    assert_eq!(doc, jwks());
+    assert_eq!(n, 1);
+    assert_eq!(max_age, Some(Duration::from_secs(120)));
+}
+
+#[tokio::test]
+async fn every_bad_answer_is_named() {
+    let srv = Server::start().await;
+    let http = HttpClient::default();
+    let issuer = srv.base.clone();
+    let disc = "/.well-known/openid-configuration";
+    let run = |src: RemoteSource| {
+        let http = &http;
+        async move { fetch_once(http, &src).await.map(|_| ()).unwrap_err() }
+    };
+    // Another issuer named by the discovery document.
+    srv.set(
+        disc,
+        json_reply(
+            &json!({"issuer": "https://evil.example", "jwks_uri": format!("{}/keys", srv.base)}),
+        ),
+    );
+    let (r, m) = run(discovery(&srv, &issuer)).await;
+    assert_eq!(r, FetchResult::IssuerMismatch, "{m}");
+    assert!(m.contains("evil.example"), "{m}");
+    // A jwks_uri that is plain http to a remote host.
+    srv.set(
+        disc,
+        json_reply(&json!({"issuer": issuer, "jwks_uri": "http://keys.example.com/jwks"})),
+    );
+    let (r, m) = run(discovery(&srv, &issuer)).await;
+    assert_eq!(r, FetchResult::InvalidDocument, "{m}");
+    // Unparsable, empty, no usable key.
+    let jwks_src = source(format!("{}/keys", srv.base), RemoteSourceKind::Jwks);
+    for (body, want) in [
+        (b"<html>".to_vec(), "not JSON"),
+        (br#"{"keys": []}"#.to_vec(), "no usable"),
+        (
+            br#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#.to_vec(),
+            "no usable",
+        ),
+    ] {
+        srv.set(
+            "/keys",
+            Reply {
+                status: 200,
+                headers: vec![],
+                body,
+                delay: Duration::ZERO,
+            },
+        );
+        let (r, m) = run(jwks_src.clone()).await;
+        assert_eq!(r, FetchResult::InvalidDocument, "{m}");
+        assert!(m.contains(want), "{m} lacks {want}");
+    }
+    // Errors from the server, a size over the limit, a refused connection.
+    srv.set(
+        "/keys",
+        Reply {
+            status: 503,
+            headers: vec![],
+            body: vec![],
+            delay: Duration::ZERO,
+        },
+    );
+    let (r, m) = run(jwks_src.clone()).await;
+    assert_eq!(r, FetchResult::FetchFailed);
+    assert!(m.contains("503"), "{m}");
+    srv.set(
+        "/keys",
+        Reply {
+            status: 200,
+            headers: vec![],
+            body: vec![b' '; 600 * 1024],
+            delay: Duration::ZERO,
+        },
+    );
+    let (r, m) = run(jwks_src.clone()).await;
+    assert_eq!(r, FetchResult::FetchFailed);
+    assert!(m.contains("larger than"), "{m}");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (r, _) = run(source(
+        format!("http://127.0.0.1:{dead}/keys"),
+        RemoteSourceKind::Jwks,
+    ))
+    .await;
+    assert_eq!(r, FetchResult::FetchFailed);
+    // Plain http beyond loopback is never even tried.
+    let (r, m) = run(source(
+        "http://keys.example.com/jwks".into(),
+        RemoteSourceKind::Jwks,
+    ))
+    .await;
+    assert_eq!(r, FetchResult::FetchFailed);
+    assert!(m.contains("only https"), "{m}");
+}
+
+async fn until(mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached in 5s");
+}
+
+#[tokio::test]
+async fn fetcher_keeps_the_last_good_keys_and_rate_limits_refetches() {
+    let srv = Server::start().await;
+    srv.set("/keys", json_reply(&jwks()));
+    let registry = prometheus::Registry::new();
+    let fetcher = KeyFetcher::new(Arc::new(HttpClient::default()), &registry);
+    let url = format!("{}/keys", srv.base);
+    fetcher.set_sources(vec![source(url.clone(), RemoteSourceKind::Jwks)]);
+    until(|| fetcher.states()[&url].result == FetchResult::Ok).await;
+    assert_eq!(fetcher.documents()[&url], jwks());
+    assert_eq!(srv.hits("/keys"), 1);
+
+    // Refetches: the first is granted, the rest of the window is not.
+    assert!(fetcher.request_refetch(&url));
+    let granted = (0..100).filter(|_| fetcher.request_refetch(&url)).count();
+    assert_eq!(granted, 0);
+    until(|| srv.hits("/keys") == 2).await;
+    assert!(!fetcher.request_refetch("http://unknown.example/keys"));
+
+    // The provider breaks: the last good document stays, the state says why.
+    srv.set(
+        "/keys",
+        Reply {
+            status: 500,
+            headers: vec![],
+            body: vec![],
+            delay: Duration::ZERO,
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(fetcher.request_refetch(&url));
+    until(|| fetcher.states()[&url].result == FetchResult::FetchFailed).await;
+    let st = &fetcher.states()[&url];
+    assert!(st.message.contains("500"), "{}", st.message);
+    assert_eq!(fetcher.documents()[&url], jwks(), "last good keys kept");
+    let text = {
+        let mut out = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut out,
+        )
+        .unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    assert!(
+        text.contains(
+            r#"portcullis_jwks_fetches_total{issuer="test-issuer",result="fetch_failed"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"portcullis_jwks_refetch_requests_total{issuer="test-issuer",result="limited"} 100"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"portcullis_jwks_keys{issuer="test-issuer"} 1"#),
+        "{text}"
+    );
+
+    // It recovers on the backoff retry (1 s after the first failure).
+    srv.set("/keys", json_reply(&jwks()));
+    until(|| fetcher.states()[&url].result == FetchResult::Ok).await;
+
+    // Removed sources stop.
+    fetcher.set_sources(vec![]);
+    assert!(fetcher.states().is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_introspections_of_one_token_make_one_call() {
+    let srv = Server::start().await;
+    let mut slow = json_reply(&json!({"active": true, "scope": "a"}));
+    slow.delay = Duration::from_millis(200);
+    srv.set("/introspect", slow);
+    let registry = prometheus::Registry::new();
+    let intro = Arc::new(Introspector::new(
+        Arc::new(HttpClient::default()),
+        &registry,
+    ));
+    let ep = IntrospectionEndpoint {
+        issuer: "iss".into(),
+        url: format!("{}/introspect", srv.base).into(),
+        client_id: "gate way".into(),
+        client_secret: "p@ss:word".into(),
+        timeout: Duration::from_secs(2),
+    };
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (intro, ep) = (intro.clone(), ep.clone());
+            tokio::spawn(async move { intro.introspect(&ep, [7; 32], "tok-en").await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap()["active"], json!(true));
+    }
+    assert_eq!(srv.hits("/introspect"), 1);
+    let (head, body) = {
+        let g = srv.state.lock().unwrap();
+        (g.last_head.clone(), g.last_body.clone())
+    };
+    // client_secret_basic with form-encoded id and secret (RFC 6749 2.3.1).
+    use base64::Engine;
+    let want = base64::engine::general_purpose::STANDARD.encode("gate+way:p%40ss%3Aword");
+    assert!(head.contains(&format!("Basic {want}")), "{head}");
+    assert!(
+        body.contains("token=tok-en") && body.contains("token_type_hint=access_token"),
+        "{body}"
+    );
+
+    // A later call is a new call; errors and timeouts are errors, never verdicts.
+    srv.set(
+        "/introspect",
+        Reply {
+            status: 500,
+            headers: vec![],
+            body: vec![],
+            delay: Duration::ZERO,
+        },
+    );
+    assert!(intro.introspect(&ep, [7; 32], "tok-en").await.is_err());
+    let mut stuck = json_reply(&json!({"active": true}));
+    stuck.delay = Duration::from_secs(5);
+    srv.set("/introspect", stuck);
+    let short = IntrospectionEndpoint {
+        timeout: Duration::from_millis(100),
+        ..ep.clone()
+    };
+    let err = intro
+        .introspect(&short, [8; 32], "other")
+        .await
+        .unwrap_err();
+    assert!(err.contains("timed out"), "{err}");
+    srv.set("/introspect", json_reply(&json!(["not", "an", "object"])));
+    assert!(intro.introspect(&ep, [9; 32], "third").await.is_err());
+}

@@ -1,0 +1,522 @@
+//! Keys from providers and opaque tokens: fetched key sets (discovery and `jwks.uri`), the
+//! unknown-`kid` refetch hint, the list of sources to fetch, and RFC 7662 introspection
+//! verdicts with their caches.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use portcullis_api::TokenPolicy;
+use portcullis_policy::{
+    Decision, DenyReason, ManualClock, RemoteSourceKind, RequestParts, Snapshot, compile_with,
+    discovery_url, remote_sources, token_digest, usable_keys,
+};
+use serde_json::{Value, json};
+use support::*;
+
+const HOST: &str = "api.example.com";
+const ENDPOINT: &str = "https://auth.example.com/introspect";
+
+fn policy_with(issuer: Value) -> TokenPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "portcullis.dev/v1alpha1", "kind": "TokenPolicy",
+        "metadata": {"name": "default", "namespace": "shop"},
+        "spec": {"issuers": [issuer], "forwardClaims": {"sub": "X-User"}},
+    }))
+    .unwrap()
+}
+
+fn discovery_policy() -> TokenPolicy {
+    policy_with(json!({
+        "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["RS256"],
+        "jwks": {"discovery": true, "minRefreshInterval": "5s"},
+    }))
+}
+
+fn creds() -> Secret {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "idp", "namespace": "shop"},
+        "stringData": {"client-id": "gateway", "client-secret": "s3cret"},
+    }))
+    .unwrap()
+}
+
+fn introspection_issuer(jwks: bool) -> Value {
+    let mut v = json!({
+        "issuer": ISSUER, "audiences": [AUDIENCE],
+        "introspection": {
+            "endpoint": ENDPOINT, "credentialsSecretRef": {"name": "idp"},
+            "cacheTTL": "60s", "negativeCacheTTL": "10s",
+        },
+    });
+    if jwks {
+        v["algorithms"] = json!(["RS256"]);
+        v["jwks"] = json!({"inline": {"keys": [keys().rsa.jwk]}});
+    }
+    v
+}
+
+struct Env {
+    snapshot: Snapshot,
+    clock: Arc<ManualClock>,
+}
+
+fn compile(policy: TokenPolicy, remote: &[(&str, Value)]) -> (Env, Vec<String>) {
+    let clock = Arc::new(ManualClock::new(NOW));
+    let mut opts = options(&clock);
+    for (url, doc) in remote {
+        opts.remote_jwks.insert(url.to_string(), doc.clone());
+    }
+    let (snapshot, errors) = compile_with(&opts, &[route()], &[policy], &[creds()]);
+    let errors = errors.iter().map(ToString::to_string).collect();
+    (Env { snapshot, clock }, errors)
+}
+
+fn env(policy: TokenPolicy, remote: &[(&str, Value)]) -> Env {
+    let (e, errors) = compile(policy, remote);
+    assert!(errors.is_empty(), "{errors:#?}");
+    e
+}
+
+fn get<'s>(s: &'s Snapshot, path: &str, h: &'s str) -> Decision<'s> {
+    s.authorize(&RequestParts::new("GET", HOST, path).with_authorization(h))
+}
+
+fn answer(extra: Value) -> Value {
+    let mut v = json!({
+        "active": true, "iss": ISSUER, "aud": AUDIENCE, "sub": "svc", "jti": "op-1",
+        "iat": NOW - 10, "exp": NOW + 600, "scope": "orders:read", "token_type": "Bearer",
+    });
+    for (k, x) in extra.as_object().unwrap() {
+        if x.is_null() {
+            v.as_object_mut().unwrap().remove(k);
+        } else {
+            v[k] = x.clone();
+        }
+    }
+    v
+}
+
+/// Authorizes an opaque token, answering the introspection with `answer`; returns the
+/// final outcome (status or 200) and whether an introspection was asked for.
+fn opaque(s: &Snapshot, path: &str, token: &str, answer: Result<&Value, ()>) -> (u16, bool) {
+    let h = format!("Bearer {token}");
+    match get(s, path, &h) {
+        Decision::Introspect(pending) => {
+            assert_eq!(&*pending.endpoint.url, ENDPOINT);
+            assert_eq!(&*pending.endpoint.client_id, "gateway");
+            assert_eq!(&*pending.endpoint.client_secret, "s3cret");
+            assert_eq!(pending.digest, token_digest(token));
+            match s.complete_introspection(&pending, answer) {
+                Decision::Allow(_) => (200, true),
+                Decision::Deny(d) => (d.status(), true),
+                Decision::Introspect(_) => panic!("introspection asked twice"),
+            }
+        }
+        Decision::Allow(_) => (200, false),
+        Decision::Deny(d) => (d.status(), false),
+    }
+}
+
+fn deny_reason(d: Decision<'_>) -> DenyReason {
+    match d {
+        Decision::Deny(d) => d.reason,
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+// === fetched key sets ===
+
+#[test]
+fn discovery_keys_come_from_the_fetched_document_under_the_issuers_discovery_url() {
+    let url = discovery_url(ISSUER);
+    assert_eq!(
+        url,
+        "https://auth.example.com/.well-known/openid-configuration"
+    );
+    assert_eq!(
+        discovery_url("https://a.test/realm/"),
+        "https://a.test/realm/.well-known/openid-configuration"
+    );
+    let (_, errors) = compile(discovery_policy(), &[]);
+    assert!(
+        errors[0].contains("spec.issuers[0].jwks.discovery")
+            && errors[0].contains("not been fetched"),
+        "{errors:?}"
+    );
+    let e = env(
+        discovery_policy(),
+        &[(&url, json!({"keys": [keys().rsa.jwk]}))],
+    );
+    let t = format!("Bearer {}", mint(&keys().rsa, &claims()));
+    assert!(get(&e.snapshot, "/orders/1", &t).is_allow());
+}
+
+#[test]
+fn a_fetched_set_skips_keys_portcullis_cannot_use_but_never_private_ones() {
+    let k = keys();
+    let odd = json!({"kty": "EC", "crv": "P-521", "kid": "p521", "x": "AA", "y": "AA"});
+    let enc = json!({"kty": "RSA", "use": "enc", "kid": "enc", "alg": "RSA-OAEP", "n": "AA", "e": "AQAB"});
+    let oct = json!({"kty": "oct", "kid": "sym", "k": "c2VjcmV0"});
+    let doc = json!({"keys": [odd, enc, oct, k.rsa.jwk]});
+    assert_eq!(usable_keys(&doc).unwrap(), 1);
+    let e = env(discovery_policy(), &[(&discovery_url(ISSUER), doc)]);
+    let t = format!("Bearer {}", mint(&k.rsa, &claims()));
+    assert!(get(&e.snapshot, "/orders/1", &t).is_allow());
+
+    let mut private = k.rsa.jwk.clone();
+    private["d"] = json!("AAAA");
+    assert!(usable_keys(&json!({"keys": [private]})).is_err());
+    assert!(usable_keys(&json!({"keys": []})).is_err());
+    assert!(usable_keys(&json!({"nokeys": 1})).is_err());
+    let (_, errors) = compile(
+        discovery_policy(),
+        &[(&discovery_url(ISSUER), json!({"keys": []}))],
+    );
+    assert!(
+        errors[0].contains("InvalidKeys") || errors[0].contains("no usable"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn an_unknown_kid_from_a_fetched_set_carries_a_refetch_hint() {
+    let k = keys();
+    let url = discovery_url(ISSUER);
+    let e = env(discovery_policy(), &[(&url, json!({"keys": [k.rsa.jwk]}))]);
+    let t = format!("Bearer {}", mint(&k.rsa2, &claims()));
+    match get(&e.snapshot, "/orders/1", &t) {
+        Decision::Deny(d) => {
+            assert_eq!(d.reason, DenyReason::UnknownKey);
+            let r = d.refetch.expect("a refetch hint");
+            assert_eq!(&*r.url, url);
+            assert_eq!(&*r.issuer, ISSUER);
+            assert_eq!(r.min_interval, Duration::from_secs(5));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A bad signature with a known kid is no reason to refetch.
+    let forged = mint_raw(
+        &k.rsa2,
+        &format!(r#"{{"alg":"RS256","kid":"{}"}}"#, k.rsa.kid),
+        &claims().to_string(),
+    );
+    match get(&e.snapshot, "/orders/1", &format!("Bearer {forged}")) {
+        Decision::Deny(d) => {
+            assert_eq!(d.reason, DenyReason::BadSignature);
+            assert!(d.refetch.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    // Inline keys: nothing to refetch.
+    let inline = build(&[route()], &[policy()], &[]);
+    let stranger = rsa_stranger();
+    match get(
+        &inline.snapshot,
+        "/orders/1",
+        &format!("Bearer {}", mint(&stranger, &claims())),
+    ) {
+        Decision::Deny(d) => {
+            assert_eq!(d.reason, DenyReason::UnknownKey);
+            assert!(d.refetch.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn rsa_stranger() -> TestKey {
+    portcullis_testkit::rsa("stranger")
+}
+
+#[test]
+fn a_key_removed_from_the_provider_is_refused_once_the_new_document_applies() {
+    let k = keys();
+    let url = discovery_url(ISSUER);
+    let t = format!("Bearer {}", mint(&k.rsa, &claims()));
+    let both = env(
+        discovery_policy(),
+        &[(&url, json!({"keys": [k.rsa.jwk, k.rsa2.jwk]}))],
+    );
+    assert!(get(&both.snapshot, "/orders/1", &t).is_allow());
+    let mut next = env(discovery_policy(), &[(&url, json!({"keys": [k.rsa2.jwk]}))]);
+    // The verified-token cache does not survive a key set change.
+    next.snapshot.inherit_caches(&both.snapshot);
+    assert_eq!(
+        deny_reason(get(&next.snapshot, "/orders/1", &t)),
+        DenyReason::UnknownKey
+    );
+}
+
+#[test]
+fn sources_to_fetch_are_merged_by_url_with_the_tightest_bounds() {
+    let mut a = discovery_policy();
+    a.metadata.name = Some("a".into());
+    let mut b: TokenPolicy = policy_with(json!({
+        "issuer": ISSUER, "audiences": ["other"], "algorithms": ["ES256"],
+        "jwks": {"discovery": true, "minRefreshInterval": "30s", "maxRefreshInterval": "2m"},
+    }));
+    b.metadata.name = Some("b".into());
+    let c = policy_with(json!({
+        "issuer": "https://other.example.com", "audiences": ["x"], "algorithms": ["RS256"],
+        "jwks": {"uri": "https://other.example.com/keys", "caBundleSecretRef": {"name": "ca", "key": "ca.pem"}},
+    }));
+    let ca: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ca", "namespace": "shop"},
+        "stringData": {"ca.pem": "-----BEGIN CERTIFICATE-----\n..."},
+    }))
+    .unwrap();
+    let inline = policy();
+    let sources = remote_sources(&[a, b, c, inline], &[ca]);
+    assert_eq!(sources.len(), 2, "{sources:#?}");
+    let d = sources
+        .iter()
+        .find(|s| s.url == discovery_url(ISSUER))
+        .unwrap();
+    assert_eq!(
+        d.kind,
+        RemoteSourceKind::Discovery {
+            issuer: ISSUER.into()
+        }
+    );
+    assert_eq!(d.min_refresh, Duration::from_secs(5));
+    assert_eq!(d.max_refresh, Duration::from_secs(120));
+    assert_eq!(d.policies, vec!["shop/a".to_string(), "shop/b".to_string()]);
+    let u = sources
+        .iter()
+        .find(|s| s.url == "https://other.example.com/keys")
+        .unwrap();
+    assert_eq!(u.kind, RemoteSourceKind::Jwks);
+    assert_eq!(u.min_refresh, Duration::from_secs(60), "default 1m");
+    assert_eq!(u.max_refresh, Duration::from_secs(3600), "default 1h");
+    assert_eq!(u.ca_pem.len(), 1);
+}
+
+// === introspection ===
+
+#[test]
+fn an_active_answer_is_cached_and_scopes_are_checked_on_every_request() {
+    let e = env(policy_with(introspection_issuer(false)), &[]);
+    let s = &e.snapshot;
+    let a = answer(json!({}));
+    assert_eq!(
+        opaque(s, "/orders/1", "opaque-token-1", Ok(&a)),
+        (200, true)
+    );
+    // Cached: no second call; the scope check still runs.
+    assert_eq!(
+        opaque(s, "/orders/2", "opaque-token-1", Err(())),
+        (200, false)
+    );
+    let h = "Bearer opaque-token-1";
+    match s.authorize(&RequestParts::new("POST", HOST, "/orders").with_authorization(h)) {
+        Decision::Deny(d) => {
+            assert_eq!(d.reason, DenyReason::InsufficientScope);
+            assert!(d.cache_hit);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Forwarded claims come from the answer.
+    match get(s, "/orders/3", h) {
+        Decision::Allow(a) => assert_eq!(a.headers()[0].1, "svc"),
+        other => panic!("{other:?}"),
+    }
+    // The verdict lives cacheTTL (60s), then the endpoint is asked again.
+    e.clock.advance(61);
+    assert_eq!(
+        opaque(s, "/orders/1", "opaque-token-1", Ok(&a)),
+        (200, true)
+    );
+}
+
+#[test]
+fn a_cached_verdict_never_outlives_the_tokens_exp() {
+    let e = env(policy_with(introspection_issuer(false)), &[]);
+    let a = answer(json!({"exp": NOW + 20}));
+    assert_eq!(
+        opaque(&e.snapshot, "/orders/1", "short-lived", Ok(&a)),
+        (200, true)
+    );
+    // Past exp plus the 30s clock skew.
+    e.clock.advance(55);
+    let (code, asked) = opaque(&e.snapshot, "/orders/1", "short-lived", Ok(&a));
+    assert!(asked, "expired verdicts are not served from the cache");
+    assert_eq!(code, 401, "exp has passed");
+}
+
+#[test]
+fn inactive_and_unfit_answers_are_refused_and_negatively_cached() {
+    let cases: Vec<(&str, Value)> = vec![
+        ("inactive", json!({"active": false})),
+        ("active missing", json!({"active": null})),
+        ("active as a string", json!({"active": "true"})),
+        ("another issuer", json!({"iss": "https://evil.example.com"})),
+        ("another audience", json!({"aud": "someone-else"})),
+        ("audience list without ours", json!({"aud": ["a", "b"]})),
+        (
+            "no aud, foreign client_id",
+            json!({"aud": null, "client_id": "stranger"}),
+        ),
+        ("no aud, no client_id", json!({"aud": null})),
+        ("a refresh token", json!({"token_type": "refresh_token"})),
+        ("expired", json!({"exp": NOW - 100})),
+        ("not yet valid", json!({"nbf": NOW + 600})),
+        ("exp not a number", json!({"exp": "soon"})),
+    ];
+    for (name, extra) in cases {
+        let e = env(policy_with(introspection_issuer(false)), &[]);
+        let a = answer(extra);
+        let token: String = format!("token-{name}")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        assert_eq!(
+            opaque(&e.snapshot, "/orders/1", &token, Ok(&a)),
+            (401, true),
+            "{name}"
+        );
+        // Negative verdict cached for negativeCacheTTL (10s).
+        let h = format!("Bearer {token}");
+        assert_eq!(
+            deny_reason(get(&e.snapshot, "/orders/1", &h)),
+            DenyReason::InactiveToken,
+            "{name}"
+        );
+        e.clock.advance(11);
+        assert!(
+            matches!(get(&e.snapshot, "/orders/1", &h), Decision::Introspect(_)),
+            "{name}"
+        );
+    }
+    // `client_id` stands in for a missing `aud`; aud lists are fine when ours is in them.
+    for ok in [
+        json!({"aud": null, "client_id": AUDIENCE}),
+        json!({"aud": ["x", AUDIENCE]}),
+        json!({"token_type": null, "iss": null}),
+    ] {
+        let e = env(policy_with(introspection_issuer(false)), &[]);
+        assert_eq!(
+            opaque(
+                &e.snapshot,
+                "/orders/1",
+                "ok-token",
+                Ok(&answer(ok.clone()))
+            ),
+            (200, true),
+            "{ok}"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_endpoint_gives_503_and_is_not_cached() {
+    let e = env(policy_with(introspection_issuer(false)), &[]);
+    let h = "Bearer unjudged";
+    let Decision::Introspect(pending) = get(&e.snapshot, "/orders/1", h) else {
+        panic!("expected introspection")
+    };
+    match e.snapshot.complete_introspection(&pending, Err(())) {
+        Decision::Deny(d) => {
+            assert_eq!(d.reason, DenyReason::IntrospectionUnavailable);
+            assert_eq!(d.status(), 503);
+            assert!(d.www_authenticate().is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        get(&e.snapshot, "/orders/1", h),
+        Decision::Introspect(_)
+    ));
+}
+
+#[test]
+fn revocations_apply_to_introspected_tokens() {
+    let token = "opaque-revoked";
+    let digest = token_digest(token).to_hex();
+    for revocation in [
+        json!({"tokenSha256": digest}),
+        json!({"jti": "op-1"}),
+        json!({"subject": "svc", "issuedBefore": "2030-01-01T00:00:00Z"}),
+    ] {
+        let mut p = policy_with(introspection_issuer(false));
+        p.spec.revocations = vec![serde_json::from_value(revocation.clone()).unwrap()];
+        let e = env(p, &[]);
+        assert_eq!(
+            opaque(&e.snapshot, "/orders/1", token, Ok(&answer(json!({})))),
+            (401, true),
+            "{revocation}"
+        );
+        assert_eq!(
+            opaque(&e.snapshot, "/orders/1", token, Err(())),
+            (401, false),
+            "cached, still revoked: {revocation}"
+        );
+    }
+}
+
+#[test]
+fn with_both_judges_the_token_shape_picks_one_and_a_jws_never_reaches_the_endpoint() {
+    let k = keys();
+    let e = env(policy_with(introspection_issuer(true)), &[]);
+    let jwt = mint(&k.rsa, &claims());
+    assert!(get(&e.snapshot, "/orders/1", &format!("Bearer {jwt}")).is_allow());
+    // A JWS-shaped token that fails verification is refused, not introspected.
+    let stranger = mint(&rsa_stranger(), &claims());
+    assert_eq!(
+        deny_reason(get(&e.snapshot, "/orders/1", &format!("Bearer {stranger}"))),
+        DenyReason::UnknownKey
+    );
+    assert_eq!(
+        deny_reason(get(&e.snapshot, "/orders/1", "Bearer a.b.c")),
+        DenyReason::MalformedToken
+    );
+    // Anything else goes to the endpoint.
+    assert!(matches!(
+        get(&e.snapshot, "/orders/1", "Bearer opaque.two"),
+        Decision::Introspect(_)
+    ));
+    assert!(matches!(
+        get(&e.snapshot, "/orders/1", "Bearer opaque"),
+        Decision::Introspect(_)
+    ));
+}
+
+#[test]
+fn introspection_config_errors_name_the_field() {
+    // No credentials Secret.
+    let clock = Arc::new(ManualClock::new(NOW));
+    let (_, errors) = compile_with(
+        &options(&clock),
+        &[route()],
+        &[policy_with(introspection_issuer(false))],
+        &[],
+    );
+    assert!(
+        errors.iter().any(
+            |e| e.path == "spec.issuers[0].introspection.credentialsSecretRef"
+                && e.reason == "SecretNotFound"
+        ),
+        "{errors:#?}"
+    );
+    // Plain http to a non-loopback host.
+    let mut i = introspection_issuer(false);
+    i["introspection"]["endpoint"] = json!("http://auth.example.com/introspect");
+    let (_, errors) = compile(policy_with(i), &[]);
+    assert!(
+        errors.iter().any(|e| e.contains("introspection.endpoint")),
+        "{errors:?}"
+    );
+    // Two introspection issuers in one policy.
+    let mut p = policy_with(introspection_issuer(false));
+    let mut second: portcullis_api::IssuerSpec =
+        serde_json::from_value(introspection_issuer(false)).unwrap();
+    second.issuer = "https://second.example.com".into();
+    p.spec.issuers.push(second);
+    let (_, errors) = compile(p, &[]);
+    assert!(
+        errors.iter().any(|e| e.contains("at most one issuer")),
+        "{errors:?}"
+    );
+}
