@@ -103,6 +103,14 @@ for f in "$work/default.yaml" "$work/all.yaml"; do
   if grep -n '\*' <<<"$rbac"; then fail "a wildcard in the rendered RBAC"; fi
 done
 
+step "Dockerfile: the pinned toolchain, a numeric non-root USER, the image the chart points at"
+channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+grep -qx "ARG RUST_VERSION=$channel" Dockerfile || fail "Dockerfile's RUST_VERSION is not rust-toolchain.toml's $channel"
+grep -qx 'USER 65532:65532' Dockerfile || fail "Dockerfile: USER must be 65532:65532 (the chart's runAsUser/runAsGroup)"
+grep -qx 'ENTRYPOINT \["/portcullis"\]' Dockerfile || fail "Dockerfile: ENTRYPOINT [\"/portcullis\"]"
+repo=$(sed -n 's/^  repository: //p' "$chart/values.yaml")
+grep -qF "$repo" Dockerfile || fail "Dockerfile does not name the chart's default image $repo"
+
 step "alert rules: promtool check rules + unit tests (files/alerts.yaml, the PrometheusRule's source)"
 promtool check rules "$chart/files/alerts.yaml"
 promtool test rules $tests/alerts_test.yaml
