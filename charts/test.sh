@@ -8,7 +8,7 @@
 #      then every rendered object through `kubectl apply --dry-run=server`, and the objects
 #      as the server returned them checked for pod security, probes, RBAC without
 #      wildcards, the proxy's projected token, and flags the real binary accepts;
-#   3. live: the chart's ServiceAccounts and RBAC applied for real, a `portcullis controller`
+#   3. live: `helm install` of the chart, a `portcullis controller`
 #      running with the controller ServiceAccount's token (so the chart's RBAC must be
 #      enough), two `portcullis proxy` with the proxy ServiceAccount's projected-style token
 #      (audience portcullis), an echo upstream, traffic (allowed, 401, 403, 404, a
@@ -162,8 +162,13 @@ sed "s#\.\./portcullis/files/alerts\.yaml#$work/rules-default.json#" $tests/aler
 promtool test rules "$work/alerts_test.yaml"
 
 # --- 3. live: real processes, real Prometheus ---------------------------------------------
-step "the chart's ServiceAccounts and RBAC, applied for real"
-kc apply -n "$ns" -f "$work/all.yaml" >/dev/null
+step "helm install on the API server (every optional part on); a wrong value fails helm install"
+if out=$(helm install bad "$chart" -n "$ns" --set controller.replicas=two 2>&1); then fail "helm install took controller.replicas=two"; fi
+grep -qF "at '/controller/replicas': got string, want integer" <<<"$out" || fail "helm install: unclear refusal: $out"
+helm install "$release" "$chart" -n "$ns" -f $tests/values-all.yaml > "$work/install.txt" \
+  || fail "helm install failed: $(cat "$work/install.txt")"
+grep -q "STATUS: deployed" "$work/install.txt" || fail "helm install: not deployed"
+grep -qF "kubectl apply -f policy.yaml -f route.yaml" "$work/install.txt" || fail "NOTES.txt does not say what to apply next"
 ctl_sa=$release-portcullis-controller
 proxy_sa=$release-portcullis-proxy
 kc create token "$ctl_sa" -n "$ns" --duration 1h > "$work/controller.token"
@@ -237,6 +242,9 @@ wait_for() { # what, seconds, command...
 }
 for a in "${a_ports[@]}"; do wait_for "proxy ready" 30 curl -fs "http://127.0.0.1:$a/readyz"; done
 wait_for "Prometheus ready" 30 curl -fs "$prom/-/ready"
+# Every target scraped before anything happens, so each event below lands between samples.
+targets_up() { curl -fs "$prom/api/v1/targets" | python3 -c 'import json,sys; t=json.load(sys.stdin)["data"]["activeTargets"]; sys.exit(0 if len(t)==3 and all(x["health"]=="up" for x in t) else 1)'; }
+wait_for "3 targets up" 20 targets_up
 
 step "a TokenPolicy and ApiRoute (quickstart) and a broken ApiRoute; Programmed through the chart's RBAC"
 app=shop
@@ -304,9 +312,6 @@ wait_for "the expired revocation pruned by the leader" 30 pruned
 for p in "${p_ports[@]}"; do for _ in 1 2 3; do code $app.test "$p" "$good" >/dev/null; done; done
 
 step "every dashboard and alert expression on Prometheus"
-# Targets up before judging expressions.
-targets_up() { curl -fs "$prom/api/v1/targets" | python3 -c 'import json,sys; t=json.load(sys.stdin)["data"]["activeTargets"]; sys.exit(0 if len(t)==3 and all(x["health"]=="up" for x in t) else 1)'; }
-wait_for "3 targets up" 20 targets_up
 python3 $tests/promql_check.py --prometheus "$prom" --dashboard "$chart/dashboards/portcullis.json" \
   --rules "$work/rules.json" --var namespace=$ns --var pod='.*'
 
