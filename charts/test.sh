@@ -55,7 +55,8 @@ cleanup() {
   fi
   rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # --- 1. static ---------------------------------------------------------------------------
 step "CRDs in $chart/crds are the generated ones in crds/"
