@@ -2,8 +2,9 @@
 # The Helm chart's tests, against real servers (called by scripts/test.sh after the e2e
 # suite; run it alone the same way):
 #   1. static: chart CRDs == crds/, every value documented, helm lint, helm template with
-#      the default values and with every optional part on, values.schema.json rejects bad
-#      values with a clear message, promtool check + test rules (one unit test per alert);
+#      the default values and with every optional part on (Helm 3, and Helm 4 rendering the
+#      same), values.schema.json rejects bad values with a clear message, the Dockerfile's
+#      pins, promtool check + test rules (one unit test per alert);
 #   2. API server: on the loopback kube-apiserver + etcd of e2e/cluster.sh, CRDs first,
 #      then every rendered object through `kubectl apply --dry-run=server`, and the objects
 #      as the server returned them checked for pod security, probes, RBAC without
@@ -15,7 +16,7 @@
 #      revocation, a pruned revocation, a broken ApiRoute, a refused stream), and Debian's
 #      Prometheus scraping all of it every second with the chart's alert rules loaded;
 #      then every dashboard and alert expression is evaluated through its HTTP API.
-# Needs: Go (helm, kube-apiserver, kubectl and etcd are built once into
+# Needs: Go (helm, helm4, kube-apiserver, kubectl and etcd are built once into
 # ~/.cache/portcullis-e2e), python3, curl, and Debian's `prometheus` package (installed
 # here when prometheus or promtool is missing).
 set -euo pipefail
@@ -35,8 +36,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # --- tools -------------------------------------------------------------------------------
 BIN=$(WITH_HELM=1 e2e/install-control-plane.sh)
 export PATH="$BIN:$PATH"
-command -v helm >/dev/null 2>&1 \
-  || fail "no helm in $BIN nor on PATH (with KUBEBUILDER_ASSETS set, bring your own helm 3.19+ or 4)"
+for h in helm helm4; do
+  command -v $h >/dev/null 2>&1 \
+    || fail "no $h in $BIN nor on PATH (with KUBEBUILDER_ASSETS set, put Helm 3 as helm and Helm 4 as helm4 on PATH)"
+done
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
   $SUDO apt-get update -q && $SUDO apt-get install -y -q --no-install-recommends prometheus
 fi
@@ -81,6 +84,18 @@ for k in ServiceMonitor PrometheusRule HorizontalPodAutoscaler; do
 done
 grep -q '^kind: ConfigMap$' "$work/default.yaml" || fail "the dashboard ConfigMap is not rendered by default"
 
+step "Helm 4: lints, and renders what Helm 3 renders"
+helm4 lint --strict "$chart" >/dev/null
+helm4 lint --strict "$chart" -f $tests/values-all.yaml >/dev/null
+for cfg in default all; do
+  args=(); [ $cfg = all ] && args=(-f "$tests/values-all.yaml")
+  helm4 template "$release" "$chart" -n "$ns" "${args[@]}" > "$work/$cfg.helm4.yaml"
+  # Helm 4 separates documents with one more blank line; nothing else may differ.
+  diff <(grep -v '^ *$' "$work/$cfg.yaml") <(grep -v '^ *$' "$work/$cfg.helm4.yaml") \
+    || fail "Helm 4 renders the $cfg configuration differently"
+done
+echo "$(helm4 version --short): same objects as $(helm version --short)"
+
 step "values.schema.json rejects wrong values with a clear message"
 expect_rejected() { # message, helm args...
   local want=$1; shift
@@ -89,6 +104,8 @@ expect_rejected() { # message, helm args...
   grep -qF -- "$want" <<<"$out" || fail "helm template $*: expected \"$want\", got: $out"
   if out=$(helm lint "$chart" "$@" 2>&1); then fail "helm lint $* was accepted"; fi
   grep -qF -- "$want" <<<"$out" || fail "helm lint $*: expected \"$want\", got: $out"
+  if out=$(helm4 template "$release" "$chart" "$@" 2>&1); then fail "helm4 template $* was accepted"; fi
+  grep -qF -- "$want" <<<"$out" || fail "helm4 template $*: expected \"$want\", got: $out"
   echo "rejected $*: $want"
 }
 expect_rejected "at '/controller/replicas': got string, want integer" --set controller.replicas=two
