@@ -3,12 +3,14 @@
 #   - KUBEBUILDER_ASSETS pointing at a directory holding all three: use those;
 #   - otherwise build them once, with the machine's Go, from the Go module proxy, into
 #     ~/.cache/portcullis-e2e/<version>/bin (kept between runs).
+# WITH_HELM=1 also builds helm (v3) and helm4 there, for charts/test.sh.
 # Prints the directory on stdout; progress goes to stderr.
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.34.2}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.19.0}
+HELM4_VERSION=${HELM4_VERSION:-v4.3.2}
 
 log() { echo "[control-plane] $*" >&2; }
 
@@ -67,6 +69,14 @@ fi
 if [ "${WITH_HELM:-0}" = 1 ] && [ ! -x "$bin/helm" ]; then
   log "building helm $HELM_VERSION"
   GOBIN="$bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
+fi
+# Helm 4 too, as helm4, for the chart tests that render with both (about 3 minutes, once).
+if [ "${WITH_HELM:-0}" = 1 ] && [ ! -x "$bin/helm4" ]; then
+  log "building helm $HELM4_VERSION (as helm4)"
+  work=$(mktemp -d)
+  GOBIN="$work" go install "helm.sh/helm/v4/cmd/helm@$HELM4_VERSION" >&2
+  mv "$work/helm" "$bin/helm4"
+  rm -rf "$work"
 fi
 
 log "control plane binaries in $bin"

@@ -1,0 +1,336 @@
+#!/usr/bin/env bash
+# The Helm chart's tests, against real servers (called by scripts/test.sh after the e2e
+# suite; run it alone the same way):
+#   1. static: chart CRDs == crds/, every value documented, helm lint, helm template with
+#      the default values and with every optional part on (Helm 3, and Helm 4 rendering the
+#      same), values.schema.json rejects bad values with a clear message, the Dockerfile's
+#      pins, promtool check + test rules (one unit test per alert);
+#   2. API server: on the loopback kube-apiserver + etcd of e2e/cluster.sh, CRDs first,
+#      then every rendered object through `kubectl apply --dry-run=server`, and the objects
+#      as the server returned them checked for pod security, probes, RBAC without
+#      wildcards, the proxy's projected token, and flags the real binary accepts;
+#   3. live: `helm install` of the chart, a `portcullis controller`
+#      running with the controller ServiceAccount's token (so the chart's RBAC must be
+#      enough), two `portcullis proxy` with the proxy ServiceAccount's projected-style token
+#      (audience portcullis), an echo upstream, traffic (allowed, 401, 403, 404, a
+#      revocation, a pruned revocation, a broken ApiRoute, a refused stream), and Debian's
+#      Prometheus scraping all of it every second with the chart's alert rules loaded;
+#      then every dashboard and alert expression is evaluated through its HTTP API.
+# Needs: Go (helm, helm4, kube-apiserver, kubectl and etcd are built once into
+# ~/.cache/portcullis-e2e), python3, curl, and Debian's `prometheus` package (installed
+# here when prometheus or promtool is missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+chart=charts/portcullis
+tests=charts/tests
+release=pc
+ns=portcullis-system
+started=$SECONDS
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+
+step() { echo "== chart: $*"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+# --- tools -------------------------------------------------------------------------------
+BIN=$(WITH_HELM=1 e2e/install-control-plane.sh)
+export PATH="$BIN:$PATH"
+for h in helm helm4; do
+  command -v $h >/dev/null 2>&1 \
+    || fail "no $h in $BIN nor on PATH (with KUBEBUILDER_ASSETS set, put Helm 3 as helm and Helm 4 as helm4 on PATH)"
+done
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  $SUDO apt-get update -q && $SUDO apt-get install -y -q --no-install-recommends prometheus
+fi
+cargo build --locked -q -p portcullis
+pc=${CARGO_TARGET_DIR:-$root/target}/debug/portcullis
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  local rc=$?
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ -f "$work/cluster/env" ]; then E2E_DIR=$work/cluster e2e/cluster.sh down >/dev/null 2>&1 || true; fi
+  if [ "$rc" -ne 0 ]; then
+    for f in "$work"/*.log; do [ -f "$f" ] && { echo "--- $f (tail)"; tail -n 15 "$f"; }; done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- 1. static ---------------------------------------------------------------------------
+step "CRDs in $chart/crds are the generated ones in crds/"
+diff -r crds "$chart/crds" || fail "$chart/crds drifted from crds/: cp crds/*.yaml $chart/crds/"
+
+step "every value in values.yaml is described in the chart README"
+python3 $tests/values_documented.py "$chart/values.yaml" "$chart/README.md"
+
+step "helm lint (default values, and every optional part on)"
+helm lint --strict "$chart"
+helm lint --strict "$chart" -f $tests/values-all.yaml
+
+step "helm template (default values, and every optional part on)"
+helm template "$release" "$chart" -n "$ns" > "$work/default.yaml"
+helm template "$release" "$chart" -n "$ns" -f $tests/values-all.yaml > "$work/all.yaml"
+kinds() { grep -h '^kind:' "$1" | sort -u | awk '{print $2}' | paste -sd, -; }
+echo "default: $(kinds "$work/default.yaml")"
+echo "all on:  $(kinds "$work/all.yaml")"
+for k in ServiceMonitor PrometheusRule HorizontalPodAutoscaler; do
+  grep -q "^kind: $k\$" "$work/default.yaml" && fail "$k rendered with the default values (must be opt-in)"
+  grep -q "^kind: $k\$" "$work/all.yaml" || fail "$k not rendered with $tests/values-all.yaml"
+done
+grep -q '^kind: ConfigMap$' "$work/default.yaml" || fail "the dashboard ConfigMap is not rendered by default"
+
+step "Helm 4: lints, and renders what Helm 3 renders"
+helm4 lint --strict "$chart" >/dev/null
+helm4 lint --strict "$chart" -f $tests/values-all.yaml >/dev/null
+for cfg in default all; do
+  args=(); [ $cfg = all ] && args=(-f "$tests/values-all.yaml")
+  helm4 template "$release" "$chart" -n "$ns" "${args[@]}" > "$work/$cfg.helm4.yaml"
+  # Helm 4 separates documents with one more blank line; nothing else may differ.
+  diff <(grep -v '^ *$' "$work/$cfg.yaml") <(grep -v '^ *$' "$work/$cfg.helm4.yaml") \
+    || fail "Helm 4 renders the $cfg configuration differently"
+done
+echo "$(helm4 version --short): same objects as $(helm version --short)"
+
+step "values.schema.json rejects wrong values with a clear message"
+expect_rejected() { # message, helm args...
+  local want=$1; shift
+  local out
+  if out=$(helm template "$release" "$chart" "$@" 2>&1); then fail "helm template $* was accepted"; fi
+  grep -qF -- "$want" <<<"$out" || fail "helm template $*: expected \"$want\", got: $out"
+  if out=$(helm lint "$chart" "$@" 2>&1); then fail "helm lint $* was accepted"; fi
+  grep -qF -- "$want" <<<"$out" || fail "helm lint $*: expected \"$want\", got: $out"
+  if out=$(helm4 template "$release" "$chart" "$@" 2>&1); then fail "helm4 template $* was accepted"; fi
+  grep -qF -- "$want" <<<"$out" || fail "helm4 template $*: expected \"$want\", got: $out"
+  echo "rejected $*: $want"
+}
+expect_rejected "at '/controller/replicas': got string, want integer" --set controller.replicas=two
+expect_rejected "additional properties 'replica' not allowed" --set proxy.replica=3
+expect_rejected "at '/logFormat'" --set logFormat=xml
+expect_rejected "at '/controller/leaseDuration'" --set controller.leaseDuration=10sec
+expect_rejected "at '/image/pullPolicy'" --set image.pullPolicy=Sometimes
+
+step "no wildcard in the rendered RBAC"
+for f in "$work/default.yaml" "$work/all.yaml"; do
+  rbac=$(awk '/^---/{keep=0} /^kind: (ClusterRole|Role)$/{keep=1} keep' "$f")
+  [ -n "$rbac" ] || fail "no RBAC rendered in $f"
+  if grep -n '\*' <<<"$rbac"; then fail "a wildcard in the rendered RBAC"; fi
+done
+
+step "Dockerfile: the pinned toolchain, a numeric non-root USER, the image the chart points at"
+channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+grep -qx "ARG RUST_VERSION=$channel" Dockerfile || fail "Dockerfile's RUST_VERSION is not rust-toolchain.toml's $channel"
+grep -qx 'USER 65532:65532' Dockerfile || fail "Dockerfile: USER must be 65532:65532 (the chart's runAsUser/runAsGroup)"
+grep -qx 'ENTRYPOINT \["/portcullis"\]' Dockerfile || fail "Dockerfile: ENTRYPOINT [\"/portcullis\"]"
+repo=$(sed -n 's/^  repository: //p' "$chart/values.yaml")
+grep -qF "$repo" Dockerfile || fail "Dockerfile does not name the chart's default image $repo"
+
+step "alert rules: promtool check rules + unit tests (files/alerts.yaml, the PrometheusRule's source)"
+promtool check rules "$chart/files/alerts.yaml"
+promtool test rules $tests/alerts_test.yaml
+
+# --- 2. the API server -------------------------------------------------------------------
+step "loopback kube-apiserver + etcd"
+env_file=$(E2E_DIR=$work/cluster e2e/cluster.sh up)
+# shellcheck disable=SC1090
+source "$env_file"
+kc() { "$KUBECTL" "$@"; }
+
+step "CRDs first: the chart's, and (test fixture) prometheus-operator's ServiceMonitor/PrometheusRule"
+# The chart's crds/ is what `helm install` applies before the templates. The monitoring
+# CRDs are not in this bare API server; $tests/monitoring-crds.yaml defines them with the
+# upstream field types so the dry-run below really checks the chart's ServiceMonitors and
+# PrometheusRule (strict field validation rejects unknown fields).
+kc apply -f "$chart/crds" -f $tests/monitoring-crds.yaml >/dev/null
+kc wait --for=condition=Established --timeout=30s \
+  crd/apiroutes.portcullis.dev crd/tokenpolicies.portcullis.dev \
+  crd/servicemonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com >/dev/null
+kc create namespace "$ns" >/dev/null
+
+step "kubectl apply --dry-run=server of every rendered object"
+"$pc" controller --help > "$work/help-controller.txt"
+"$pc" proxy --help > "$work/help-proxy.txt"
+for cfg in default all; do
+  kc apply --dry-run=server -n "$ns" -f "$work/$cfg.yaml" -o json > "$work/$cfg.json" \
+    || fail "the API server refused objects of the $cfg configuration"
+  want=Deployment,Service,ServiceAccount,ClusterRole,ClusterRoleBinding,Role,RoleBinding,PodDisruptionBudget,NetworkPolicy,ConfigMap
+  [ $cfg = all ] && want=$want,HorizontalPodAutoscaler,ServiceMonitor,PrometheusRule
+  echo "$cfg: $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["items"]))' "$work/$cfg.json") objects accepted"
+  python3 $tests/check_rendered.py "$work/$cfg.json" --kinds "$want" \
+    --help-controller "$work/help-controller.txt" --help-proxy "$work/help-proxy.txt"
+done
+
+step "the rendered PrometheusRule: promtool on the rules as the chart ships them"
+python3 - "$work/all.json" "$work/rules.json" <<'PY'
+import json, sys
+items = json.load(open(sys.argv[1]))["items"]
+rule = next(o for o in items if o["kind"] == "PrometheusRule")
+json.dump({"groups": rule["spec"]["groups"]}, open(sys.argv[2], "w"), indent=1)
+PY
+promtool check rules "$work/rules.json"
+helm template "$release" "$chart" -n "$ns" --set metrics.prometheusRule.enabled=true \
+  --show-only templates/prometheusrule.yaml > "$work/rule-default.yaml"
+kc apply --dry-run=server -n "$ns" -f "$work/rule-default.yaml" -o json \
+  | python3 -c 'import json,sys; print(json.dumps({"groups": json.load(sys.stdin)["spec"]["groups"]}))' > "$work/rules-default.json"
+sed "s#\.\./portcullis/files/alerts\.yaml#$work/rules-default.json#" $tests/alerts_test.yaml > "$work/alerts_test.yaml"
+promtool test rules "$work/alerts_test.yaml"
+
+# --- 3. live: real processes, real Prometheus ---------------------------------------------
+step "helm install on the API server (every optional part on); a wrong value fails helm install"
+if out=$(helm install bad "$chart" -n "$ns" --set controller.replicas=two 2>&1); then fail "helm install took controller.replicas=two"; fi
+grep -qF "at '/controller/replicas': got string, want integer" <<<"$out" || fail "helm install: unclear refusal: $out"
+helm install "$release" "$chart" -n "$ns" -f $tests/values-all.yaml > "$work/install.txt" \
+  || fail "helm install failed: $(cat "$work/install.txt")"
+grep -q "STATUS: deployed" "$work/install.txt" || fail "helm install: not deployed"
+grep -qF "kubectl apply -f policy.yaml -f route.yaml" "$work/install.txt" || fail "NOTES.txt does not say what to apply next"
+ctl_sa=$release-portcullis-controller
+proxy_sa=$release-portcullis-proxy
+kc create token "$ctl_sa" -n "$ns" --duration 1h > "$work/controller.token"
+kc create token "$proxy_sa" -n "$ns" --audience portcullis --duration 1h > "$work/proxy.token"
+# The controller talks to the API server as its ServiceAccount: the chart's RBAC only.
+cat > "$work/controller.kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters: [{name: e2e, cluster: {server: "https://127.0.0.1:$API_PORT", insecure-skip-tls-verify: true}}]
+users: [{name: controller, user: {tokenFile: "$work/controller.token"}}]
+contexts: [{name: e2e, context: {cluster: e2e, user: controller}}]
+current-context: e2e
+KC
+
+# The flags the Deployments pass, with the addresses and files of this machine instead.
+deploy_args() { # component, flag=value overrides...
+  python3 - "$work/all.json" "$@" <<'PY'
+import json, sys
+items = json.load(open(sys.argv[1]))["items"]
+comp, overrides = sys.argv[2], dict(a.split("=", 1) for a in sys.argv[3:])
+d = next(o for o in items if o["kind"] == "Deployment" and o["metadata"]["labels"]["app.kubernetes.io/component"] == comp)
+for a in d["spec"]["template"]["spec"]["containers"][0]["args"]:
+    flag = a.split("=", 1)[0]
+    print(f"{flag}={overrides[flag]}" if flag in overrides else a)
+PY
+}
+echo_port=$(free_port); c_port=$(free_port)
+p_ports=("$(free_port)" "$(free_port)"); a_ports=("$(free_port)" "$(free_port)")
+"$pc" echo --listen "127.0.0.1:$echo_port" 2> "$work/echo.log" & pids+=($!)
+mapfile -t cargs < <(deploy_args controller --listen="127.0.0.1:$c_port" --prune-interval=1s --lease-duration=3s)
+echo "controller ${cargs[*]}"
+KUBECONFIG=$work/controller.kubeconfig POD_NAME=$release-portcullis-controller-0 POD_NAMESPACE=$ns \
+  "$pc" "${cargs[@]}" 2> "$work/controller.log" & pids+=($!)
+for i in 0 1; do
+  mapfile -t pargs < <(deploy_args proxy --controller="http://127.0.0.1:$c_port" --token-file="$work/proxy.token" \
+    --listen="127.0.0.1:${p_ports[$i]}" --admin="127.0.0.1:${a_ports[$i]}" --state-file="$work/proxy-$i.state")
+  [ "$i" = 0 ] && echo "proxy ${pargs[*]}"
+  POD_NAME=$release-portcullis-proxy-$i "$pc" "${pargs[@]}" 2> "$work/proxy-$i.log" & pids+=($!)
+done
+
+step "Prometheus on loopback, scraping every second, with the chart's alert rules"
+prom_port=$(free_port)
+cat > "$work/prometheus.yml" <<YML
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: ["$work/rules.json"]
+scrape_configs:
+  # The labels a ServiceMonitor gives (job = Service name, namespace, pod).
+  - job_name: $release-portcullis-controller
+    static_configs:
+      - targets: ["127.0.0.1:$c_port"]
+        labels: {namespace: $ns, pod: $release-portcullis-controller-0}
+  - job_name: $release-portcullis-proxy-admin
+    static_configs:
+      - targets: ["127.0.0.1:${a_ports[0]}"]
+        labels: {namespace: $ns, pod: $release-portcullis-proxy-0}
+      - targets: ["127.0.0.1:${a_ports[1]}"]
+        labels: {namespace: $ns, pod: $release-portcullis-proxy-1}
+YML
+promtool check config "$work/prometheus.yml" >/dev/null
+prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
+  --web.listen-address="127.0.0.1:$prom_port" --log.level=warn 2> "$work/prometheus.log" & pids+=($!)
+prom=http://127.0.0.1:$prom_port
+
+wait_for() { # what, seconds, command...
+  local what=$1 secs=$2; shift 2
+  local end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $end ] || fail "timed out after ${secs}s waiting for $what"
+    sleep 0.2
+  done
+}
+for a in "${a_ports[@]}"; do wait_for "proxy ready" 30 curl -fs "http://127.0.0.1:$a/readyz"; done
+wait_for "Prometheus ready" 30 curl -fs "$prom/-/ready"
+# Every target scraped before anything happens, so each event below lands between samples.
+targets_up() { curl -fs "$prom/api/v1/targets" | python3 -c 'import json,sys; t=json.load(sys.stdin)["data"]["activeTargets"]; sys.exit(0 if len(t)==3 and all(x["health"]=="up" for x in t) else 1)'; }
+wait_for "3 targets up" 20 targets_up
+
+step "a TokenPolicy and ApiRoute (quickstart) and a broken ApiRoute; Programmed through the chart's RBAC"
+app=shop
+kc create namespace $app >/dev/null
+sed -e "s/namespace: default/namespace: $app/" -e "s/\[localhost\]/[$app.test]/" \
+  -e "s#http://127.0.0.1:9000#http://127.0.0.1:$echo_port#" \
+  examples/quickstart/policy.yaml examples/quickstart/route.yaml > "$work/app.yaml"
+sed -i 's/^apiVersion:/---\napiVersion:/' "$work/app.yaml"
+kc apply -f "$work/app.yaml" >/dev/null
+kc wait --for=condition=Programmed --timeout=60s -n $app apiroute/orders tokenpolicy/default >/dev/null \
+  || fail "ApiRoute/TokenPolicy not Programmed (controller RBAC or TokenReview?)"
+kc apply -f - >/dev/null <<YML
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: broken, namespace: $app}
+spec:
+  hosts: [broken.test]
+  policyRef: {name: no-such-policy}
+  backend: {url: "http://127.0.0.1:$echo_port"}
+  rules: [{match: {pathPrefix: /}, requiredScopes: [x]}]
+YML
+wait_for "a Warning Event for the broken ApiRoute (events RBAC)" 30 \
+  bash -c "'$KUBECTL' get events.events.k8s.io -n $app --field-selector type=Warning -o name | grep -q ."
+
+step "traffic through both proxies: 200, 401, 403, 404"
+key=examples/quickstart/dev-private.pem
+good=$("$pc" token mint --key $key --sub alice --scope orders:read --ttl 10m --jti live-good)
+steady=$("$pc" token mint --key $key --sub dave --scope orders:read --ttl 10m --jti live-steady)
+scoped=$("$pc" token mint --key $key --sub bob --scope profile --ttl 10m)
+expired=$("$pc" token mint --key $key --sub carol --scope orders:read --ttl 5m --issued-ago 20m)
+code() { curl -s -o /dev/null -w '%{http_code}' -H "Host: $1" ${3:+-H "Authorization: Bearer $3"} "http://127.0.0.1:$2/orders"; }
+# Light steady traffic until the checks end (at most 90 s), so the dashboard's rates and
+# ratios have something to show at query time.
+steady_traffic() {
+  local end=$((SECONDS + 90))
+  while [ $SECONDS -lt $end ]; do
+    for p in "${p_ports[@]}"; do
+      code $app.test "$p" "$steady"; code $app.test "$p" "$scoped"; code $app.test "$p"
+    done >/dev/null
+    sleep 0.2
+  done
+}
+steady_traffic & pids+=($!)
+for p in "${p_ports[@]}"; do
+  for _ in $(seq 1 20); do [ "$(code $app.test "$p" "$good")" = 200 ] || fail "valid token refused on :$p"; done
+  for _ in 1 2 3; do
+    [ "$(code $app.test "$p")" = 401 ] || fail "no token: not 401"
+    [ "$(code $app.test "$p" "$scoped")" = 403 ] || fail "missing scope: not 403"
+    [ "$(code $app.test "$p" "$expired")" = 401 ] || fail "expired: not 401"
+    [ "$(code unknown.test "$p" "$good")" = 404 ] || fail "unknown host: not 404"
+  done
+done
+# A stream without a token is refused (portcullis_controller_refused_streams_total).
+[ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$c_port/v1/stream")" = 401 ] \
+  || fail "a config stream without a token was not refused"
+
+step "revocations: one enforced on both proxies, one pruned after its expiresAt (patch RBAC)"
+soon=$(date -u -d '+3 seconds' +%Y-%m-%dT%H:%M:%SZ)
+kc patch tokenpolicy default -n $app --type json \
+  -p "[{\"op\":\"add\",\"path\":\"/spec/revocations/-\",\"value\":{\"jti\":\"live-good\"}},{\"op\":\"add\",\"path\":\"/spec/revocations/-\",\"value\":{\"jti\":\"short-lived\",\"expiresAt\":\"$soon\"}}]" >/dev/null
+revoked() { for p in "${p_ports[@]}"; do [ "$(code $app.test "$p" "$good")" = 401 ] || return 1; done; }
+wait_for "the revocation on both proxies" 10 revoked
+pruned() { ! "$KUBECTL" get tokenpolicy default -n $app -o jsonpath='{.spec.revocations}' | grep -q short-lived; }
+wait_for "the expired revocation pruned by the leader" 30 pruned
+for p in "${p_ports[@]}"; do for _ in 1 2 3; do code $app.test "$p" "$good" >/dev/null; done; done
+
+step "every dashboard and alert expression on Prometheus"
+python3 $tests/promql_check.py --prometheus "$prom" --dashboard "$chart/dashboards/portcullis.json" \
+  --rules "$work/rules.json" --var namespace=$ns --var pod='.*'
+
+echo "== chart: all checks passed in $((SECONDS - started))s"

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Checks the chart's objects as the API server returned them from
+`kubectl apply --dry-run=server -o json` (a List), against what issue 7 asks of them:
+pod security, resources, probes, the proxy's projected token, least-privilege RBAC without
+wildcards, the NetworkPolicy, and container flags that the real binary accepts.
+
+usage: check_rendered.py LIST.json --kinds Kind,Kind --help-controller FILE --help-proxy FILE
+Prints one line per failed check and exits 1 when any failed. Standard library only.
+"""
+
+import argparse
+import json
+import re
+import sys
+
+failures = []
+
+
+def check(ok, what):
+    if not ok:
+        failures.append(what)
+
+
+def flags_in_help(path):
+    with open(path) as f:
+        return set(re.findall(r"(--[a-z0-9-]+)", f.read()))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("objects")
+    ap.add_argument("--kinds", required=True, help="kinds that must be present")
+    ap.add_argument("--help-controller", required=True)
+    ap.add_argument("--help-proxy", required=True)
+    a = ap.parse_args()
+
+    with open(a.objects) as f:
+        doc = json.load(f)
+    objs = doc["items"] if doc.get("kind") == "List" else [doc]
+    kinds = {o["kind"] for o in objs}
+    for k in a.kinds.split(","):
+        check(k in kinds, f"no {k} rendered (have {sorted(kinds)})")
+
+    help_of = {
+        "controller": flags_in_help(a.help_controller),
+        "proxy": flags_in_help(a.help_proxy),
+    }
+    by_kind = {}
+    for o in objs:
+        by_kind.setdefault(o["kind"], []).append(o)
+
+    services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
+    deployments = {}
+    for d in by_kind.get("Deployment", []):
+        comp = d["metadata"]["labels"].get("app.kubernetes.io/component")
+        deployments[comp] = d
+        name = d["metadata"]["name"]
+        pod = d["spec"]["template"]["spec"]
+        psc = pod.get("securityContext", {})
+        check(psc.get("runAsNonRoot") is True, f"{name}: pod runAsNonRoot")
+        check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{name}: pod seccomp RuntimeDefault")
+        for c in pod["containers"]:
+            where = f"{name}/{c['name']}"
+            sc = c.get("securityContext", {})
+            check(sc.get("runAsNonRoot") is True, f"{where}: runAsNonRoot")
+            check(isinstance(sc.get("runAsUser"), int) and sc["runAsUser"] > 0, f"{where}: numeric non-root runAsUser")
+            check(sc.get("readOnlyRootFilesystem") is True, f"{where}: readOnlyRootFilesystem")
+            check(sc.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation false")
+            check(sc.get("privileged") in (None, False), f"{where}: not privileged")
+            check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: capabilities drop ALL")
+            check(not sc.get("capabilities", {}).get("add"), f"{where}: no capabilities added")
+            check(sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{where}: seccomp RuntimeDefault")
+            res = c.get("resources", {})
+            for kind in ("requests", "limits"):
+                for r in ("cpu", "memory"):
+                    check(r in res.get(kind, {}), f"{where}: resources.{kind}.{r}")
+            ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+            for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                get = c.get(probe, {}).get("httpGet", {})
+                check(get.get("path") == path, f"{where}: {probe} on {path}")
+                check(get.get("port") in ports, f"{where}: {probe} on a named container port")
+            # Every flag must be one the binary knows (`portcullis <sub> --help`).
+            args = c.get("args", [])
+            sub = next((x for x in args if not x.startswith("-")), None)
+            check(sub == comp, f"{where}: runs `portcullis {comp}` (args {args})")
+            for x in args:
+                if x.startswith("--"):
+                    flag = x.split("=", 1)[0]
+                    check(flag in help_of.get(comp, set()), f"{where}: flag {flag} unknown to `portcullis {comp} --help`")
+
+    ctl, proxy = deployments.get("controller"), deployments.get("proxy")
+    check(ctl is not None and proxy is not None, "a controller and a proxy Deployment")
+    if ctl and proxy:
+        ns = proxy["metadata"]["namespace"]
+        ppod = proxy["spec"]["template"]["spec"]
+        cpod = ctl["spec"]["template"]["spec"]
+        check(ctl["spec"].get("replicas", 0) >= 2, "controller: at least 2 replicas (leader election)")
+        check(ppod.get("automountServiceAccountToken") is False, "proxy: no automounted API token")
+        pargs = dict(x.split("=", 1) for x in ppod["containers"][0]["args"] if "=" in x)
+        # The projected token with audience portcullis is the file --token-file reads.
+        mounts = {m["name"]: m["mountPath"] for m in ppod["containers"][0].get("volumeMounts", [])}
+        token_ok = False
+        for v in ppod.get("volumes", []):
+            for src in v.get("projected", {}).get("sources", []):
+                t = src.get("serviceAccountToken")
+                if t and t.get("audience") == "portcullis" and v["name"] in mounts:
+                    token_ok = pargs.get("--token-file") == f"{mounts[v['name']]}/{t['path']}"
+        check(token_ok, f"proxy: --token-file is a projected token with audience portcullis ({pargs.get('--token-file')})")
+        # --controller points at the controller's Service and port.
+        m = re.match(r"^http://([a-z0-9-]+)(\.[a-z0-9-]+\.svc)?:(\d+)$", pargs.get("--controller", ""))
+        check(m is not None, f"proxy: --controller is http://<service>:<port> ({pargs.get('--controller')})")
+        if m:
+            svc = services.get(m.group(1))
+            check(svc is not None, f"proxy: --controller names Service {m.group(1)}, which is not rendered")
+            if svc:
+                check(int(m.group(3)) in [p["port"] for p in svc["spec"]["ports"]], "proxy: --controller port is the Service's")
+                sel = svc["spec"]["selector"]
+                labels = ctl["spec"]["template"]["metadata"]["labels"]
+                check(all(labels.get(k) == v for k, v in sel.items()), "controller Service selects the controller pods")
+        cargs = cpod["containers"][0]["args"]
+        want = f"--allow-service-account={ns}/{ppod['serviceAccountName']}"
+        check(want in cargs, f"controller: {want}")
+        env = {e["name"]: e for e in cpod["containers"][0].get("env", [])}
+        check("POD_NAME" in env and "POD_NAMESPACE" in env, "controller: POD_NAME and POD_NAMESPACE (Lease identity and namespace)")
+
+    # RBAC: no wildcards anywhere, and only the verbs the controller uses.
+    allowed = {"get", "list", "watch", "create", "update", "patch", "delete"}
+    for kind in ("ClusterRole", "Role"):
+        for r in by_kind.get(kind, []):
+            for rule in r.get("rules", []):
+                for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
+                    check("*" not in rule.get(field, []), f"{kind} {r['metadata']['name']}: wildcard in {field}")
+                check(set(rule.get("verbs", [])) <= allowed, f"{kind} {r['metadata']['name']}: unexpected verbs {rule.get('verbs')}")
+                res = set(rule.get("resources", []))
+                if res & {"secrets", "services"}:
+                    check(set(rule["verbs"]) <= {"list", "watch"}, f"{kind}: Secrets/Services are read-only")
+                if any(x.endswith("/status") for x in res):
+                    check(set(rule["verbs"]) <= {"patch"}, f"{kind}: /status is only patched")
+    cluster_resources = {x for r in by_kind.get("ClusterRole", []) for rule in r["rules"] for x in rule["resources"]}
+    check("leases" not in cluster_resources, "Leases only through a namespaced Role")
+
+    # NetworkPolicy: only the proxies (and configured metrics scrapers) reach the controller.
+    for np in by_kind.get("NetworkPolicy", []):
+        sel = np["spec"]["podSelector"]["matchLabels"]
+        check(sel.get("app.kubernetes.io/component") == "controller", "NetworkPolicy selects the controller")
+        for rule in np["spec"]["ingress"]:
+            froms = rule.get("from", [])
+            check(bool(froms), "NetworkPolicy: every ingress rule names its peers")
+            check(any(f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "proxy" for f in froms),
+                  "NetworkPolicy: the proxies are allowed")
+            check([p.get("port") for p in rule.get("ports", [])] == ["push"], "NetworkPolicy: only the push port")
+    if "NetworkPolicy" in a.kinds:
+        check(bool(by_kind.get("NetworkPolicy")), "a NetworkPolicy")
+
+    for cm in by_kind.get("ConfigMap", []):
+        if cm["metadata"]["name"].endswith("-dashboard"):
+            check(cm["metadata"]["labels"].get("grafana_dashboard") == "1", "dashboard ConfigMap labelled grafana_dashboard: \"1\"")
+            dash = json.loads(cm["data"]["portcullis.json"])
+            check(dash.get("title") == "Portcullis" and dash.get("panels"), "dashboard ConfigMap holds the dashboard JSON")
+
+    for f in failures:
+        print(f"FAIL: {f}")
+    print(f"{len(objs)} objects checked, {len(failures)} failed")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
