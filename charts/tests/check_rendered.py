@@ -132,8 +132,12 @@ def main():
                     check("*" not in rule.get(field, []), f"{kind} {r['metadata']['name']}: wildcard in {field}")
                 check(set(rule.get("verbs", [])) <= allowed, f"{kind} {r['metadata']['name']}: unexpected verbs {rule.get('verbs')}")
                 res = set(rule.get("resources", []))
-                if res & {"secrets", "services"}:
-                    check(set(rule["verbs"]) <= {"list", "watch"}, f"{kind}: Secrets/Services are read-only")
+                if res & {"secrets", "services"} and kind == "ClusterRole":
+                    check(set(rule["verbs"]) <= {"list", "watch"}, f"{kind}: Secrets/Services are read-only cluster-wide")
+                if res & {"secrets", "services"} and kind == "Role":
+                    # Fetched key sets are kept in Secrets of the controller's own namespace.
+                    check(res == {"secrets"} and set(rule["verbs"]) <= {"create", "patch"},
+                          f"{kind}: only create/patch of Secrets, in its own namespace")
                 if any(x.endswith("/status") for x in res):
                     check(set(rule["verbs"]) <= {"patch"}, f"{kind}: /status is only patched")
     cluster_resources = {x for r in by_kind.get("ClusterRole", []) for rule in r["rules"] for x in rule["resources"]}
