@@ -2,6 +2,7 @@
 
 use portcullis_api::validate::{api_route, token_policy};
 use portcullis_api::{ApiRoute, TokenPolicy};
+use serde::Deserialize;
 
 fn route(yaml: &str) -> ApiRoute {
     serde_yaml::from_str(yaml).expect("test manifest parses")
@@ -318,4 +319,19 @@ fn remote_keys_and_introspection_are_checked_at_apply_time() {
         },
         "at most one issuer per policy may use introspection",
     );
+}
+
+#[test]
+fn the_identity_provider_example_is_valid() {
+    let text = include_str!("../../../examples/identity-provider/policy.yaml");
+    let mut policies = 0;
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let v = serde_yaml::Value::deserialize(doc).unwrap();
+        if v["kind"] == serde_yaml::Value::from("TokenPolicy") {
+            let p: TokenPolicy = serde_yaml::from_value(v).unwrap();
+            assert_eq!(messages(token_policy(&p)), "");
+            policies += 1;
+        }
+    }
+    assert_eq!(policies, 1);
 }

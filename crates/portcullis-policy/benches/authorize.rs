@@ -180,6 +180,7 @@ fn decide(s: &Snapshot, header: &str) -> (bool, bool) {
     match s.authorize(&req) {
         Decision::Allow(a) => (true, a.cache_hit),
         Decision::Deny(d) => panic!("denied: {:?}", d.reason),
+        Decision::Introspect(_) => panic!("no introspection here"),
     }
 }
 
@@ -228,6 +229,57 @@ fn benches(c: &mut Criterion) {
         assert_eq!(decide(&s, &header), (true, true), "second call must hit");
         let req = RequestParts::new("GET", HOST, "/r0/orders/42").with_authorization(&header);
         g.bench_function("cached_rs256", |b| {
+            b.iter(|| black_box(s.authorize(black_box(&req))).is_allow())
+        });
+    }
+
+    // Cached introspection verdict (an opaque token), next to the cached JWT above: the
+    // same digest, cache probe, revocation and scope checks, no signature.
+    {
+        let opaque_policy: TokenPolicy = serde_json::from_value(json!({
+            "apiVersion": "portcullis.dev/v1alpha1", "kind": "TokenPolicy",
+            "metadata": {"name": "default", "namespace": "shop"},
+            "spec": {
+                "issuers": [{
+                    "issuer": ISSUER, "audiences": [AUDIENCE],
+                    "introspection": {
+                        "endpoint": "https://auth.example.com/introspect",
+                        "credentialsSecretRef": {"name": "idp"},
+                    },
+                }],
+                "forwardClaims": {"sub": "X-User", "email": "X-Email"},
+            }
+        }))
+        .unwrap();
+        let creds: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "idp", "namespace": "shop"},
+            "stringData": {"client-id": "gateway", "client-secret": "secret"},
+        }))
+        .unwrap();
+        let options = CompileOptions {
+            clock: Arc::new(ManualClock::new(NOW)),
+            ..Default::default()
+        };
+        let (s, errors) =
+            portcullis_policy::compile_with(&options, &routes, &[opaque_policy], &[creds]);
+        assert!(errors.is_empty(), "{errors:#?}");
+        let header = "Bearer 2YotnFZFEjr1zCsicMWpAA-opaque-access-token-of-typical-length";
+        let req = RequestParts::new("GET", HOST, "/r0/orders/42").with_authorization(header);
+        let Decision::Introspect(pending) = s.authorize(&req) else {
+            panic!("expected introspection")
+        };
+        let answer = json!({
+            "active": true, "iss": ISSUER, "aud": AUDIENCE, "sub": "alice",
+            "scope": "orders:read profile", "exp": NOW + 3600, "iat": NOW - 60,
+            "email": "alice@example.com", "token_type": "Bearer",
+        });
+        assert!(s.complete_introspection(&pending, Ok(&answer)).is_allow());
+        match s.authorize(&req) {
+            Decision::Allow(a) => assert!(a.cache_hit),
+            other => panic!("expected a cached allow, got {other:?}"),
+        }
+        g.bench_function("cached_introspection", |b| {
             b.iter(|| black_box(s.authorize(black_box(&req))).is_allow())
         });
     }
@@ -319,6 +371,7 @@ fn benches(c: &mut Criterion) {
         match s.authorize(&req) {
             Decision::Allow(a) => assert!(a.token.is_none() && a.route.rule == 3),
             Decision::Deny(d) => panic!("route_lookup/{n}: denied: {:?}", d.reason),
+            Decision::Introspect(_) => panic!("route_lookup/{n}: a public rule introspected"),
         }
         g.bench_function(format!("route_lookup/{n}"), |b| {
             b.iter(|| black_box(s.authorize(black_box(&req))).is_allow())

@@ -624,6 +624,8 @@ pub fn url_allowed(url: &str) -> bool {
 
 type IntrospectionParts = (IntrospectionEndpoint, Vec<String>, i64, i64);
 
+// Compile errors are the cold path; boxing them would only obscure the code.
+#[allow(clippy::result_large_err)]
 fn compile_introspection(
     p: &TokenPolicy,
     at: &str,
