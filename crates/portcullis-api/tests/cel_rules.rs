@@ -327,7 +327,7 @@ fn the_identity_provider_example_is_valid() {
     let mut policies = 0;
     for doc in serde_yaml::Deserializer::from_str(text) {
         let v = serde_yaml::Value::deserialize(doc).unwrap();
-        if v["kind"] == serde_yaml::Value::from("TokenPolicy") {
+        if v["kind"] == "TokenPolicy" {
             let p: TokenPolicy = serde_yaml::from_value(v).unwrap();
             assert_eq!(messages(token_policy(&p)), "");
             policies += 1;
