@@ -127,6 +127,13 @@ fn all_proxies(ports: &[u16], host: &str, token: &str, want: u16) -> bool {
         .all(|p| status(*p, host, "/orders", Some(token)) == want)
 }
 
+/// `token` with its header's `kid` replaced by one no provider published.
+fn idp_token_unseen(token: &str) -> String {
+    let header = r#"{"alg":"RS256","typ":"at+jwt","kid":"never-published"}"#;
+    let (_, rest) = token.split_once('.').unwrap();
+    format!("{}.{rest}", portcullis_e2e::b64url(header.as_bytes()))
+}
+
 // === the suite ===
 
 #[test]
@@ -560,6 +567,42 @@ spec:
     assert!(
         all_proxies(&p_ports, &host3, &before, 200),
         "old key still published"
+    );
+
+    // The provider stops: a refetch fails, KeysReady says so with a Warning Event, and
+    // every proxy keeps verifying with the last good keys. It comes back: KeysReady again.
+    idp.stop();
+    let unseen = idp_token_unseen(&after);
+    wait_until(
+        "KeysReady=False FetchFailed",
+        Duration::from_secs(30),
+        || {
+            // A token with an unknown kid asks for a refetch (once per minRefreshInterval).
+            let _ = status(p_ports[0], &host3, "/orders", Some(&unseen));
+            condition("tokenpolicy", ns3, "idp", "KeysReady").1 == "FetchFailed"
+        },
+    );
+    let events = k(&[
+        "get",
+        "events",
+        "-n",
+        ns3,
+        "--field-selector",
+        "reason=FetchFailed",
+        "-o",
+        "name",
+    ]);
+    assert!(!events.trim().is_empty(), "a FetchFailed Event");
+    assert!(
+        all_proxies(&p_ports, &host3, &after, 200),
+        "last good keys kept"
+    );
+    idp.resume();
+    wait_until("KeysReady=True again", Duration::from_secs(60), || {
+        condition("tokenpolicy", ns3, "idp", "KeysReady").0 == "True"
+    });
+    println!(
+        "== OIDC provider down: KeysReady=False FetchFailed + Event, keys kept; back: KeysReady=True"
     );
     drop(idp);
 

@@ -120,21 +120,7 @@ fn with_random_kid(token: &str, n: usize) -> String {
         Instant::now().elapsed().as_nanos()
     );
     let rest = token.split_once('.').unwrap().1;
-    format!("{}.{rest}", b64url(header.as_bytes()))
-}
-
-fn b64url(b: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..=c.len() {
-            out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
+    format!("{}.{rest}", portcullis_e2e::b64url(header.as_bytes()))
 }
 
 #[test]

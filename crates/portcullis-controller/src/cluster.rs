@@ -438,6 +438,7 @@ pub async fn run(
         client.clone(),
         opts.clone(),
         registry.clone(),
+        publisher.clone(),
         shutdown.clone(),
     ));
     let leader_changed = Arc::new(Notify::new());
@@ -590,11 +591,13 @@ pub async fn run(
         }
         if leader.is_leader() && store.synced() {
             let keys = keys_reports(&fetcher);
-            let acks = cluster_acks(&client, &opts, &registry).await;
+            let acks = cluster_acks(&client, &opts, &registry, &publisher).await;
+            let current_digest = publisher.current_digest();
             write_statuses(
                 &client,
                 &store,
                 &acks,
+                current_digest.as_deref(),
                 &programmed,
                 &last_errors,
                 &keys,
@@ -636,13 +639,14 @@ async fn share_acks(
     client: Client,
     opts: ControllerOptions,
     registry: Arc<ProxyRegistry>,
+    publisher: Arc<Publisher>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &opts.lease_namespace);
     let name = acks_lease_name(&opts.identity);
-    let mut last: Option<(Vec<u64>, Instant)> = None;
+    let mut last: Option<(Vec<Ack>, Instant)> = None;
     loop {
-        let acks = registry.acked_versions();
+        let acks = local_acks(&registry, &publisher);
         let stale = last
             .as_ref()
             .is_none_or(|(v, at)| *v != acks || at.elapsed() > Duration::from_secs(5));
@@ -677,13 +681,35 @@ async fn share_acks(
     let _ = api.delete(&name, &Default::default()).await;
 }
 
-/// The acknowledged versions of every proxy connected to any live replica.
+/// A proxy's acknowledgement as the leader reads it: the version (numbered by the replica
+/// it is connected to) and the content digest of that version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Ack {
+    v: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    d: Option<String>,
+}
+
+/// This replica's proxies' acknowledgements, with the digest of each acked version.
+fn local_acks(registry: &ProxyRegistry, publisher: &Publisher) -> Vec<Ack> {
+    registry
+        .acked_versions()
+        .into_iter()
+        .map(|v| Ack {
+            v,
+            d: publisher.digest_of(v),
+        })
+        .collect()
+}
+
+/// The acknowledgements of every proxy connected to any live replica.
 async fn cluster_acks(
     client: &Client,
     opts: &ControllerOptions,
     registry: &ProxyRegistry,
-) -> Vec<u64> {
-    let mut acks = registry.acked_versions();
+    publisher: &Publisher,
+) -> Vec<Ack> {
+    let mut acks = local_acks(registry, publisher);
     let own = acks_lease_name(&opts.identity);
     let api: Api<Lease> = Api::namespaced(client.clone(), &opts.lease_namespace);
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
@@ -708,7 +734,7 @@ async fn cluster_acks(
             if let Some(v) = lease
                 .annotations()
                 .get(ACKS_ANNOTATION)
-                .and_then(|a| serde_json::from_str::<Vec<u64>>(a).ok())
+                .and_then(|a| serde_json::from_str::<Vec<Ack>>(a).ok())
             {
                 acks.extend(v);
             }
@@ -908,7 +934,8 @@ fn slim_meta(m: &ObjectMeta) -> ObjectMeta {
 async fn write_statuses(
     client: &Client,
     store: &Store,
-    acks: &[u64],
+    acks: &[Ack],
+    current_digest: Option<&str>,
     programmed: &Programmed,
     errors: &[CompileError],
     keys: &HashMap<String, (bool, &'static str, String)>,
@@ -956,9 +983,15 @@ async fn write_statuses(
             .cloned()
             .unwrap_or_default();
         let proxies = match programmed.get(&(kind.to_string(), key.clone())) {
-            Some((g, v)) if *g == generation => {
-                (acks.iter().filter(|a| **a >= *v).count(), acks.len())
-            }
+            // A proxy holds this generation if it acknowledged a version at or after the
+            // one that first held it, or content identical to the leader's (replicas may
+            // number the same content differently).
+            Some((g, v)) if *g == generation => (
+                acks.iter()
+                    .filter(|a| a.v >= *v || (a.d.is_some() && a.d.as_deref() == current_digest))
+                    .count(),
+                acks.len(),
+            ),
             _ => (0, acks.len()),
         };
         let keys_report = if kind == "TokenPolicy" {
@@ -1231,5 +1264,38 @@ mod tests {
             &mut del,
         );
         assert_eq!(rvs[&key], 15);
+    }
+
+    /// Two replicas that saw the same two objects in a different order number the same
+    /// content differently (the second bumps past what it already published); the digest
+    /// tells the leader that a proxy of the other replica holds the same content.
+    #[test]
+    fn replicas_numbering_the_same_content_differently_agree_on_its_digest() {
+        let policy = TokenPolicy::new(
+            "p",
+            serde_json::from_value(serde_json::json!({"issuers": []})).unwrap(),
+        );
+        let r = route(218, "read");
+        let (a, b) = (Publisher::new(), Publisher::new());
+        let mut only_policy = SourceSet::default();
+        only_policy.upsert(SourceObject::TokenPolicy(policy.clone()));
+        let mut only_route = SourceSet::default();
+        only_route.upsert(SourceObject::ApiRoute(r.clone()));
+        let mut both = only_policy.clone();
+        both.upsert(SourceObject::ApiRoute(r));
+        // A: policy (217), then route (218). B: route (218), then policy (217 -> bumped).
+        assert_eq!(a.publish(only_policy, 217), Some(217));
+        assert_eq!(a.publish(both.clone(), 218), Some(218));
+        assert_eq!(b.publish(only_route, 218), Some(218));
+        assert_eq!(b.publish(both, 217), Some(219));
+        assert_ne!(a.current().0, b.current().0);
+        assert_eq!(a.current_digest(), b.current_digest());
+        assert_eq!(a.digest_of(218), b.digest_of(219));
+        assert_ne!(a.digest_of(217), a.digest_of(218));
+        let registry = ProxyRegistry::default();
+        let id = registry.connect("proxy".into());
+        registry.ack(id, 219);
+        let acks = local_acks(&registry, &b);
+        assert_eq!(acks[0].d, a.current_digest(), "B's proxy holds A's content");
     }
 }

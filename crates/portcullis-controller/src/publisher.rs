@@ -23,6 +23,8 @@ struct State {
     history: VecDeque<(u64, u64, Arc<Changes>)>,
     /// When each recent version was published (for push-latency metrics).
     created: HashMap<u64, Instant>,
+    /// Content digest of each recent version (see [`Publisher::digest_of`]).
+    digests: HashMap<u64, String>,
 }
 
 /// What a proxy at some version needs to catch up.
@@ -58,6 +60,7 @@ impl Publisher {
                 sources: Arc::new(SourceSet::default()),
                 history: VecDeque::new(),
                 created: HashMap::new(),
+                digests: HashMap::new(),
             }),
             tx,
         }
@@ -76,6 +79,17 @@ impl Publisher {
     /// Wakes when the version changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.tx.subscribe()
+    }
+
+    /// The content digest of `version`, if recent.
+    pub fn digest_of(&self, version: u64) -> Option<String> {
+        self.lock().digests.get(&version).cloned()
+    }
+
+    /// The digest of the current content.
+    pub fn current_digest(&self) -> Option<String> {
+        let s = self.lock();
+        s.digests.get(&s.version).cloned()
     }
 
     /// When `version` was published, if recent.
@@ -102,9 +116,12 @@ impl Publisher {
         s.sources = Arc::new(sources);
         let now = Instant::now();
         s.created.insert(version, now);
+        let digest = digest(&s.sources);
+        s.digests.insert(version, digest);
         if s.created.len() > HISTORY {
             let oldest = s.history.front().map(|h| h.0).unwrap_or(0);
             s.created.retain(|v, _| *v >= oldest);
+            s.digests.retain(|v, _| *v >= oldest);
         }
         drop(s);
         self.tx.send_replace(version);
@@ -142,4 +159,14 @@ impl Publisher {
                 .collect(),
         )
     }
+}
+
+/// A digest of a source set's content. Replicas number versions from what they saw and
+/// when, so two replicas may give the same content different versions; the digest is the
+/// same for the same content, which lets the leader tell that a proxy of another replica
+/// holds what it holds.
+pub fn digest(sources: &SourceSet) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(sources).unwrap_or_default();
+    hex::encode(&Sha256::digest(&bytes)[..12])
 }
