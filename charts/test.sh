@@ -13,7 +13,7 @@
 #      running with the controller ServiceAccount's token (so the chart's RBAC must be
 #      enough), two `portcullis proxy` with the proxy ServiceAccount's projected-style token
 #      (audience portcullis), an echo upstream, traffic (allowed, 401, 403, 404, a
-#      revocation, a pruned revocation, a broken ApiRoute, a refused stream), and Debian's
+#      revocation, a pruned revocation, a broken ApiRoute, a refused stream, a real OpenID provider (npm oidc-provider) for discovery keys and introspection), and Debian's
 #      Prometheus scraping all of it every second with the chart's alert rules loaded;
 #      then every dashboard and alert expression is evaluated through its HTTP API.
 # Needs: Go (helm, helm4, kube-apiserver, kubectl and etcd are built once into
@@ -328,6 +328,57 @@ wait_for "the revocation on both proxies" 10 revoked
 pruned() { ! "$KUBECTL" get tokenpolicy default -n $app -o jsonpath='{.spec.revocations}' | grep -q short-lived; }
 wait_for "the expired revocation pruned by the leader" 30 pruned
 for p in "${p_ports[@]}"; do for _ in 1 2 3; do code $app.test "$p" "$good" >/dev/null; done; done
+
+step "tokens from a real OpenID provider: discovery keys (kept in a Secret: the chart's RBAC) and introspection"
+[ -d e2e/oidc/node_modules/oidc-provider ] || (cd e2e/oidc && npm ci --no-audit --no-fund --loglevel=error)
+idp_port=$(free_port); idp_admin=$(free_port)
+PORT=$idp_port ADMIN_PORT=$idp_admin node e2e/oidc/provider.mjs > "$work/idp.out" 2> "$work/idp.log" & pids+=($!)
+wait_for "the OpenID provider" 20 grep -q READY "$work/idp.out"
+issuer=http://127.0.0.1:$idp_port
+kc create namespace idp >/dev/null
+kc apply -f - >/dev/null <<YML
+apiVersion: v1
+kind: Secret
+metadata: {name: idp-gateway, namespace: idp}
+stringData: {client-id: portcullis-gateway, client-secret: portcullis-gateway-secret}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: TokenPolicy
+metadata: {name: idp, namespace: idp}
+spec:
+  issuers:
+    - issuer: $issuer
+      audiences: [https://api.portcullis.test, https://opaque.portcullis.test]
+      algorithms: [RS256]
+      jwks: {discovery: true}
+      introspection:
+        endpoint: $issuer/token/introspection
+        credentialsSecretRef: {name: idp-gateway}
+        cacheTTL: 2s
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: orders, namespace: idp}
+spec:
+  hosts: [idp.test]
+  policyRef: {name: idp}
+  backend: {url: "http://127.0.0.1:$echo_port"}
+  rules: [{match: {pathPrefix: /orders}, requiredScopes: ["orders:read"]}]
+YML
+kc wait --for=condition=KeysReady --timeout=30s -n idp tokenpolicy/idp >/dev/null \
+  || fail "KeysReady: $("$KUBECTL" get tokenpolicy idp -n idp -o jsonpath='{.status.conditions[?(@.type=="KeysReady")].message}')"
+kc wait --for=condition=Programmed --timeout=30s -n idp tokenpolicy/idp apiroute/orders >/dev/null \
+  || fail "the provider's policy is not Programmed"
+idp_token() { curl -fs -u orders-client:orders-client-secret -d grant_type=client_credentials \
+  -d scope=orders:read -d "resource=$1" "$issuer/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'; }
+jwt=$(idp_token https://api.portcullis.test)
+opaque=$(idp_token https://opaque.portcullis.test)
+for p in "${p_ports[@]}"; do
+  [ "$(code idp.test "$p" "$jwt")" = 200 ] || fail "a provider JWT refused on :$p"
+  [ "$(code idp.test "$p" "$opaque")" = 200 ] || fail "an introspected opaque token refused on :$p"
+done
+sleep 3 # past cacheTTL: a second introspection call per proxy, for the rate panels
+for p in "${p_ports[@]}"; do code idp.test "$p" "$opaque" >/dev/null; done
 
 step "every dashboard and alert expression on Prometheus"
 python3 $tests/promql_check.py --prometheus "$prom" --dashboard "$chart/dashboards/portcullis.json" \

@@ -466,6 +466,9 @@ pub async fn run(
     let mut stored: HashMap<String, (Option<serde_json::Value>, &'static str, String)> =
         HashMap::new();
     let mut handled_refetch: HashMap<String, String> = HashMap::new();
+    // Key sets fetched but not stored (RBAC, API server trouble): retried every few seconds.
+    let mut store_errors: HashMap<String, String> = HashMap::new();
+    let mut retry_store = tokio::time::interval(Duration::from_secs(5));
     let mut prune_tick = tokio::time::interval(opts.prune_interval);
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     let mut shutdown = shutdown;
@@ -480,11 +483,24 @@ pub async fn run(
                     for st in fetcher.states().into_values() {
                         let now = (st.document.clone(), st.result.reason(), st.message.clone());
                         if st.document.is_some() && stored.get(&st.source.url) != Some(&now) {
-                            crate::jwks_store::write(&client, &opts.lease_namespace, FIELD_MANAGER, &st, opts.write_timeout).await;
-                            stored.insert(st.source.url.clone(), now);
+                            match crate::jwks_store::write(&client, &opts.lease_namespace, FIELD_MANAGER, &st, opts.write_timeout).await {
+                                Ok(()) => {
+                                    stored.insert(st.source.url.clone(), now);
+                                    store_errors.remove(&st.source.url);
+                                }
+                                Err(e) => {
+                                    store_errors.insert(st.source.url.clone(), e);
+                                    retry_store.reset();
+                                }
+                            }
                         }
                     }
                 }
+            }
+            _ = retry_store.tick(), if !store_errors.is_empty() => {
+                stored.retain(|url, _| !store_errors.contains_key(url));
+                fetch_changes.mark_changed();
+                continue;
             }
             _ = registry.refetch_requested.notified() => {
                 for url in registry.take_refetches() {
@@ -590,7 +606,29 @@ pub async fn run(
             fetching = false;
         }
         if leader.is_leader() && store.synced() {
-            let keys = keys_reports(&fetcher);
+            let mut keys = keys_reports(&fetcher);
+            // Keys reach proxies only once stored: until then (or when storing fails),
+            // KeysReady is not True.
+            for src in &remote_sources {
+                let report = match store_errors.get(&src.url) {
+                    Some(err) => (false, "StoreFailed", err.clone()),
+                    None if !stored.contains_key(&src.url)
+                        && keys
+                            .get(src.policies.first().map(String::as_str).unwrap_or_default())
+                            .is_some_and(|k| k.0) =>
+                    {
+                        (
+                            false,
+                            "Pending",
+                            format!("fetched {}; storing the keys", src.url),
+                        )
+                    }
+                    None => continue,
+                };
+                for p in &src.policies {
+                    keys.insert(p.clone(), report.clone());
+                }
+            }
             let acks = cluster_acks(&client, &opts, &registry, &publisher).await;
             let current_digest = publisher.current_digest();
             write_statuses(

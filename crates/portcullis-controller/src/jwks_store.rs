@@ -57,15 +57,18 @@ pub fn stored_fetched_at(secret: &Secret) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(t.as_second().max(0) as u64))
 }
 
-/// Writes a source's last good document and outcome (server-side apply).
+/// Writes a source's last good document and outcome (server-side apply). An error says
+/// why the keys could not be stored (they then reach no proxy).
 pub async fn write(
     client: &Client,
     namespace: &str,
     field_manager: &str,
     state: &SourceState,
     timeout: Duration,
-) {
-    let Some(doc) = &state.document else { return };
+) -> Result<(), String> {
+    let Some(doc) = &state.document else {
+        return Ok(());
+    };
     let url = &state.source.url;
     let name = secret_name(url);
     let fetched_at = state
@@ -99,11 +102,25 @@ pub async fn write(
     });
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let params = PatchParams::apply(field_manager).force();
-    match tokio::time::timeout(timeout, api.patch(&name, &params, &Patch::Apply(&secret))).await {
-        Ok(Ok(_)) => debug!(url, secret = name, "stored fetched keys"),
-        Ok(Err(e)) => warn!(url, error = %e, "could not store fetched keys"),
-        Err(_) => warn!(url, "storing fetched keys timed out"),
+    let result = match tokio::time::timeout(
+        timeout,
+        api.patch(&name, &params, &Patch::Apply(&secret)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!(
+            "fetched, but cannot store the keys in Secret {namespace}/{name}: {e}"
+        )),
+        Err(_) => Err(format!(
+            "fetched, but storing the keys in Secret {namespace}/{name} timed out"
+        )),
+    };
+    match &result {
+        Ok(()) => debug!(url, secret = name, "stored fetched keys"),
+        Err(e) => warn!(url, error = %e, "could not store fetched keys"),
     }
+    result
 }
 
 /// Asks the leader for a refetch of `url` by stamping its Secret.
