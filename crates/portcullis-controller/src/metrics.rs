@@ -108,7 +108,7 @@ impl Metrics {
                     "portcullis_controller_pruned_revocations_total",
                     "Revocations pruned after expiresAt, by policy namespace."
                 ),
-                &["namespace"]
+                &["policy_namespace"]
             )),
             registry,
         }

@@ -155,7 +155,19 @@ impl Subscriber {
             remote_jwks: sources.remote_jwks(),
             ..self.opts.compile.clone()
         };
+        let started = Instant::now();
         let (snapshot, errors) = compile_with(&options, &routes, &policies, &secrets);
+        self.metrics
+            .compile_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .config_reloads
+            .with_label_values(&[if errors.is_empty() {
+                "applied"
+            } else {
+                "partial"
+            }])
+            .inc();
         let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
         self.config.apply(
             snapshot.with_version(version),
