@@ -300,4 +300,20 @@ mod tests {
         h.insert(header::CACHE_CONTROL, "max-age=junk".parse().unwrap());
         assert_eq!(max_age(&h), None);
     }
+
+    proptest::proptest! {
+        /// Any Cache-Control value a provider sends is read without panicking, and a
+        /// `max-age=N` among other directives is found.
+        #[test]
+        fn cache_control_never_panics(v in "[ -~]{0,64}", n in 0u64..1_000_000, other in "[a-z-]{1,12}") {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_str(&v) {
+                h.insert(header::CACHE_CONTROL, v);
+                let _ = max_age(&h);
+            }
+            h.insert(header::CACHE_CONTROL, format!("{other}, max-age={n}").parse().unwrap());
+            let want = if other == "no-cache" || other == "no-store" { 0 } else { n };
+            proptest::prop_assert_eq!(max_age(&h), Some(Duration::from_secs(want)));
+        }
+    }
 }
