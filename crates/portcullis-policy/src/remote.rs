@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use portcullis_api::{TokenPolicy, parse_duration};
+use portcullis_api::TokenPolicy;
 
 /// Default lower bound between fetches of one source (and between `kid`-triggered
 /// refetches).
@@ -77,14 +77,7 @@ pub fn remote_sources(policies: &[TokenPolicy], secrets: &[Secret]) -> Vec<Remot
             } else {
                 continue;
             };
-            let dur = |v: &Option<String>, d: Duration| {
-                v.as_deref()
-                    .and_then(|v| parse_duration(v).ok())
-                    .filter(|d| !d.is_zero())
-                    .unwrap_or(d)
-            };
-            let min = dur(&jwks.min_refresh_interval, DEFAULT_MIN_REFRESH);
-            let max = dur(&jwks.max_refresh_interval, DEFAULT_MAX_REFRESH).max(min);
+            let (min, max) = crate::compile::refresh_bounds(jwks);
             let ca = jwks.ca_bundle_secret_ref.as_ref().and_then(|r| {
                 secrets
                     .iter()

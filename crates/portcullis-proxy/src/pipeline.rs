@@ -347,7 +347,7 @@ impl Pipeline {
                     .upstream_errors
                     .with_label_values(&[&*route_label, kind])
                     .inc();
-                warn!(route = %route_label, error = %error_chain(&e), "upstream request failed");
+                warn!(route = %route_label, error = %portcullis_fetch::client::error_chain(&e), "upstream request failed");
                 if timed_out {
                     plain(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
                 } else {
@@ -544,15 +544,4 @@ fn is_connect_timeout(e: &hyper_util::client::legacy::Error) -> bool {
         source = s.source();
     }
     false
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
