@@ -210,7 +210,8 @@ pub struct JwksSource {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct IntrospectionSpec {
-    /// The endpoint URL: https:// (plain http only for loopback addresses).
+    /// The endpoint URL: https:// (plain http only for loopback addresses), verified with
+    /// the system's CA roots (a private CA is not supported here yet).
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1') || self.startsWith('http://localhost') || self.startsWith('http://[::1]')").message("introspection.endpoint must use https:// (plain http only for loopback addresses)"))]
     pub endpoint: String,
@@ -220,14 +221,16 @@ pub struct IntrospectionSpec {
     pub credentials_secret_ref: SecretRef,
 
     /// How long an active answer is reused (never past the token's `exp`). Scopes and
-    /// revocations are still checked on every request. A duration; default `60s`.
+    /// revocations are still checked on every request. A duration of at least `1s`
+    /// (shorter rounds up); default `60s`.
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("cacheTTL must be a positive duration such as 30s or 5m"))]
     #[serde(default, rename = "cacheTTL", skip_serializing_if = "Option::is_none")]
     pub cache_ttl: Option<String>,
 
-    /// How long an inactive answer is reused, so a flood of bad tokens does not become a
-    /// flood of calls. A duration; default `10s`.
+    /// How long an inactive answer is reused, so a bad token sent again and again costs one
+    /// call per interval (distinct bad tokens are bounded by the proxy's cap on calls in
+    /// flight per endpoint). A duration of at least `1s`; default `10s`.
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("negativeCacheTTL must be a positive duration such as 5s or 1m"))]
     #[serde(

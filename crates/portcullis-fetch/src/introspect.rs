@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use portcullis_policy::IntrospectionEndpoint;
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -16,10 +17,31 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 type Shared = Arc<OnceCell<Result<Value, String>>>;
 
+/// Calls in flight are collapsed per endpoint, client and token: two policies that name
+/// different endpoints (or credentials) never share an answer.
+type FlightKey = (Arc<str>, Arc<str>, [u8; 32]);
+
+/// Most calls in flight to one endpoint; more are refused at once (503 for that request)
+/// rather than queued, so a flood of distinct tokens cannot become a flood of calls.
+pub const MAX_CONCURRENT_CALLS: usize = 32;
+/// After this many failures in a row, calls to the endpoint fail fast for
+/// [`BREAKER_OPEN`]: a dead provider is not hammered, and requests get 503 at once.
+pub const BREAKER_FAILURES: u32 = 5;
+/// How long the breaker stays open.
+pub const BREAKER_OPEN: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct EndpointState {
+    inflight: usize,
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
 /// Calls introspection endpoints; concurrent requests for the same token share one call.
 pub struct Introspector {
     http: Arc<HttpClient>,
-    inflight: Mutex<HashMap<[u8; 32], Shared>>,
+    inflight: Mutex<HashMap<FlightKey, Shared>>,
+    endpoints: Mutex<HashMap<Arc<str>, EndpointState>>,
     calls: IntCounterVec,
 }
 
@@ -29,14 +51,75 @@ impl std::fmt::Debug for Introspector {
     }
 }
 
+/// Removes a flight's entry when its last waiter is gone before the call finished (a
+/// cancelled request), so abandoned tokens do not pile up.
+struct FlightGuard<'a> {
+    map: &'a Mutex<HashMap<FlightKey, Shared>>,
+    key: FlightKey,
+    cell: Shared,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let ours = map
+            .get(&self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell));
+        // Done (every later request uses the snapshot's cache), or abandoned by everyone.
+        if ours && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2) {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// A call slot; given back when dropped (also when the call is cancelled), with the
+/// call's outcome counted toward the breaker.
+struct Slot<'a> {
+    owner: &'a Introspector,
+    url: &'a Arc<str>,
+    outcome: Option<bool>,
+}
+
+impl Slot<'_> {
+    fn finish(mut self, ok: bool) {
+        self.outcome = Some(ok);
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut eps = self
+            .owner
+            .endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let st = eps.entry(self.url.clone()).or_default();
+        st.inflight = st.inflight.saturating_sub(1);
+        match self.outcome {
+            Some(true) => {
+                st.failures = 0;
+                st.open_until = None;
+            }
+            Some(false) => {
+                st.failures = st.failures.saturating_add(1);
+                if st.failures >= BREAKER_FAILURES {
+                    st.open_until = Some(Instant::now() + BREAKER_OPEN);
+                }
+            }
+            None => {}
+        }
+    }
+}
+
 impl Introspector {
     /// An introspector registering `portcullis_introspection_calls_total{issuer,result}`
-    /// (`active`, `inactive`, `error`) in `registry`.
+    /// (`active`, `inactive`, `error`, `refused`: over the concurrency cap or breaker
+    /// open) in `registry`.
     pub fn new(http: Arc<HttpClient>, registry: &Registry) -> Self {
         let calls = IntCounterVec::new(
             Opts::new(
                 "portcullis_introspection_calls_total",
-                "Calls to introspection endpoints, by issuer and result (active, inactive, error).",
+                "Calls to introspection endpoints, by issuer and result (active, inactive, error, refused).",
             ),
             &["issuer", "result"],
         )
@@ -47,26 +130,48 @@ impl Introspector {
         Self {
             http,
             inflight: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new(HashMap::new()),
             calls,
         }
     }
 
     /// Asks `endpoint` about `token` (whose SHA-256 is `digest`). `Err` when the endpoint
-    /// could not be reached in time or did not answer with a JSON object; the message
-    /// never contains the token.
+    /// could not be reached in time, did not answer with a JSON object, or is refused
+    /// calls right now (too many in flight, or failing); the message never contains the
+    /// token.
     pub async fn introspect(
         &self,
         endpoint: &IntrospectionEndpoint,
         digest: [u8; 32],
         token: &str,
     ) -> Result<Value, String> {
+        let key = (endpoint.url.clone(), endpoint.client_id.clone(), digest);
         let cell = {
             let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry(digest).or_default().clone()
+            map.entry(key.clone()).or_default().clone()
         };
-        let result = cell
+        // The guard holds the only other reference this request keeps (see its Drop).
+        let guard = FlightGuard {
+            map: &self.inflight,
+            key,
+            cell,
+        };
+        let result = guard
+            .cell
             .get_or_init(|| async {
-                let r = self.call(endpoint, token).await;
+                let r = match self.admit(endpoint) {
+                    Err(why) => {
+                        self.calls
+                            .with_label_values(&[&*endpoint.issuer, "refused"])
+                            .inc();
+                        return Err(why);
+                    }
+                    Ok(slot) => {
+                        let r = self.call(endpoint, token).await;
+                        slot.finish(r.is_ok());
+                        r
+                    }
+                };
                 let label = match &r {
                     Ok(v) if v.get("active") == Some(&Value::Bool(true)) => "active",
                     Ok(_) => "inactive",
@@ -82,11 +187,37 @@ impl Introspector {
             })
             .await
             .clone();
-        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(&digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            map.remove(&digest);
-        }
+        drop(guard);
         result
+    }
+
+    /// Tokens with a call in flight (for tests and debugging).
+    pub fn flights(&self) -> usize {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Takes a call slot for the endpoint, unless the cap is reached or the breaker open.
+    fn admit<'a>(&'a self, ep: &'a IntrospectionEndpoint) -> Result<Slot<'a>, String> {
+        let mut eps = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let st = eps.entry(ep.url.clone()).or_default();
+        if st.open_until.is_some_and(|t| Instant::now() < t) {
+            return Err(format!("{}: failing; calls paused", ep.url));
+        }
+        if st.inflight >= MAX_CONCURRENT_CALLS {
+            return Err(format!(
+                "{}: {MAX_CONCURRENT_CALLS} calls already in flight",
+                ep.url
+            ));
+        }
+        st.inflight += 1;
+        Ok(Slot {
+            owner: self,
+            url: &ep.url,
+            outcome: None,
+        })
     }
 
     async fn call(&self, ep: &IntrospectionEndpoint, token: &str) -> Result<Value, String> {

@@ -428,3 +428,120 @@ async fn concurrent_introspections_of_one_token_make_one_call() {
     srv.set("/introspect", json_reply(&json!(["not", "an", "object"])));
     assert!(intro.introspect(&ep, [9; 32], "third").await.is_err());
 }
+
+fn endpoint(srv: &Server, path: &str, client: &str) -> IntrospectionEndpoint {
+    IntrospectionEndpoint {
+        issuer: "iss".into(),
+        url: format!("{}{path}", srv.base).into(),
+        client_id: client.into(),
+        client_secret: "s".into(),
+        timeout: Duration::from_secs(2),
+    }
+}
+
+#[tokio::test]
+async fn answers_are_never_shared_between_endpoints_or_clients() {
+    let srv = Server::start().await;
+    let mut evil = json_reply(&json!({"active": true, "scope": "admin"}));
+    evil.delay = Duration::from_millis(300);
+    srv.set("/evil", evil);
+    let mut honest = json_reply(&json!({"active": false}));
+    honest.delay = Duration::from_millis(100);
+    srv.set("/honest", honest);
+    let intro = Arc::new(Introspector::new(
+        Arc::new(HttpClient::default()),
+        &prometheus::Registry::new(),
+    ));
+    let (a, b, c) = (
+        endpoint(&srv, "/evil", "attacker"),
+        endpoint(&srv, "/honest", "gateway"),
+        endpoint(&srv, "/honest", "other-client"),
+    );
+    let (ra, rb, rc) = tokio::join!(
+        intro.introspect(&a, [1; 32], "same-token"),
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            intro.introspect(&b, [1; 32], "same-token").await
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            intro.introspect(&c, [1; 32], "same-token").await
+        },
+    );
+    assert_eq!(ra.unwrap()["active"], json!(true));
+    assert_eq!(
+        rb.unwrap()["active"],
+        json!(false),
+        "the honest endpoint's own answer"
+    );
+    assert_eq!(rc.unwrap()["active"], json!(false));
+    assert_eq!(srv.hits("/honest"), 2, "one call per client");
+    assert_eq!(intro.flights(), 0);
+}
+
+#[tokio::test]
+async fn a_flood_of_distinct_tokens_is_capped_and_a_failing_endpoint_paused() {
+    use portcullis_fetch::introspect::{BREAKER_FAILURES, MAX_CONCURRENT_CALLS};
+    let srv = Server::start().await;
+    let mut slow = json_reply(&json!({"active": false}));
+    slow.delay = Duration::from_millis(300);
+    srv.set("/i", slow);
+    let intro = Arc::new(Introspector::new(
+        Arc::new(HttpClient::default()),
+        &prometheus::Registry::new(),
+    ));
+    let ep = endpoint(&srv, "/i", "gw");
+    let tasks: Vec<_> = (0..MAX_CONCURRENT_CALLS + 10)
+        .map(|i| {
+            let (intro, ep) = (intro.clone(), ep.clone());
+            tokio::spawn(
+                async move { intro.introspect(&ep, [i as u8; 32], &format!("t{i}")).await },
+            )
+        })
+        .collect();
+    let mut refused = 0;
+    for t in tasks {
+        if t.await.unwrap().is_err() {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 10);
+    assert_eq!(srv.hits("/i"), MAX_CONCURRENT_CALLS);
+
+    // A cancelled request leaves nothing behind.
+    let (i2, e2) = (intro.clone(), ep.clone());
+    let h = tokio::spawn(async move { i2.introspect(&e2, [200; 32], "cancelled").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.abort();
+    let _ = h.await;
+    assert_eq!(intro.flights(), 0);
+
+    // Failures in a row open the breaker: calls fail fast without reaching the endpoint.
+    srv.set(
+        "/i",
+        Reply {
+            status: 500,
+            headers: vec![],
+            body: vec![],
+            delay: Duration::ZERO,
+        },
+    );
+    for i in 0..BREAKER_FAILURES {
+        assert!(
+            intro
+                .introspect(&ep, [100 + i as u8; 32], "x")
+                .await
+                .is_err()
+        );
+    }
+    let before = srv.hits("/i");
+    let err = intro.introspect(&ep, [150; 32], "y").await.unwrap_err();
+    assert!(err.contains("paused"), "{err}");
+    assert_eq!(srv.hits("/i"), before);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    srv.set("/i", json_reply(&json!({"active": true})));
+    assert!(
+        intro.introspect(&ep, [151; 32], "z").await.is_ok(),
+        "closed again"
+    );
+}

@@ -699,8 +699,9 @@ fn compile_introspection(
             timeout: timeout.max(Duration::from_millis(1)),
         },
         iss.audiences.clone(),
-        ttl.as_secs() as i64,
-        negative.as_secs() as i64,
+        // The snapshot's clock counts seconds: sub-second TTLs round up to one second.
+        ttl.as_secs_f64().ceil().max(1.0) as i64,
+        negative.as_secs_f64().ceil().max(1.0) as i64,
     ))
 }
 

@@ -417,9 +417,10 @@ impl Snapshot {
         self
     }
 
-    /// Keeps the verified-token caches of `previous` for policies whose trust settings
-    /// (issuers, keys, claim rules) did not change, so a revocation-only update does not
-    /// make every token verify again. Revocations are checked per request regardless.
+    /// Keeps the verified-token and introspection caches of `previous` for policies whose
+    /// trust settings (issuers, keys, endpoints, credentials, claim rules) did not change,
+    /// so a revocation-only update does not make every token verify again. Revocations are
+    /// checked per request regardless.
     pub fn inherit_caches(&mut self, previous: &Snapshot) {
         for p in &mut self.policies {
             if let Some(old) = previous
@@ -428,6 +429,11 @@ impl Snapshot {
                 .find(|o| o.id == p.id && o.trust_hash == p.trust_hash)
             {
                 p.cache = old.cache.clone();
+                // Introspection verdicts too: a config push during a provider outage must
+                // not turn every cached opaque token into a 503.
+                if let (Some(new), Some(old)) = (&mut p.introspection, &old.introspection) {
+                    new.cache = old.cache.clone();
+                }
             }
         }
     }
@@ -594,9 +600,7 @@ impl Snapshot {
         };
         match policy.accept_introspection(intro, answer, now) {
             Some(t) => {
-                let until = now
-                    .saturating_add(intro.cache_ttl)
-                    .min(t.expires_at.saturating_add(policy.clock_skew));
+                let until = now.saturating_add(intro.cache_ttl).min(t.expires_at);
                 let t = Arc::new(t);
                 intro.cache.inner.insert(
                     pending.digest.0,

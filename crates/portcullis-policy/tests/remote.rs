@@ -106,7 +106,12 @@ fn opaque(s: &Snapshot, path: &str, token: &str, answer: Result<&Value, ()>) -> 
     let h = format!("Bearer {token}");
     match get(s, path, &h) {
         Decision::Introspect(pending) => {
-            assert_eq!(&*pending.endpoint.url, ENDPOINT);
+            assert!(
+                pending
+                    .endpoint
+                    .url
+                    .starts_with("https://auth.example.com/")
+            );
             assert_eq!(&*pending.endpoint.client_id, "gateway");
             assert_eq!(&*pending.endpoint.client_secret, "s3cret");
             assert_eq!(pending.digest, token_digest(token));
@@ -339,11 +344,46 @@ fn a_cached_verdict_never_outlives_the_tokens_exp() {
         opaque(&e.snapshot, "/orders/1", "short-lived", Ok(&a)),
         (200, true)
     );
-    // Past exp plus the 30s clock skew.
-    e.clock.advance(55);
+    // Just past exp: the cached verdict is gone (cacheTTL is 60s), the endpoint is asked.
+    e.clock.advance(21);
+    let (_, asked) = opaque(&e.snapshot, "/orders/1", "short-lived", Ok(&a));
+    assert!(
+        asked,
+        "a verdict is never served from the cache past the token's exp"
+    );
+    // Past exp plus the 30s clock skew, the answer itself is refused.
+    e.clock.advance(40);
     let (code, asked) = opaque(&e.snapshot, "/orders/1", "short-lived", Ok(&a));
-    assert!(asked, "expired verdicts are not served from the cache");
+    assert!(asked);
     assert_eq!(code, 401, "exp has passed");
+}
+
+#[test]
+fn introspection_verdicts_survive_a_config_push_that_keeps_the_endpoint() {
+    let mut p = policy_with(introspection_issuer(false));
+    let first = env(p.clone(), &[]);
+    assert_eq!(
+        opaque(&first.snapshot, "/orders/1", "kept", Ok(&answer(json!({})))),
+        (200, true)
+    );
+    // A revocation-only change: the cache is kept, even with the endpoint down.
+    p.spec.revocations = vec![serde_json::from_value(json!({"jti": "other"})).unwrap()];
+    let mut second = env(p.clone(), &[]);
+    second.snapshot.inherit_caches(&first.snapshot);
+    assert_eq!(
+        opaque(&second.snapshot, "/orders/1", "kept", Err(())),
+        (200, false)
+    );
+    // Another endpoint: verdicts of the old one are not trusted.
+    let mut other = introspection_issuer(false);
+    other["introspection"]["endpoint"] = json!("https://auth.example.com/other-introspect");
+    let mut third = env(policy_with(other), &[]);
+    third.snapshot.inherit_caches(&second.snapshot);
+    let h = "Bearer kept";
+    assert!(matches!(
+        get(&third.snapshot, "/orders/1", h),
+        Decision::Introspect(_)
+    ));
 }
 
 #[test]
