@@ -412,7 +412,7 @@ spec:
   - issuer: {}
     audiences: [{API}]
     algorithms: [RS256]
-    jwks: {{discovery: true, minRefreshInterval: 500ms}}
+    jwks: {{discovery: true, minRefreshInterval: 1s}}
 ---
 {}"#,
             idp.issuer(),
@@ -421,7 +421,7 @@ spec:
     );
     let mut times = Vec::new();
     for i in 0..20 {
-        std::thread::sleep(Duration::from_millis(550)); // past minRefreshInterval
+        std::thread::sleep(Duration::from_millis(1050)); // past minRefreshInterval
         idp.rotate();
         let t0 = Instant::now();
         let token = idp.token(API, "orders:read");

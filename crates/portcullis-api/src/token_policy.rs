@@ -187,14 +187,15 @@ pub struct JwksSource {
 
     /// Fetched keys are refreshed when the document's `Cache-Control: max-age` runs out,
     /// but never sooner than this; it also bounds refetches for tokens with an unknown
-    /// `kid` (at most one per issuer per interval). A duration; default `1m`.
+    /// `kid` (at most one per issuer per interval). A duration of at least `1s` (shorter
+    /// counts as `1s`); default `1m`.
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("minRefreshInterval must be a positive duration such as 30s or 1m"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_refresh_interval: Option<String>,
 
     /// Fetched keys are refreshed at least this often, whatever `max-age` says. A
-    /// duration; default `1h`.
+    /// duration; default `1h`; never below `minRefreshInterval`.
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("maxRefreshInterval must be a positive duration such as 10m or 1h"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -469,6 +469,7 @@ pub async fn run(
     // Key sets fetched but not stored (RBAC, API server trouble): retried every few seconds.
     let mut store_errors: HashMap<String, String> = HashMap::new();
     let mut retry_store = tokio::time::interval(Duration::from_secs(5));
+    let mut forwarded: HashMap<String, Instant> = HashMap::new();
     let mut prune_tick = tokio::time::interval(opts.prune_interval);
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     let mut shutdown = shutdown;
@@ -482,14 +483,14 @@ pub async fn run(
                 if leader.is_leader() {
                     for st in fetcher.states().into_values() {
                         let now = (st.document.clone(), st.result.reason(), st.message.clone());
-                        if st.document.is_some() && stored.get(&st.source.url) != Some(&now) {
+                        if st.document.is_some() && stored.get(&st.source.key) != Some(&now) {
                             match crate::jwks_store::write(&client, &opts.lease_namespace, FIELD_MANAGER, &st, opts.write_timeout).await {
                                 Ok(()) => {
-                                    stored.insert(st.source.url.clone(), now);
-                                    store_errors.remove(&st.source.url);
+                                    stored.insert(st.source.key.clone(), now);
+                                    store_errors.remove(&st.source.key);
                                 }
                                 Err(e) => {
-                                    store_errors.insert(st.source.url.clone(), e);
+                                    store_errors.insert(st.source.key.clone(), e);
                                     retry_store.reset();
                                 }
                             }
@@ -504,12 +505,17 @@ pub async fn run(
             }
             _ = registry.refetch_requested.notified() => {
                 for url in registry.take_refetches() {
-                    if !remote_sources.iter().any(|s| s.url == url) {
+                    let Some(src) = remote_sources.iter().find(|s| s.key == url) else {
                         continue;
-                    }
+                    };
                     if leader.is_leader() {
                         fetcher.request_refetch(&url);
                     } else {
+                        // Passed on at most once per window: proxies may all ask at once.
+                        if forwarded.get(&url).is_some_and(|at: &Instant| at.elapsed() < src.min_refresh) {
+                            continue;
+                        }
+                        forwarded.insert(url.clone(), Instant::now());
                         crate::jwks_store::request_refetch(&client, &opts.lease_namespace, &url, opts.write_timeout).await;
                     }
                 }
@@ -579,22 +585,22 @@ pub async fn run(
             for src in &remote_sources {
                 let key = (
                     opts.lease_namespace.clone(),
-                    crate::jwks_store::secret_name(&src.url),
+                    crate::jwks_store::secret_name(&src.key),
                 );
                 if let Some(secret) = g.secrets.get(&key) {
                     if !fetching
-                        && let Some(doc) = crate::jwks_store::stored_document(secret, &src.url)
+                        && let Some(doc) = crate::jwks_store::stored_document(secret, &src.key)
                     {
-                        fetcher.seed(&src.url, doc, crate::jwks_store::stored_fetched_at(secret));
+                        fetcher.seed(&src.key, doc, crate::jwks_store::stored_fetched_at(secret));
                     }
                     // Refetches other replicas passed on.
                     if let Some(at) = secret
                         .annotations()
                         .get(crate::jwks_store::REFETCH_REQUESTED)
-                        && handled_refetch.get(&src.url) != Some(at)
+                        && handled_refetch.get(&src.key) != Some(at)
                     {
-                        handled_refetch.insert(src.url.clone(), at.clone());
-                        fetcher.request_refetch(&src.url);
+                        handled_refetch.insert(src.key.clone(), at.clone());
+                        fetcher.request_refetch(&src.key);
                     }
                 }
             }
@@ -603,16 +609,18 @@ pub async fn run(
         } else if fetching {
             fetcher.set_sources(Vec::new());
             stored.clear();
+            store_errors.clear();
             fetching = false;
         }
+        store_errors.retain(|key, _| remote_sources.iter().any(|s| &s.key == key));
         if leader.is_leader() && store.synced() {
             let mut keys = keys_reports(&fetcher);
             // Keys reach proxies only once stored: until then (or when storing fails),
             // KeysReady is not True.
             for src in &remote_sources {
-                let report = match store_errors.get(&src.url) {
+                let report = match store_errors.get(&src.key) {
                     Some(err) => (false, "StoreFailed", err.clone()),
-                    None if !stored.contains_key(&src.url)
+                    None if !stored.contains_key(&src.key)
                         && keys
                             .get(src.policies.first().map(String::as_str).unwrap_or_default())
                             .is_some_and(|k| k.0) =>
@@ -909,13 +917,13 @@ fn compile_store(
     for src in &remote {
         let key = (
             jwks_namespace.to_owned(),
-            crate::jwks_store::secret_name(&src.url),
+            crate::jwks_store::secret_name(&src.key),
         );
         if let Some(secret) = g.secrets.get(&key)
-            && let Some(doc) = crate::jwks_store::stored_document(secret, &src.url)
+            && let Some(doc) = crate::jwks_store::stored_document(secret, &src.key)
         {
             let obj = SourceObject::RemoteKeys(portcullis_api::push::RemoteKeys {
-                url: src.url.clone(),
+                url: src.key.clone(),
                 jwks: doc,
             });
             rvs.of.insert(
@@ -1141,15 +1149,19 @@ fn keys_reports(fetcher: &KeyFetcher) -> HashMap<String, (bool, &'static str, St
     let mut out: HashMap<String, (bool, &'static str, String)> = HashMap::new();
     let mut states: Vec<_> = fetcher.states().into_iter().collect();
     states.sort_by(|a, b| a.0.cmp(&b.0));
-    for (url, st) in states {
+    for (_, st) in states {
         let fetched = st
             .fetched_at
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .and_then(|d| k8s_openapi::jiff::Timestamp::from_second(d.as_secs() as i64).ok())
             .map(|t| t.to_string());
         let report = match st.result {
-            FetchResult::Ok => (true, "Fetched", format!("{} keys from {url}", st.keys)),
-            FetchResult::Pending => (false, "Pending", format!("fetching {url}")),
+            FetchResult::Ok => (
+                true,
+                "Fetched",
+                format!("{} keys from {}", st.keys, st.source.url),
+            ),
+            FetchResult::Pending => (false, "Pending", format!("fetching {}", st.source.url)),
             other => (
                 false,
                 other.reason(),

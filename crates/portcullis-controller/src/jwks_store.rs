@@ -23,7 +23,8 @@ use tracing::{debug, warn};
 
 /// Label on every key-set Secret.
 pub const JWKS_LABEL: &str = "portcullis.dev/jwks";
-/// Secret key holding the source URL.
+/// Secret key holding the source key (the URL, plus a suffix when the source is specific
+/// to an issuer or a CA bundle).
 pub const URL_KEY: &str = "url";
 /// Secret key holding the JWKS document.
 pub const JWKS_KEY: &str = "jwks.json";
@@ -69,7 +70,7 @@ pub async fn write(
     let Some(doc) = &state.document else {
         return Ok(());
     };
-    let url = &state.source.url;
+    let url = &state.source.key;
     let name = secret_name(url);
     let fetched_at = state
         .fetched_at
@@ -95,6 +96,7 @@ pub async fn write(
                 RESULT: state.result.reason(),
                 MESSAGE: state.message.chars().take(1000).collect::<String>(),
                 "portcullis.dev/issuer": state.source.issuer,
+                "portcullis.dev/url": state.source.url,
             },
         },
         "type": "Opaque",

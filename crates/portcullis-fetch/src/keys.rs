@@ -206,7 +206,7 @@ impl KeyFetcher {
     pub fn set_sources(self: &Arc<Self>, sources: Vec<RemoteSource>) {
         let mut entries = self.lock();
         let wanted: HashMap<String, RemoteSource> =
-            sources.into_iter().map(|s| (s.url.clone(), s)).collect();
+            sources.into_iter().map(|s| (s.key.clone(), s)).collect();
         entries.retain(|url, e| {
             let keep = wanted.contains_key(url);
             if !keep {
@@ -244,7 +244,7 @@ impl KeyFetcher {
         }
     }
 
-    /// Seeds a source with a document kept from before (a restart, a new leader), used
+    /// Seeds a source (by key) with a document kept from before (a restart, a new leader), used
     /// until the first fetch succeeds. Ignored when the source already has one.
     pub fn seed(&self, url: &str, document: Value, fetched_at: Option<SystemTime>) {
         let mut entries = self.lock();
@@ -260,7 +260,7 @@ impl KeyFetcher {
         }
     }
 
-    /// The last good documents, by source URL: the compiler's `remote_jwks`.
+    /// The last good documents, by source key: the compiler's `remote_jwks`.
     pub fn documents(&self) -> HashMap<String, Value> {
         self.lock()
             .iter()
@@ -268,7 +268,7 @@ impl KeyFetcher {
             .collect()
     }
 
-    /// Every source's state, by URL.
+    /// Every source's state, by source key.
     pub fn states(&self) -> HashMap<String, SourceState> {
         self.lock()
             .iter()
@@ -276,8 +276,9 @@ impl KeyFetcher {
             .collect()
     }
 
-    /// Asks for an early refetch of `url` (a token arrived with a `kid` not in its key
-    /// set). Granted at most once per the source's `minRefresh`; returns whether it was.
+    /// Asks for an early refetch of the source with key `url` (a token arrived with a
+    /// `kid` not in its key set). Granted at most once per the source's `minRefresh`;
+    /// returns whether it was.
     pub fn request_refetch(&self, url: &str) -> bool {
         let mut entries = self.lock();
         let Some(e) = entries.get_mut(url) else {
@@ -381,7 +382,7 @@ async fn run_source(fetcher: std::sync::Weak<KeyFetcher>, url: String, trigger: 
             Err(_) => {
                 failures = failures.saturating_add(1);
                 let cap = source.max_refresh.min(Duration::from_secs(60));
-                Duration::from_secs(1u64 << failures.min(6).saturating_sub(1)).min(cap)
+                Duration::from_secs(1u64 << failures.min(7).saturating_sub(1)).min(cap)
             }
         };
         let Some(this) = fetcher.upgrade() else {

@@ -137,10 +137,11 @@ fn jwks() -> Value {
 
 fn source(url: String, kind: RemoteSourceKind) -> RemoteSource {
     RemoteSource {
+        key: url.clone(),
         url,
         kind,
         issuer: "test-issuer".into(),
-        min_refresh: Duration::from_millis(300),
+        min_refresh: Duration::from_millis(300), // below the policy floor: tests only
         max_refresh: Duration::from_secs(3600),
         ca_pem: vec![],
         policies: vec!["ns/p".into()],

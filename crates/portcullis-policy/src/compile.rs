@@ -295,11 +295,12 @@ fn compile_policy(
                 "at least one audience is required",
             ));
         }
-        let remote_url = match (&jwks.uri, jwks.discovery) {
-            (Some(uri), _) => Some(uri.clone()),
-            (None, Some(true)) => Some(crate::remote::discovery_url(&iss.issuer)),
-            _ => None,
-        };
+        let remote_url = crate::remote::source_of(iss, |name, key| {
+            secrets
+                .get(&(ns.clone(), name.to_owned()))
+                .and_then(|s| secret_value(s, key))
+        })
+        .map(|(key, url, ..)| (key, url));
         let inline_or_secret = (&jwks.inline, &jwks.secret_ref);
         let keys = match (inline_or_secret.0, inline_or_secret.1, &remote_url) {
             (Some(inline), None, None) => {
@@ -344,23 +345,23 @@ fn compile_policy(
                     }
                 },
             },
-            (None, None, Some(uri)) => {
+            (None, None, Some((key, url))) => {
                 let field = if jwks.uri.is_some() {
                     format!("{at}.jwks.uri")
                 } else {
                     format!("{at}.jwks.discovery")
                 };
-                match options.remote_jwks.get(uri) {
+                match options.remote_jwks.get(key) {
                     None => Err(policy_error(
                         p,
                         field,
                         "KeysNotFetched",
-                        format!("the key set from {uri} has not been fetched yet"),
+                        format!("the key set from {url} has not been fetched yet"),
                     )),
                     Some(doc) => {
                         doc.to_string().hash(&mut trust);
                         KeySet::from_remote_jwks(doc).map_err(|e| {
-                            policy_error(p, field, "InvalidKeys", format!("{uri}: {e}"))
+                            policy_error(p, field, "InvalidKeys", format!("{url}: {e}"))
                         })
                     }
                 }
@@ -388,10 +389,10 @@ fn compile_policy(
             ));
             continue;
         }
-        let refetch = remote_url.map(|url| {
+        let refetch = remote_url.map(|(key, _)| {
             let (min, _) = refresh_bounds(jwks);
             Refetch {
-                url: url.into(),
+                url: key.into(),
                 issuer: iss.issuer.as_str().into(),
                 min_interval: min,
             }
@@ -583,7 +584,9 @@ fn compile_policy(
     })
 }
 
-/// `minRefreshInterval` and `maxRefreshInterval` of a key source, with their defaults.
+/// `minRefreshInterval` and `maxRefreshInterval` of a key source, with their defaults; the
+/// minimum is at least [`crate::remote::MIN_REFRESH_FLOOR`] and the maximum at least the
+/// minimum, so no policy can make a source be fetched in a tight loop.
 pub(crate) fn refresh_bounds(jwks: &portcullis_api::JwksSource) -> (Duration, Duration) {
     let dur = |v: &Option<String>, d: Duration| {
         v.as_deref()
@@ -594,7 +597,8 @@ pub(crate) fn refresh_bounds(jwks: &portcullis_api::JwksSource) -> (Duration, Du
     let min = dur(
         &jwks.min_refresh_interval,
         crate::remote::DEFAULT_MIN_REFRESH,
-    );
+    )
+    .max(crate::remote::MIN_REFRESH_FLOOR);
     let max = dur(
         &jwks.max_refresh_interval,
         crate::remote::DEFAULT_MAX_REFRESH,

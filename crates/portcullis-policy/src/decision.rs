@@ -347,7 +347,8 @@ pub struct Deny<'s> {
 /// the key set fetched from `url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refetch {
-    /// The key source (`jwks.uri`, or the issuer's discovery URL).
+    /// The key source, by its key ([`crate::RemoteSource::key`]: the `jwks.uri`, or the
+    /// discovery URL with a suffix naming the issuer and CA bundle).
     pub url: Arc<str>,
     /// The issuer, for metrics and logs.
     pub issuer: Arc<str>,

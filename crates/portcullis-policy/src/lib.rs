@@ -33,6 +33,6 @@ pub use decision::{
     Refetch, RequestParts, RouteInfo, Upstream,
 };
 pub use keys::{KeyError, usable_keys};
-pub use remote::{RemoteSource, RemoteSourceKind, discovery_url, remote_sources};
+pub use remote::{RemoteSource, RemoteSourceKind, discovery_url, remote_sources, source_key};
 pub use snapshot::{Snapshot, SnapshotStats, bearer_token};
 pub use token::{Fingerprint, TokenDigest, VerifiedToken, token_digest};

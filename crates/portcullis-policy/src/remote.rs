@@ -12,6 +12,8 @@ use portcullis_api::TokenPolicy;
 /// Default lower bound between fetches of one source (and between `kid`-triggered
 /// refetches).
 pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(60);
+/// No source is fetched more often than this, whatever a policy says.
+pub const MIN_REFRESH_FLOOR: Duration = Duration::from_secs(1);
 /// Default upper bound between fetches of one source.
 pub const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(3600);
 
@@ -28,11 +30,14 @@ pub enum RemoteSourceKind {
     },
 }
 
-/// One key source to fetch, merged across the policies that use it.
+/// One key source to fetch, shared by the policies that use it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteSource {
-    /// The URL: a `jwks.uri`, or the issuer's discovery document. Also the key of the
-    /// fetched document in [`crate::CompileOptions::remote_jwks`].
+    /// What the source is known by (see [`source_key`]): the key of the fetched document
+    /// in [`crate::CompileOptions::remote_jwks`], of the `RemoteKeys` source object, and of
+    /// refetch requests.
+    pub key: String,
+    /// The URL fetched: a `jwks.uri`, or the issuer's discovery document.
     pub url: String,
     /// What it serves.
     pub kind: RemoteSourceKind,
@@ -56,7 +61,54 @@ pub fn discovery_url(issuer: &str) -> String {
     )
 }
 
-/// The key sources the policies need, sorted by URL. Bad durations fall back to the
+/// Where one issuer's keys come from: the source key, the URL, the kind and the CA
+/// bundle (resolved from this namespace's Secrets), or `None` for inline or Secret keys.
+pub(crate) fn source_of(
+    iss: &portcullis_api::IssuerSpec,
+    ca_lookup: impl Fn(&str, &str) -> Option<Vec<u8>>,
+) -> Option<(String, String, RemoteSourceKind, Option<Vec<u8>>)> {
+    let jwks = iss.jwks.as_ref()?;
+    let (url, kind) = if let Some(uri) = &jwks.uri {
+        (uri.clone(), RemoteSourceKind::Jwks)
+    } else if jwks.discovery == Some(true) {
+        (
+            discovery_url(&iss.issuer),
+            RemoteSourceKind::Discovery {
+                issuer: iss.issuer.clone(),
+            },
+        )
+    } else {
+        return None;
+    };
+    let ca = jwks
+        .ca_bundle_secret_ref
+        .as_ref()
+        .and_then(|r| ca_lookup(&r.name, &r.key));
+    Some((source_key(&url, &kind, ca.as_deref()), url, kind, ca))
+}
+
+/// The key a source is fetched, stored and looked up under. Sources are shared only when
+/// everything that decides what is trusted is the same: the URL, what it serves (a JWKS,
+/// or a discovery document for one exact issuer) and the CA bundle. So one tenant's CA
+/// bundle or issuer spelling never changes how another tenant's keys are fetched.
+pub fn source_key(url: &str, kind: &RemoteSourceKind, ca: Option<&[u8]>) -> String {
+    use sha2::{Digest, Sha256};
+    match (kind, ca) {
+        (RemoteSourceKind::Jwks, None) => url.to_owned(),
+        _ => {
+            let mut h = Sha256::new();
+            if let RemoteSourceKind::Discovery { issuer } = kind {
+                h.update(b"discovery\0");
+                h.update(issuer.as_bytes());
+            }
+            h.update(b"\0ca\0");
+            h.update(ca.unwrap_or_default());
+            format!("{url}#{}", hex::encode(&h.finalize()[..8]))
+        }
+    }
+}
+
+/// The key sources the policies need, sorted by key. Bad durations fall back to the
 /// defaults here; the compiler reports them against the policy.
 pub fn remote_sources(policies: &[TokenPolicy], secrets: &[Secret]) -> Vec<RemoteSource> {
     let mut out: BTreeMap<String, RemoteSource> = BTreeMap::new();
@@ -64,42 +116,29 @@ pub fn remote_sources(policies: &[TokenPolicy], secrets: &[Secret]) -> Vec<Remot
         let ns = p.namespace().unwrap_or_default();
         let id = format!("{ns}/{}", p.name_any());
         for iss in &p.spec.issuers {
-            let Some(jwks) = &iss.jwks else { continue };
-            let (url, kind) = if let Some(uri) = &jwks.uri {
-                (uri.clone(), RemoteSourceKind::Jwks)
-            } else if jwks.discovery == Some(true) {
-                (
-                    discovery_url(&iss.issuer),
-                    RemoteSourceKind::Discovery {
-                        issuer: iss.issuer.clone(),
-                    },
-                )
-            } else {
-                continue;
-            };
-            let (min, max) = crate::compile::refresh_bounds(jwks);
-            let ca = jwks.ca_bundle_secret_ref.as_ref().and_then(|r| {
+            let lookup = |name: &str, key: &str| {
                 secrets
                     .iter()
-                    .find(|s| s.namespace().unwrap_or_default() == ns && s.name_any() == r.name)
-                    .and_then(|s| crate::compile::secret_value(s, &r.key))
-            });
-            let e = out.entry(url.clone()).or_insert_with(|| RemoteSource {
+                    .find(|s| s.namespace().unwrap_or_default() == ns && s.name_any() == name)
+                    .and_then(|s| crate::compile::secret_value(s, key))
+            };
+            let Some((key, url, kind, ca)) = source_of(iss, lookup) else {
+                continue;
+            };
+            let Some(jwks) = &iss.jwks else { continue };
+            let (min, max) = crate::compile::refresh_bounds(jwks);
+            let e = out.entry(key.clone()).or_insert_with(|| RemoteSource {
+                key,
                 url,
                 kind,
                 issuer: iss.issuer.clone(),
                 min_refresh: min,
                 max_refresh: max,
-                ca_pem: Vec::new(),
+                ca_pem: ca.into_iter().collect(),
                 policies: Vec::new(),
             });
             e.min_refresh = e.min_refresh.min(min);
             e.max_refresh = e.max_refresh.min(max).max(e.min_refresh);
-            if let Some(ca) = ca
-                && !e.ca_pem.contains(&ca)
-            {
-                e.ca_pem.push(ca);
-            }
             if !e.policies.contains(&id) {
                 e.policies.push(id.clone());
             }

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use portcullis_api::TokenPolicy;
 use portcullis_policy::{
     Decision, DenyReason, ManualClock, RemoteSourceKind, RequestParts, Snapshot, compile_with,
-    discovery_url, remote_sources, token_digest, usable_keys,
+    discovery_url, remote_sources, source_key, token_digest, usable_keys,
 };
 use serde_json::{Value, json};
 use support::*;
@@ -26,6 +26,17 @@ fn policy_with(issuer: Value) -> TokenPolicy {
         "spec": {"issuers": [issuer], "forwardClaims": {"sub": "X-User"}},
     }))
     .unwrap()
+}
+
+/// The key the discovery source of ISSUER (no CA bundle) is known by.
+fn disc_key() -> String {
+    source_key(
+        &discovery_url(ISSUER),
+        &RemoteSourceKind::Discovery {
+            issuer: ISSUER.into(),
+        },
+        None,
+    )
 }
 
 fn discovery_policy() -> TokenPolicy {
@@ -152,9 +163,15 @@ fn discovery_keys_come_from_the_fetched_document_under_the_issuers_discovery_url
             && errors[0].contains("not been fetched"),
         "{errors:?}"
     );
-    let e = env(
+    // Fetched documents are looked up by source key, not by the bare URL.
+    let (_, errors) = compile(
         discovery_policy(),
         &[(&url, json!({"keys": [keys().rsa.jwk]}))],
+    );
+    assert!(!errors.is_empty());
+    let e = env(
+        discovery_policy(),
+        &[(&disc_key(), json!({"keys": [keys().rsa.jwk]}))],
     );
     let t = format!("Bearer {}", mint(&keys().rsa, &claims()));
     assert!(get(&e.snapshot, "/orders/1", &t).is_allow());
@@ -168,7 +185,7 @@ fn a_fetched_set_skips_keys_portcullis_cannot_use_but_never_private_ones() {
     let oct = json!({"kty": "oct", "kid": "sym", "k": "c2VjcmV0"});
     let doc = json!({"keys": [odd, enc, oct, k.rsa.jwk]});
     assert_eq!(usable_keys(&doc).unwrap(), 1);
-    let e = env(discovery_policy(), &[(&discovery_url(ISSUER), doc)]);
+    let e = env(discovery_policy(), &[(&disc_key(), doc)]);
     let t = format!("Bearer {}", mint(&k.rsa, &claims()));
     assert!(get(&e.snapshot, "/orders/1", &t).is_allow());
 
@@ -177,10 +194,7 @@ fn a_fetched_set_skips_keys_portcullis_cannot_use_but_never_private_ones() {
     assert!(usable_keys(&json!({"keys": [private]})).is_err());
     assert!(usable_keys(&json!({"keys": []})).is_err());
     assert!(usable_keys(&json!({"nokeys": 1})).is_err());
-    let (_, errors) = compile(
-        discovery_policy(),
-        &[(&discovery_url(ISSUER), json!({"keys": []}))],
-    );
+    let (_, errors) = compile(discovery_policy(), &[(&disc_key(), json!({"keys": []}))]);
     assert!(
         errors[0].contains("InvalidKeys") || errors[0].contains("no usable"),
         "{errors:?}"
@@ -190,7 +204,7 @@ fn a_fetched_set_skips_keys_portcullis_cannot_use_but_never_private_ones() {
 #[test]
 fn an_unknown_kid_from_a_fetched_set_carries_a_refetch_hint() {
     let k = keys();
-    let url = discovery_url(ISSUER);
+    let url = disc_key();
     let e = env(discovery_policy(), &[(&url, json!({"keys": [k.rsa.jwk]}))]);
     let t = format!("Bearer {}", mint(&k.rsa2, &claims()));
     match get(&e.snapshot, "/orders/1", &t) {
@@ -239,7 +253,7 @@ fn rsa_stranger() -> TestKey {
 #[test]
 fn a_key_removed_from_the_provider_is_refused_once_the_new_document_applies() {
     let k = keys();
-    let url = discovery_url(ISSUER);
+    let url = disc_key();
     let t = format!("Bearer {}", mint(&k.rsa, &claims()));
     let both = env(
         discovery_policy(),
@@ -297,6 +311,58 @@ fn sources_to_fetch_are_merged_by_url_with_the_tightest_bounds() {
     assert_eq!(u.min_refresh, Duration::from_secs(60), "default 1m");
     assert_eq!(u.max_refresh, Duration::from_secs(3600), "default 1h");
     assert_eq!(u.ca_pem.len(), 1);
+    assert_ne!(u.key, u.url, "a CA bundle makes the source its own");
+}
+
+#[test]
+fn sources_are_shared_only_when_url_kind_issuer_and_ca_are_the_same() {
+    let mk = |name: &str, issuer: &str, jwks: Value| {
+        let mut p = policy_with(json!({
+            "issuer": issuer, "audiences": ["a"], "algorithms": ["RS256"], "jwks": jwks,
+        }));
+        p.metadata.namespace = Some(name.into());
+        p
+    };
+    let ca = |ns: &str, pem: &str| -> Secret {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ca", "namespace": ns},
+            "stringData": {"ca.pem": pem},
+        }))
+        .unwrap()
+    };
+    let url = "https://idp.example.com/keys";
+    let disc = discovery_url("https://idp.example.com");
+    let policies = [
+        mk("a", "https://idp.example.com", json!({"uri": url})),
+        mk("b", "https://idp.example.com", json!({"uri": url})),
+        mk(
+            "c",
+            "https://idp.example.com",
+            json!({"uri": url, "caBundleSecretRef": {"name": "ca", "key": "ca.pem"}}),
+        ),
+        mk(
+            "d",
+            "https://idp.example.com",
+            json!({"uri": url, "caBundleSecretRef": {"name": "ca", "key": "ca.pem"}}),
+        ),
+        mk("e", "https://idp.example.com", json!({"discovery": true})),
+        mk("f", "https://idp.example.com/", json!({"discovery": true})),
+        mk("g", "https://idp.example.com", json!({"uri": disc})),
+    ];
+    let secrets = [ca("c", "tenant c's CA"), ca("d", "tenant d's CA")];
+    let sources = remote_sources(&policies, &secrets);
+    let users: Vec<Vec<String>> = sources.iter().map(|s| s.policies.clone()).collect();
+    assert_eq!(sources.len(), 6, "{users:?}");
+    assert!(
+        users.contains(&vec!["a/default".to_string(), "b/default".to_string()]),
+        "{users:?}"
+    );
+    for tenant in ["c", "d", "e", "f", "g"] {
+        assert!(
+            users.contains(&vec![format!("{tenant}/default")]),
+            "{tenant} shares: {users:?}"
+        );
+    }
 }
 
 // === introspection ===

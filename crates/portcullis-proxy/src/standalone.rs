@@ -278,6 +278,23 @@ impl ManifestDir {
             }
         }
 
+        // The key sets to fetch: those of the objects as read, and of the last good
+        // versions that may stand in for them, so an edit that moves a policy to fetched
+        // keys starts fetching even while it cannot compile yet.
+        if let Some(fetcher) = &self.fetcher {
+            let mut policies = Vec::new();
+            let mut secrets = Vec::new();
+            for (key, obj) in &objects {
+                for o in [Some(obj), self.last_good.get(key)].into_iter().flatten() {
+                    match o {
+                        Object::Policy(p) => policies.push(p.clone()),
+                        Object::Secret(s) => secrets.push(s.clone()),
+                        Object::Route(_) => {}
+                    }
+                }
+            }
+            fetcher.set_sources(portcullis_policy::remote_sources(&policies, &secrets));
+        }
         let started = Instant::now();
         let (mut snapshot, mut compile_errors) = self.compile(&objects);
         // Objects that failed to compile: fall back to their last good version and compile
@@ -327,7 +344,7 @@ impl ManifestDir {
         if let Some(fetcher) = &self.fetcher {
             let mut states: Vec<_> = fetcher.states().into_iter().collect();
             states.sort_by(|a, b| a.0.cmp(&b.0));
-            for (url, st) in states {
+            for (_, st) in states {
                 if matches!(st.result, FetchResult::Ok | FetchResult::Pending) {
                     continue;
                 }
@@ -337,7 +354,8 @@ impl ManifestDir {
                     .map(|d| format!("fetched {}s ago", d.as_secs()))
                     .unwrap_or_else(|| "none fetched yet".into());
                 errors.push(format!(
-                    "key set {url} (issuer {}, used by {}): KeysReady=False {}: {}; keeping the last good keys ({} keys, {age})",
+                    "key set {} (issuer {}, used by {}): KeysReady=False {}: {}; keeping the last good keys ({} keys, {age})",
+                    st.source.url,
                     st.source.issuer,
                     st.source.policies.join(", "),
                     st.result.reason(),
@@ -374,7 +392,6 @@ impl ManifestDir {
         match &self.fetcher {
             None => compile_with(&self.options, &routes, &policies, &secrets),
             Some(fetcher) => {
-                fetcher.set_sources(portcullis_policy::remote_sources(&policies, &secrets));
                 let options = CompileOptions {
                     remote_jwks: fetcher.documents(),
                     ..self.options.clone()

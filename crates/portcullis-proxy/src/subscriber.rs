@@ -421,7 +421,25 @@ fn persist(path: &Path, version: u64, sources: &SourceSet) -> std::io::Result<()
         sources: sources.clone(),
     })
     .map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, bytes)?;
+    // The sources hold key material and introspection client secrets: owner-only.
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
     std::fs::rename(tmp, path)
 }
 
