@@ -546,3 +546,79 @@ async fn a_flood_of_distinct_tokens_is_capped_and_a_failing_endpoint_paused() {
         "closed again"
     );
 }
+
+/// A JWKS over real TLS with a private CA: refused with the system roots alone, fetched
+/// with the CA bundle; and `max-age` decides when the next refresh happens.
+#[tokio::test]
+async fn https_with_a_private_ca_and_max_age_refreshes() {
+    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = ca.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ca.signing_key.serialize_der()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (acceptor, h) = (acceptor.clone(), h.clone());
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(s).await else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = jwks().to_string();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncache-control: public, max-age=1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let url = format!("https://localhost:{port}/keys");
+    let http = HttpClient::default();
+    let mut src = source(url.clone(), RemoteSourceKind::Jwks);
+    let (r, m) = fetch_once(&http, &src).await.map(|_| ()).unwrap_err();
+    assert_eq!(r, FetchResult::FetchFailed, "{m}");
+    src.ca_pem = vec![ca.cert.pem().into_bytes()];
+    let (doc, _, max_age) = fetch_once(&http, &src).await.unwrap();
+    assert_eq!(doc, jwks());
+    assert_eq!(max_age, Some(Duration::from_secs(1)));
+    src.ca_pem = vec![b"not a certificate".to_vec()];
+    let (r, m) = fetch_once(&http, &src).await.map(|_| ()).unwrap_err();
+    assert_eq!(r, FetchResult::FetchFailed);
+    assert!(m.contains("CA bundle"), "{m}");
+
+    // max-age=1 (within [minRefresh 300ms, maxRefresh 1h]): refreshed about every second.
+    src.ca_pem = vec![ca.cert.pem().into_bytes()];
+    let fetcher = KeyFetcher::new(
+        Arc::new(HttpClient::default()),
+        &prometheus::Registry::new(),
+    );
+    let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+    fetcher.set_sources(vec![src.clone()]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let n = hits.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!((2..=4).contains(&n), "{n} fetches in 2.5s with max-age=1");
+    // The same with maxRefresh 1h and minRefresh 5s: max-age=1 is clamped up to 5s.
+    fetcher.set_sources(vec![]);
+    src.min_refresh = Duration::from_secs(5);
+    src.key = format!("{url}#slow");
+    let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+    fetcher.set_sources(vec![src]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst) - before, 1);
+}
