@@ -213,10 +213,10 @@ for a in d["spec"]["template"]["spec"]["containers"][0]["args"]:
     print(f"{flag}={overrides[flag]}" if flag in overrides else a)
 PY
 }
-echo_port=$(free_port); c_port=$(free_port)
+echo_port=$(free_port); c_port=$(free_port); cm_port=$(free_port)
 p_ports=("$(free_port)" "$(free_port)"); a_ports=("$(free_port)" "$(free_port)")
 "$pc" echo --listen "127.0.0.1:$echo_port" 2> "$work/echo.log" & pids+=($!)
-mapfile -t cargs < <(deploy_args controller --listen="127.0.0.1:$c_port" --prune-interval=1s --lease-duration=3s)
+mapfile -t cargs < <(deploy_args controller --listen="127.0.0.1:$c_port" --metrics-listen="127.0.0.1:$cm_port" --prune-interval=1s --lease-duration=3s)
 echo "controller ${cargs[*]}"
 KUBECONFIG=$work/controller.kubeconfig POD_NAME=$release-portcullis-controller-0 POD_NAMESPACE=$ns \
   "$pc" "${cargs[@]}" 2> "$work/controller.log" & pids+=($!)
@@ -236,7 +236,7 @@ scrape_configs:
   # The labels a ServiceMonitor gives (job = Service name, namespace, pod).
   - job_name: $release-portcullis-controller
     static_configs:
-      - targets: ["127.0.0.1:$c_port"]
+      - targets: ["127.0.0.1:$cm_port"]
         labels: {namespace: $ns, pod: $release-portcullis-controller-0}
   - job_name: $release-portcullis-proxy-admin
     static_configs:

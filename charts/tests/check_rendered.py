@@ -147,12 +147,19 @@ def main():
     for np in by_kind.get("NetworkPolicy", []):
         sel = np["spec"]["podSelector"]["matchLabels"]
         check(sel.get("app.kubernetes.io/component") == "controller", "NetworkPolicy selects the controller")
+        push_rules = 0
         for rule in np["spec"]["ingress"]:
             froms = rule.get("from", [])
             check(bool(froms), "NetworkPolicy: every ingress rule names its peers")
-            check(any(f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "proxy" for f in froms),
-                  "NetworkPolicy: the proxies are allowed")
-            check([p.get("port") for p in rule.get("ports", [])] == ["push"], "NetworkPolicy: only the push port")
+            ports = [p.get("port") for p in rule.get("ports", [])]
+            proxies = [f for f in froms if f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "proxy"]
+            if ports == ["push"]:
+                push_rules += 1
+                check(proxies == froms, "NetworkPolicy: only the proxies reach the push port")
+            else:
+                check(ports == ["metrics"], f"NetworkPolicy: a rule for ports {ports}")
+                check(not proxies, "NetworkPolicy: the metrics rule is for scrapers")
+        check(push_rules == 1, "NetworkPolicy: one rule for the push port, the proxies'")
     if "NetworkPolicy" in a.kinds:
         check(bool(by_kind.get("NetworkPolicy")), "a NetworkPolicy")
 

@@ -183,6 +183,7 @@ fn portcullis_on_a_real_api_server() {
         &["echo", "--listen", &format!("127.0.0.1:{echo_port}")],
     );
     let c_ports = [free_port(), free_port()];
+    let m_ports = [free_port(), free_port()];
     let controller = |i: usize| {
         Proc::start(
             &format!("controller-{i}"),
@@ -190,6 +191,8 @@ fn portcullis_on_a_real_api_server() {
                 "controller",
                 "--listen",
                 &format!("127.0.0.1:{}", c_ports[i]),
+                "--metrics-listen",
+                &format!("127.0.0.1:{}", m_ports[i]),
                 "--identity",
                 &format!("controller-{i}"),
                 "--lease-namespace",
@@ -637,7 +640,12 @@ spec:
         );
         p.kill();
     }
-    let metrics = http_get(c_ports[0], "/metrics").1;
+    assert_eq!(
+        http_get(c_ports[0], "/metrics").0,
+        404,
+        "metrics only on the metrics port"
+    );
+    let metrics = http_get(m_ports[0], "/metrics").1;
     assert!(
         metrics.contains("portcullis_controller_refused_streams_total{reason=\"forbidden\"}"),
         "{metrics}"

@@ -1,6 +1,6 @@
-//! The push endpoint: `POST /v1/stream` (see `portcullis_api::push` for the protocol),
-//! plus `/metrics`, `/healthz` and `/readyz`, on the controller's own port. Every replica
-//! serves streams.
+//! The push endpoint: `POST /v1/stream` (see `portcullis_api::push` for the protocol)
+//! with `/healthz` and `/readyz`; and, on a port of its own, `/metrics` with the same
+//! health endpoints. Every replica serves streams.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -40,15 +40,37 @@ pub struct PushState {
     pub heartbeat: Duration,
 }
 
-/// Serves until `shutdown` turns true; open streams then end, so proxies reconnect to
-/// another replica.
-pub async fn serve(
+/// Serves the push endpoint (config streams, `/healthz`, `/readyz`) until `shutdown`
+/// turns true; open streams then end, so proxies reconnect to another replica.
+pub async fn serve(listener: TcpListener, state: Arc<PushState>, shutdown: watch::Receiver<bool>) {
+    serve_port(listener, state, shutdown, Port::Push).await
+}
+
+/// Serves the metrics port (`/metrics`, `/healthz`, `/readyz`; no config streams), kept
+/// apart from the push port so a NetworkPolicy can let only proxies reach the one and
+/// only Prometheus the other.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: Arc<PushState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_port(listener, state, shutdown, Port::Metrics).await
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Port {
+    Push,
+    Metrics,
+}
+
+async fn serve_port(
     listener: TcpListener,
     state: Arc<PushState>,
     mut shutdown: watch::Receiver<bool>,
+    port: Port,
 ) {
     let addr = listener.local_addr().ok();
-    info!(?addr, "push endpoint listening");
+    info!(?addr, ?port, "controller endpoint listening");
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
@@ -61,7 +83,7 @@ pub async fn serve(
             let service = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 let shutdown = shutdown.clone();
-                async move { Ok::<_, Infallible>(route(req, peer, state, shutdown).await) }
+                async move { Ok::<_, Infallible>(route(req, peer, state, shutdown, port).await) }
             });
             let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             b.http2()
@@ -90,13 +112,14 @@ async fn route(
     peer: SocketAddr,
     state: Arc<PushState>,
     shutdown: watch::Receiver<bool>,
+    port: Port,
 ) -> Response<Body> {
-    match (req.method().as_str(), req.uri().path()) {
-        ("POST", STREAM_PATH) => stream(req, peer, state, shutdown).await,
-        ("GET", "/metrics") => text(StatusCode::OK, state.metrics.render()),
-        ("GET", "/healthz") => text(StatusCode::OK, "ok\n"),
-        ("GET", "/readyz") if state.publisher.current().0 > 0 => text(StatusCode::OK, "ready\n"),
-        ("GET", "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "no config compiled yet\n"),
+    match (port, req.method().as_str(), req.uri().path()) {
+        (Port::Push, "POST", STREAM_PATH) => stream(req, peer, state, shutdown).await,
+        (Port::Metrics, "GET", "/metrics") => text(StatusCode::OK, state.metrics.render()),
+        (_, "GET", "/healthz") => text(StatusCode::OK, "ok\n"),
+        (_, "GET", "/readyz") if state.publisher.current().0 > 0 => text(StatusCode::OK, "ready\n"),
+        (_, "GET", "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "no config compiled yet\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

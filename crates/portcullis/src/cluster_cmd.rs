@@ -14,9 +14,12 @@ use sha2::{Digest, Sha256};
 /// `portcullis controller`.
 #[derive(clap::Args, Debug)]
 pub struct ControllerArgs {
-    /// Address of the push endpoint (config streams, /metrics, /healthz, /readyz).
+    /// Address of the push endpoint (config streams, /healthz, /readyz): proxies only.
     #[arg(long, default_value = "0.0.0.0:9800")]
     pub listen: SocketAddr,
+    /// Address of the metrics endpoint (/metrics, /healthz, /readyz): Prometheus.
+    #[arg(long, default_value = "0.0.0.0:9801")]
+    pub metrics_listen: SocketAddr,
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
@@ -143,6 +146,9 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_listen))?;
     let state = Arc::new(push::PushState {
         publisher: publisher.clone(),
         registry: registry.clone(),
@@ -151,10 +157,16 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         heartbeat: args.heartbeat,
     });
     eprintln!(
-        "portcullis controller {identity}: push endpoint on {}",
-        listener.local_addr()?
+        "portcullis controller {identity}: push endpoint on {}, metrics on {}",
+        listener.local_addr()?,
+        metrics_listener.local_addr()?
     );
-    let server = tokio::spawn(push::serve(listener, state, shutdown.clone()));
+    let server = tokio::spawn(push::serve(listener, state.clone(), shutdown.clone()));
+    tokio::spawn(push::serve_metrics(
+        metrics_listener,
+        state,
+        shutdown.clone(),
+    ));
     let opts = cluster::ControllerOptions {
         lease_namespace: args.lease_namespace,
         lease_name: args.lease_name,
