@@ -80,7 +80,7 @@ impl Metrics {
             push_latency: reg!(HistogramVec::new(
                 HistogramOpts::new(
                     "portcullis_controller_push_latency_seconds",
-                    "Snapshot created to acknowledged by a proxy."
+                    "Snapshot created to acknowledged by a proxy, by what carried it (full, delta, revocation)."
                 )
                 .buckets(fast),
                 &["message"]

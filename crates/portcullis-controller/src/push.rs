@@ -2,6 +2,7 @@
 //! with `/healthz` and `/readyz`; and, on a port of its own, `/metrics` with the same
 //! health endpoints. Every replica serves streams.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -124,6 +125,15 @@ async fn route(
     }
 }
 
+/// Remembers what carried `version` (bounded: a proxy that never acks cannot grow it).
+fn note(carried: &std::sync::Mutex<HashMap<u64, &'static str>>, version: u64, kind: &'static str) {
+    let mut m = carried.lock().unwrap_or_else(|e| e.into_inner());
+    if m.len() >= 1024 {
+        m.clear();
+    }
+    m.insert(version, kind);
+}
+
 fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
     query?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
@@ -193,9 +203,14 @@ async fn stream(
     }));
     let incoming = req.into_body();
 
+    // What carried each version to this proxy (full, delta, revocation), for the
+    // push-latency label; filled by the sender, read when the ack comes back.
+    let carried: Arc<std::sync::Mutex<HashMap<u64, &'static str>>> = Default::default();
+
     // Acks from the proxy.
     let ack_task = {
         let state = state.clone();
+        let carried = carried.clone();
         tokio::spawn(async move {
             let mut body = incoming;
             let mut buf = Vec::new();
@@ -209,11 +224,17 @@ async fn stream(
                     match serde_json::from_slice::<ProxyMessage>(&l) {
                         Ok(ProxyMessage::Ack { version }) => {
                             state.registry.ack(id, version);
-                            if let Some(created) = state.publisher.created_at(version) {
+                            let kind = carried
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .remove(&version);
+                            if let (Some(created), Some(kind)) =
+                                (state.publisher.created_at(version), kind)
+                            {
                                 state
                                     .metrics
                                     .push_latency
-                                    .with_label_values(&["any"])
+                                    .with_label_values(&[kind])
                                     .observe(created.elapsed().as_secs_f64());
                             }
                         }
@@ -246,6 +267,7 @@ async fn stream(
                 Catchup::Full(msg) => {
                     if let ServerMessage::Full { version, .. } = &msg {
                         sent = Some(*version);
+                        note(&carried, *version, "full");
                     }
                     if tx.send(line(&msg)).await.is_err() {
                         break;
@@ -253,8 +275,22 @@ async fn stream(
                 }
                 Catchup::Deltas(msgs) => {
                     for msg in msgs {
-                        if let ServerMessage::Delta { version, .. } = &msg {
+                        if let ServerMessage::Delta {
+                            version, changes, ..
+                        } = &msg
+                        {
                             sent = Some(*version);
+                            let only_revocations =
+                                changes.upserts.is_empty() && changes.deletes.is_empty();
+                            note(
+                                &carried,
+                                *version,
+                                if only_revocations {
+                                    "revocation"
+                                } else {
+                                    "delta"
+                                },
+                            );
                         }
                         if tx.send(line(&msg)).await.is_err() {
                             break 'outer;

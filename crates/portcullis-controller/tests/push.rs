@@ -97,6 +97,7 @@ struct Controller {
     addr: SocketAddr,
     publisher: Arc<Publisher>,
     registry: Arc<ProxyRegistry>,
+    metrics: Metrics,
     stop: watch::Sender<bool>,
 }
 
@@ -109,11 +110,12 @@ async fn controller_on(addr: SocketAddr, publisher: Arc<Publisher>) -> Controlle
     };
     let addr = listener.local_addr().unwrap();
     let registry = Arc::new(ProxyRegistry::default());
+    let metrics = Metrics::new();
     let state = Arc::new(PushState {
         publisher: publisher.clone(),
         registry: registry.clone(),
         auth: ProxyAuth::shared(SHARED),
-        metrics: Metrics::new(),
+        metrics: metrics.clone(),
         heartbeat: Duration::from_millis(200),
     });
     let (stop, rx) = watch::channel(false);
@@ -122,6 +124,7 @@ async fn controller_on(addr: SocketAddr, publisher: Arc<Publisher>) -> Controlle
         addr,
         publisher,
         registry,
+        metrics,
         stop,
     }
 }
@@ -272,6 +275,13 @@ async fn full_snapshot_then_revocation_delta_on_every_proxy() {
         ctl.registry.programmed(11) == (3, 3)
     })
     .await;
+    // Propagation latency is labelled by what carried the version.
+    let m = String::from_utf8(ctl.metrics.render()).unwrap();
+    for (kind, n) in [("full", 3), ("revocation", 3)] {
+        let line =
+            format!("portcullis_controller_push_latency_seconds_count{{message=\"{kind}\"}} {n}");
+        assert!(m.contains(&line), "{line} in:\n{m}");
+    }
     let _ = ctl.stop.send(true);
 }
 
