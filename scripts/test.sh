@@ -4,8 +4,10 @@
 # module proxy into ~/.cache/portcullis-e2e; set KUBEBUILDER_ASSETS to use your own).
 # Then the Helm chart's tests (charts/test.sh: lint, render, server dry-run, alert unit
 # tests, dashboard and alerts on a real Prometheus scraping real processes).
+# Between them, a short smoke run of every coverage-guided fuzz target (scripts/fuzz.sh:
+# cargo-fuzz, installed once into ~/.cache/portcullis-fuzz).
 # Called by .ci/run; run it yourself before sending a change. SKIP_E2E=1 skips the e2e
-# step and SKIP_CHART=1 the chart step (each says so).
+# step, SKIP_FUZZ=1 the fuzz smoke and SKIP_CHART=1 the chart step (each says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,12 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+if [ "${SKIP_FUZZ:-0}" = 1 ]; then
+  echo "== fuzz smoke SKIPPED (SKIP_FUZZ=1)"
+else
+  echo "== fuzz smoke: every cargo-fuzz target, a fixed seed and input count from its committed corpus"
+  scripts/fuzz.sh smoke
+fi
 if [ "${SKIP_E2E:-0}" = 1 ]; then
   echo "== e2e SKIPPED (SKIP_E2E=1)"
 else

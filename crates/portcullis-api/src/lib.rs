@@ -4,7 +4,8 @@
 //! The types carry their own validation: OpenAPI schema bounds plus CEL
 //! (`x-kubernetes-validations`) rules with messages a person can act on, so the
 //! Kubernetes API server rejects what it can at `kubectl apply` time. The same rules run
-//! client-side (see [`validate`]) for manifests read from disk in standalone mode.
+//! client-side (see [`validate`]) for manifests read from disk in standalone mode. The
+//! reasons written to `status.conditions` are typed here too ([`CompileReason`]).
 //!
 //! No IO happens here; the enforcement core (`portcullis-policy`) turns these types into a
 //! `Snapshot`.
@@ -14,19 +15,21 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod push;
+pub mod reason;
 pub mod route;
 pub mod status;
 pub mod token_policy;
 pub mod validate;
 
+pub use reason::{CompileReason, ConditionType};
 pub use route::{
-    ApiRoute, ApiRouteSpec, AuthMode, Backend, PolicyRef, RouteMatch, RouteRule, RouteTimeouts,
-    ServiceBackend,
+    ApiRoute, ApiRouteSpec, AuthMode, Backend, EscapedSlashAction, PathNormalization, PolicyRef,
+    RouteMatch, RouteRule, RouteTimeouts, SemicolonAction, ServiceBackend, UnderscoreHeaders,
 };
 pub use status::{Condition, ConditionStatus, ProxiesStatus, ResourceStatus};
 pub use token_policy::{
-    IntrospectionSpec, IssuerSpec, Jwk, JwkSet, JwksSource, Revocation, SecretKeyRef, SecretRef,
-    TokenPolicy, TokenPolicySpec,
+    ApiKeySelector, ApiKeysSpec, IntrospectionSpec, IssuerSpec, Jwk, JwkSet, JwksSource,
+    Revocation, SecretKeyRef, SecretRef, TokenPolicy, TokenPolicySpec,
 };
 
 use kube::CustomResourceExt;
@@ -45,6 +48,20 @@ pub const SUPPORTED_ALGORITHMS: &[&str] = &[
 /// Parses a Go-style positive duration (`30s`, `5m`, `1h30m`, `500ms`), the format every
 /// duration field of these resources uses. Negative durations are refused.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    // kube's parser panics when the total overflows a Duration (found by the push_frame
+    // fuzz target: a manifest or config stream saying `99999999999999999999h` crashed the
+    // compiler). At most 64 characters and 15 digits in a row keep every sum far below
+    // that (4 parts of 10^15 h are 1.4e19 s < 1.8e19 s).
+    let longest_digits = s
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    if s.len() > 64 || longest_digits > 15 {
+        return Err(format!(
+            "{s:?} is not a duration such as 30s, 5m or 1h (too long or too large)"
+        ));
+    }
     let d: kube::core::Duration = s
         .parse()
         .map_err(|e| format!("{s:?} is not a duration such as 30s, 5m or 1h ({e})"))?;
@@ -113,4 +130,27 @@ pub fn crd_files() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
             yaml11_safe(&serde_yaml::to_string(&TokenPolicy::crd())?),
         ),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    /// Found by the push_frame fuzz target: kube's parser panicked on a duration whose
+    /// total overflows; such input is now a clear error.
+    #[test]
+    fn huge_durations_are_errors_not_panics() {
+        for s in [
+            "99999999999999999999h",
+            "999999999999999h999999999999999h999999999999999h999999999999999h9h",
+            "1000000000000000h",
+        ] {
+            let err = super::parse_duration(s).unwrap_err();
+            assert!(err.contains("too long or too large"), "{err}");
+        }
+        let max = "999999999999999h999999999999999h999999999999999h999999999999999h";
+        assert!(super::parse_duration(max).is_ok());
+        assert_eq!(
+            super::parse_duration("1h30m").unwrap(),
+            std::time::Duration::from_secs(5400)
+        );
+    }
 }

@@ -102,10 +102,40 @@ impl SourceObject {
 }
 
 /// The whole input of a snapshot.
+///
+/// Decoding checks that every map key is the key of the object under it
+/// ([`SourceSet::map_key`]): a set keyed otherwise would make later deltas miss the
+/// object they name (a deleted object kept, an object held twice), so it is refused as a
+/// whole with an error naming the key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "UncheckedSourceSet")]
 pub struct SourceSet {
     /// Objects by key.
     pub objects: BTreeMap<String, SourceObject>,
+}
+
+/// A [`SourceSet`] as it arrives, before its keys are checked.
+#[derive(Deserialize)]
+struct UncheckedSourceSet {
+    objects: BTreeMap<String, SourceObject>,
+}
+
+impl TryFrom<UncheckedSourceSet> for SourceSet {
+    type Error = String;
+
+    fn try_from(raw: UncheckedSourceSet) -> Result<Self, String> {
+        for (key, obj) in &raw.objects {
+            let want = SourceSet::map_key(&obj.key());
+            if *key != want {
+                return Err(format!(
+                    "objects[{key:?}] holds the object {want:?}: every key must name its own object"
+                ));
+            }
+        }
+        Ok(SourceSet {
+            objects: raw.objects,
+        })
+    }
 }
 
 impl SourceSet {
@@ -311,4 +341,28 @@ pub enum ProxyMessage {
         /// The key source, as in [`RemoteKeys::url`].
         url: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the push_frame fuzz target: a set whose map key is not its object's key
+    /// was kept as sent, and later deltas (which go by the object's key) missed it.
+    #[test]
+    fn a_source_set_keyed_by_another_name_is_refused() {
+        let mut set = SourceSet::default();
+        set.upsert(SourceObject::RemoteKeys(RemoteKeys {
+            url: "https://idp.example/jwks".into(),
+            jwks: serde_json::json!({"keys": []}),
+        }));
+        let good = serde_json::to_string(&set).unwrap();
+        assert_eq!(serde_json::from_str::<SourceSet>(&good).unwrap(), set);
+        let bad = good.replace("RemoteKeys//https", "TokenPolicy/ns/https");
+        assert_ne!(bad, good);
+        let err = serde_json::from_str::<SourceSet>(&bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("every key must name its own object"), "{err}");
+    }
 }

@@ -75,6 +75,110 @@ pub struct ApiRouteSpec {
     /// Timeouts for calls to the backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<RouteTimeouts>,
+
+    /// How the request path is normalized before it is matched against the rules. The
+    /// normalized path is exactly the path the backend receives (with `backend.url`'s path
+    /// in front): the gateway never authorizes one path and forwards another. Always, per
+    /// RFC 3986 section 6.2.2: percent-encoded unreserved characters are decoded
+    /// (`%61dmin` is `admin`), other escapes get upper-case hex, dot segments (`.`, `..`,
+    /// `%2e%2e`) are removed, and a path that does not start with `/`, or holds NUL, a
+    /// control character, a raw `\`, a broken escape or escapes that are not UTF-8, is
+    /// answered 400. Matching is case-sensitive (`/Admin` is not `/admin`): if the backend
+    /// folds case, do not leave a public catch-all that it would serve protected paths
+    /// from. The settings here relax this for the route: the first match is made with
+    /// slashes merged and `%2F`/`;` kept; when the route found asks for other settings,
+    /// the path is normalized again with them and must lead to a route with the same
+    /// settings, and whatever a relaxed setting keeps (`//`, `%2F`, `;params`) must not
+    /// move the path to another rule once a backend resolves it; otherwise 400.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_normalization: Option<PathNormalization>,
+
+    /// What to do with request headers whose names hold anything but letters, digits and
+    /// `-` (typically `_`, as in `X_User_Id`): `Drop` them before the request reaches the
+    /// backend (default), or `Reject` the request with 400. CGI, WSGI, PHP and Rack
+    /// backends read `X_User_Id` and `X-User-Id` as the same variable, so such a header
+    /// could stand in for one the gateway sets; none is ever forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_with_underscores: Option<UnderscoreHeaders>,
+}
+
+/// Path normalization settings of a route. The first match is always made with slashes
+/// merged and `%2F`/`;` kept; when the route found asks for other settings, the path is
+/// normalized again with them and must lead to a route with the same settings. What a
+/// relaxed setting keeps, a backend may still resolve away (merge `//`, decode `%2F`,
+/// strip `;params`): the resulting path must be decided by the same rule. Otherwise the
+/// request is answered 400.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PathNormalization {
+    /// Merge repeated slashes (`/a//b` becomes `/a/b`). Default true; turn off only for a
+    /// backend that gives `//` a meaning of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_slashes: Option<bool>,
+
+    /// What to do with an encoded `/` or `\` (`%2F`, `%5C`): `Reject` with 400 (default;
+    /// backends disagree on whether it separates segments), `Keep` it encoded as part of
+    /// a segment (only for a backend that never decodes it before routing), or `Decode` it
+    /// to `/` and normalize the result like any other slash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escaped_slashes: Option<EscapedSlashAction>,
+
+    /// What to do with `;` (path parameters), raw or as `%3B`: `Reject` with 400 (default;
+    /// Tomcat and Spring strip `;params` from segments before routing, so `/admin;x/y`
+    /// reaches their `/admin/y`), or `Keep` it as an ordinary character. A dot segment
+    /// with parameters (`..;x`) is refused either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semicolons: Option<SemicolonAction>,
+}
+
+/// What to do with an encoded `/` or `\\` (`%2F`, `%5C`) in a request path: `Reject` with
+/// 400 (default; backends disagree on whether it separates segments), `Keep` it encoded as
+/// part of a segment (only for a backend that never decodes it before routing; a path
+/// that a decoding backend would move to another rule is still refused), or `Decode` it to
+/// `/` and normalize the result like any other slash.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum EscapedSlashAction {
+    /// Answer 400.
+    #[default]
+    Reject,
+    /// Keep the escape, as part of the segment.
+    Keep,
+    /// Decode to `/`, then normalize.
+    Decode,
+}
+
+/// What to do with `;` (path parameters), raw or as `%3B`, in a request path: `Reject`
+/// with 400 (default; Tomcat and Spring strip `;params` from segments before routing, so
+/// `/admin;x/y` reaches their `/admin/y`), or `Keep` it as an ordinary character (a path
+/// whose stripped form another rule decides is still refused). A dot segment with
+/// parameters (`..;x`) is refused either way.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum SemicolonAction {
+    /// Answer 400.
+    #[default]
+    Reject,
+    /// Keep it as an ordinary character.
+    Keep,
+}
+
+/// What to do with request headers whose names hold anything but letters, digits and `-`
+/// (typically `_`, as in `X_User_Id`): `Drop` them before the request reaches the backend
+/// (default), or `Reject` the request with 400. CGI, WSGI, PHP and Rack backends read
+/// `X_User_Id` and `X-User-Id` as the same variable, so such a header could stand in for
+/// one the gateway sets; none is ever forwarded.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum UnderscoreHeaders {
+    /// Remove them; the request goes on without them.
+    #[default]
+    Drop,
+    /// Answer 400.
+    Reject,
 }
 
 /// A reference to a TokenPolicy in the same namespace.

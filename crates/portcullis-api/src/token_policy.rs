@@ -50,14 +50,25 @@ pub(crate) const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.issuers.size() > 0 || has(self.apiKeys)").message("spec.issuers must list at least one trusted issuer (or spec.apiKeys must select API keys)")
+)]
 pub struct TokenPolicySpec {
     /// Trusted token issuers. A token whose `iss` claim names none of them is refused.
+    /// May be empty only when `apiKeys` is set.
     #[schemars(length(max = 16))]
     #[x_kube(
-        validation = Rule::new("self.size() > 0").message("spec.issuers must list at least one trusted issuer"),
         validation = Rule::new("self.filter(i, has(i.introspection)).size() <= 1").message("at most one issuer per policy may use introspection: an opaque token names no issuer, so only one endpoint can judge it")
     )]
+    #[serde(default)]
     pub issuers: Vec<IssuerSpec>,
+    /// API keys this policy accepts: Secrets of the policy's namespace labelled
+    /// `portcullis.dev/api-key: "true"` and matching `selector`. Each Secret holds the SHA-256
+    /// of one key (never the key), its consumer, scopes and optional expiry; create them with
+    /// `portcullis apikey create`. A key is sent as `Authorization: Bearer pcl_...` or in
+    /// the `header` named here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<ApiKeysSpec>,
 
     /// The claim that holds the token's scopes: a space-separated string (`scope`, as in
     /// RFC 8693) or an array of strings (`scp`). Default `scope`.
@@ -86,15 +97,20 @@ pub struct TokenPolicySpec {
 
     /// Claims copied into request headers for the backend, as `claim: Header-Name`
     /// (e.g. `sub: X-User`). A client-sent header of the same name is removed first, so it
-    /// cannot be forged.
+    /// cannot be forged. An array claim is sent as its elements joined with `,`; other
+    /// non-string values as JSON. A claim that cannot be sent faithfully refuses the
+    /// token (401, `unforwardable_claim`) rather than reaching the backend without it:
+    /// control characters (CR, LF, NUL, tab...), leading or trailing whitespace (backends
+    /// trim it), or a `,` in a string claim or in an element of an array claim (the list
+    /// separator of RFC 9110 section 5.3). Non-ASCII text is sent as raw UTF-8 bytes.
     #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 64}))]
     #[x_kube(validation = Rule::new("self.all(k, self[k].matches('^[A-Za-z0-9][-A-Za-z0-9]*$'))").message("forwardClaims values must be HTTP header names such as X-User (letters, digits and dashes)"))]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub forward_claims: BTreeMap<String, String>,
 
     /// Revoked tokens. Each entry names exactly one of `jti`, `tokenSha256`, `subject`
-    /// (with `issuedBefore`) or `keyId`, and may carry `expiresAt`, after which it is
-    /// ignored and pruned.
+    /// (with `issuedBefore`), `keyId` or `jwkThumbprint`, and may carry `expiresAt`, after
+    /// which it is ignored and pruned.
     #[schemars(length(max = 5000))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revocations: Vec<Revocation>,
@@ -113,7 +129,8 @@ pub struct TokenPolicySpec {
     validation = Rule::new("!has(self.jwks) || (has(self.algorithms) && self.algorithms.size() > 0)").message("algorithms must list at least one signature algorithm, e.g. RS256"),
     validation = Rule::new("!has(self.jwks) || !has(self.algorithms) || !self.algorithms.exists(a, a.startsWith('HS')) || has(self.jwks.secretRef)").message("HS256/HS384/HS512 need a shared secret kept in a Secret: set jwks.secretRef"),
     validation = Rule::new("!has(self.algorithms) || !self.algorithms.exists(a, a.startsWith('HS')) || self.algorithms.all(a, a.startsWith('HS'))").message("do not mix HS* with public-key algorithms in one issuer: a shared secret and a public key cannot share a key set"),
-    validation = Rule::new("!has(self.jwks) || !has(self.jwks.discovery) || !self.jwks.discovery || self.issuer.startsWith('https://') || self.issuer.startsWith('http://127.0.0.1') || self.issuer.startsWith('http://localhost') || self.issuer.startsWith('http://[::1]')").message("jwks.discovery reads <issuer>/.well-known/openid-configuration, so the issuer must be an https:// URL (plain http only for loopback addresses)")
+    validation = Rule::new("!has(self.jwks) || !has(self.jwks.discovery) || !self.jwks.discovery || self.issuer.startsWith('https://') || self.issuer.startsWith('http://127.0.0.1') || self.issuer.startsWith('http://localhost') || self.issuer.startsWith('http://[::1]')").message("jwks.discovery reads <issuer>/.well-known/openid-configuration, so the issuer must be an https:// URL (plain http only for loopback addresses)"),
+    validation = Rule::new("!has(self.requireType) || !self.requireType || !has(self.acceptedTypes) || self.acceptedTypes.size() > 0").message("requireType with an empty acceptedTypes would refuse every token: list the accepted types, e.g. [at+jwt]")
 )]
 pub struct IssuerSpec {
     /// The issuer identifier, compared exactly with the token's `iss` claim
@@ -143,6 +160,36 @@ pub struct IssuerSpec {
     /// Where the verification keys of this issuer's signed JWTs come from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<JwksSource>,
+
+    /// JWS `typ` header values accepted in this issuer's signed JWTs (explicit typing,
+    /// RFC 8725 section 3.11). Compared case-insensitively, with an `application/` prefix
+    /// ignored (RFC 7515 section 4.1.9): `at+jwt` also accepts `application/at+jwt` and
+    /// `AT+JWT`. Default `[JWT, at+jwt]`. A token with no `typ` is accepted unless
+    /// `requireType` is set.
+    ///
+    /// An issuer that types its access tokens `at+jwt` (RFC 9068 section 2.1; npm
+    /// oidc-provider does) can set `acceptedTypes: [at+jwt]` so its ID tokens, typed `JWT`,
+    /// are refused here. Whatever this list says, `logout+jwt`, `secevent+jwt` and
+    /// `dpop+jwt` are never accepted, and neither is a token carrying an `events` claim
+    /// (a Security Event Token, RFC 8417, or an OpenID Back-Channel Logout token) or a
+    /// `typ` claim of `ID`, `Logout`, `Refresh` or `Offline` (Keycloak's ID, logout and
+    /// refresh tokens). Applies to signed JWTs only, not to introspected tokens.
+    #[schemars(
+        length(max = 8),
+        inner(
+            length(min = 1, max = 64),
+            regex(pattern = "^[A-Za-z0-9!#$&^_.+-]+(/[A-Za-z0-9!#$&^_.+-]+)?$")
+        )
+    )]
+    #[x_kube(validation = Rule::new("self.all(t, !t.lowerAscii().matches('^(application/)?(logout|secevent|dpop)[+]jwt$'))").message("acceptedTypes cannot list logout+jwt, secevent+jwt or dpop+jwt: logout tokens, security event tokens and DPoP proofs are never access tokens"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_types: Option<Vec<String>>,
+
+    /// Refuse this issuer's signed JWTs that have no `typ` header. Default false: a token
+    /// without `typ` is accepted (many issuers leave it out), one with a `typ` must match
+    /// `acceptedTypes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_type: Option<bool>,
 
     /// Judge this issuer's opaque tokens with its OAuth 2.0 introspection endpoint
     /// (RFC 7662). At most one introspection issuer per policy: an opaque token names no
@@ -248,6 +295,36 @@ pub struct IntrospectionSpec {
     pub timeout: Option<String>,
 }
 
+/// Which API keys a TokenPolicy accepts, and where clients send them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeysSpec {
+    /// Selects API-key Secrets of the policy's namespace by label (all of `matchLabels`);
+    /// only Secrets that also carry `portcullis.dev/api-key: "true"` are considered. An
+    /// empty selector selects every API-key Secret of the namespace.
+    #[serde(default)]
+    pub selector: ApiKeySelector,
+    /// A request header that may carry the key instead of `Authorization: Bearer`, e.g.
+    /// `x-api-key` (the default). The header is removed before the request is forwarded.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^[A-Za-z0-9][-A-Za-z0-9]*$')").message("apiKeys.header must be an HTTP header name (letters, digits and dashes)"),
+        validation = Rule::new("!(self.lowerAscii() in ['authorization', 'proxy-authorization', 'cookie', 'set-cookie', 'dpop', 'host', 'content-length', 'transfer-encoding', 'connection', 'te', 'upgrade', 'trailer', 'keep-alive', 'proxy-connection', 'expect', 'user-agent', 'forwarded', 'via', 'x-request-id', 'x-real-ip']) && !self.lowerAscii().startsWith('content-') && !self.lowerAscii().startsWith('accept') && !self.lowerAscii().startsWith('x-forwarded-')").message("apiKeys.header cannot be Authorization, Cookie, DPoP, Host, a framing, content or forwarding header: send keys as Authorization: Bearer pcl_... or in a header of your own such as x-api-key")
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+}
+
+/// A label selector (equality only).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeySelector {
+    /// Labels a Secret must carry, each with exactly this value.
+    #[schemars(extend("maxProperties" = 16))]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+}
+
 /// A Secret of the same namespace, by name.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SecretRef {
@@ -319,11 +396,11 @@ pub struct Jwk {
 }
 
 /// A revoked token or set of tokens. Exactly one selector: `jti`, `tokenSha256`,
-/// `subject` + `issuedBefore`, or `keyId`.
+/// `subject` + `issuedBefore`, `keyId`, `jwkThumbprint`, or `apiKeyId`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("[has(self.jti), has(self.tokenSha256), has(self.subject), has(self.keyId)].exists_one(x, x)").message("a revocation needs exactly one of jti, tokenSha256, subject (with issuedBefore) or keyId"),
+    validation = Rule::new("[has(self.jti), has(self.tokenSha256), has(self.subject), has(self.keyId), has(self.jwkThumbprint), has(self.apiKeyId)].exists_one(x, x)").message("a revocation needs exactly one of jti, tokenSha256, subject (with issuedBefore), keyId, jwkThumbprint or apiKeyId"),
     validation = Rule::new("has(self.subject) == has(self.issuedBefore)").message("subject and issuedBefore go together: they revoke the subject's tokens issued before that instant")
 )]
 pub struct Revocation {
@@ -332,8 +409,11 @@ pub struct Revocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
 
-    /// Revoke the token whose SHA-256 (lowercase hex of the whole compact token) is this.
-    /// `portcullis revoke --token -` computes it without storing the token.
+    /// Revoke the token whose SHA-256 (lowercase hex of the whole compact token, as in
+    /// `printf %s "$TOKEN" | sha256sum`) is this. `portcullis revoke --token -` computes it
+    /// without storing the token. It also revokes every other valid encoding of the same
+    /// signed token: an ES256/ES384 signature `(r, s)` can be re-encoded as `(r, n - s)`,
+    /// which verifies too, and is refused as well.
     #[schemars(length(min = 64, max = 64), regex(pattern = "^[0-9a-f]{64}$"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_sha256: Option<String>,
@@ -351,10 +431,28 @@ pub struct Revocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_before: Option<String>,
 
-    /// Revoke every token signed with this key ID (a leaked signing key).
+    /// Revoke every token signed with this key ID (a leaked signing key): every token
+    /// verified by the key whose JWK `kid` this is, whether or not the token names it,
+    /// and every token whose header `kid` is this. For a key without a `kid` (a PEM key,
+    /// a kid-less JWK), use `jwkThumbprint`.
     #[schemars(length(min = 1, max = 256))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+
+    /// Revoke every token verified by the key with this RFC 7638 JWK thumbprint: the
+    /// base64url (no padding, 43 characters) SHA-256 of the key's required members in
+    /// lexicographic order without whitespace, e.g. for RSA
+    /// `{"e":"AQAB","kty":"RSA","n":"..."}` (`step crypto jwk thumbprint`, `jose jwk thp`).
+    /// Names any key, with or without a `kid`, from a JWKS, a PEM public key or a Secret.
+    #[schemars(length(min = 43, max = 43), regex(pattern = "^[A-Za-z0-9_-]{43}$"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwk_thumbprint: Option<String>,
+
+    /// Revoke the API key with this id (the 12 characters after `pcl_`; the Secret's
+    /// `keyId`). Travels to every proxy like any revocation, without touching the Secret.
+    #[schemars(length(min = 12, max = 12), regex(pattern = "^[0-9A-Za-z]{12}$"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<String>,
 
     /// An RFC 3339 instant after which this entry is ignored and pruned (set it to the
     /// revoked token's `exp`; after that the token is dead anyway).

@@ -3,6 +3,10 @@
 //! The API server runs the `x-kubernetes-validations` rules at `kubectl apply` time.
 //! Standalone mode reads manifests from disk with no API server in between, so it runs
 //! the very same rules here (through kube's CEL evaluator) and reports the same messages.
+//!
+//! This is the only place CEL runs: the compiler (`portcullis-policy`) has no CEL
+//! evaluator and no kube dependency. Standalone mode hands [`cel_errors`] to it as the
+//! checks to run before its own (`CompileOptions::with_spec_rules`).
 
 use std::sync::OnceLock;
 
@@ -32,6 +36,33 @@ impl std::fmt::Display for FieldViolation {
     }
 }
 
+impl std::error::Error for FieldViolation {}
+
+/// A custom resource whose CRD carries CEL rules that can be run client-side.
+pub trait CelRules: Serialize {
+    /// The CRD's openAPIV3Schema as JSON, built once.
+    fn schema() -> &'static Value;
+}
+
+impl CelRules for ApiRoute {
+    fn schema() -> &'static Value {
+        route_schema()
+    }
+}
+
+impl CelRules for TokenPolicy {
+    fn schema() -> &'static Value {
+        policy_schema()
+    }
+}
+
+/// Runs the CRD's CEL rules against `object`: the rules, and messages, the API server
+/// applies at `kubectl apply` time. Each violation names its field
+/// (`spec.rules[0].requiredScopes`); none means the object passes.
+pub fn cel_errors<K: CelRules>(object: &K) -> Vec<FieldViolation> {
+    run(K::schema(), object)
+}
+
 /// The openAPIV3Schema of a CRD as JSON.
 pub fn crd_schema<K: CustomResourceExt>() -> Value {
     let crd = K::crd();
@@ -54,14 +85,14 @@ fn policy_schema() -> &'static Value {
     SCHEMA.get_or_init(crd_schema::<TokenPolicy>)
 }
 
-/// Runs the ApiRoute CEL rules against `route`.
+/// Runs the ApiRoute CEL rules against `route` (the same as [`cel_errors`]).
 pub fn api_route(route: &ApiRoute) -> Vec<FieldViolation> {
-    run(route_schema(), route)
+    cel_errors(route)
 }
 
-/// Runs the TokenPolicy CEL rules against `policy`.
+/// Runs the TokenPolicy CEL rules against `policy` (the same as [`cel_errors`]).
 pub fn token_policy(policy: &TokenPolicy) -> Vec<FieldViolation> {
-    run(policy_schema(), policy)
+    cel_errors(policy)
 }
 
 fn run<T: Serialize>(schema: &Value, object: &T) -> Vec<FieldViolation> {

@@ -335,3 +335,111 @@ fn the_identity_provider_example_is_valid() {
     }
     assert_eq!(policies, 1);
 }
+
+#[test]
+fn jwk_thumbprint_is_a_revocation_selector() {
+    // RFC 7638: a key named by its thumbprint, alone.
+    let mut p = policy(POLICY);
+    p.spec.revocations.push(portcullis_api::Revocation {
+        jwk_thumbprint: Some("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs".into()),
+        ..Default::default()
+    });
+    assert_eq!(messages(token_policy(&p)), "");
+    // With another selector it is refused.
+    let mut p = policy(POLICY);
+    p.spec.revocations[3].jwk_thumbprint =
+        Some("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs".into());
+    assert!(messages(token_policy(&p)).contains(
+        "exactly one of jti, tokenSha256, subject (with issuedBefore), keyId, jwkThumbprint or apiKeyId"
+    ));
+    // Its shape is checked by the schema (a pattern, as for tokenSha256: cheaper than CEL
+    // over 5,000 entries).
+    let yaml = portcullis_api::crds_yaml().unwrap();
+    assert!(yaml.contains("pattern: ^[A-Za-z0-9_-]{43}$"));
+}
+
+#[test]
+fn never_accepted_token_types_are_refused_in_accepted_types() {
+    // RFC 8725 section 3.11: logout tokens, security event tokens and DPoP proofs are never
+    // access tokens, however the type is spelled.
+    for typ in [
+        "logout+jwt",
+        "secevent+jwt",
+        "dpop+jwt",
+        "application/logout+jwt",
+        "DPoP+JWT",
+        "Application/SecEvent+JWT",
+    ] {
+        let mut p = policy(POLICY);
+        p.spec.issuers[0].accepted_types = Some(vec!["at+jwt".into(), typ.into()]);
+        assert!(
+            messages(token_policy(&p)).contains("acceptedTypes cannot list logout+jwt"),
+            "{typ} accepted"
+        );
+    }
+    for ok in [
+        vec!["at+jwt"],
+        vec!["JWT", "at+jwt"],
+        vec!["application/at+jwt"],
+        vec!["logout+jwt-ish"],
+    ] {
+        let mut p = policy(POLICY);
+        p.spec.issuers[0].accepted_types = Some(ok.iter().map(|s| s.to_string()).collect());
+        p.spec.issuers[0].require_type = Some(true);
+        assert_eq!(messages(token_policy(&p)), "", "{ok:?}");
+    }
+}
+
+#[test]
+fn require_type_needs_an_accepted_type() {
+    let mut p = policy(POLICY);
+    p.spec.issuers[0].accepted_types = Some(vec![]);
+    assert_eq!(messages(token_policy(&p)), "");
+    p.spec.issuers[0].require_type = Some(true);
+    assert!(messages(token_policy(&p)).contains("requireType with an empty acceptedTypes"));
+}
+
+#[test]
+fn api_key_id_is_a_revocation_selector_and_api_keys_may_replace_issuers() {
+    // An API key named by its id, alone.
+    let mut p = policy(POLICY);
+    p.spec.revocations.push(portcullis_api::Revocation {
+        api_key_id: Some("3fZk9QxW2bLm".into()),
+        ..Default::default()
+    });
+    assert_eq!(messages(token_policy(&p)), "");
+    let mut p = policy(POLICY);
+    p.spec.revocations[3].api_key_id = Some("3fZk9QxW2bLm".into());
+    assert!(messages(token_policy(&p)).contains("or apiKeyId"));
+    let yaml = portcullis_api::crds_yaml().unwrap();
+    assert!(yaml.contains("pattern: ^[0-9A-Za-z]{12}$"));
+    // No issuers: refused, unless the policy takes API keys.
+    let mut p = policy(POLICY);
+    p.spec.issuers.clear();
+    assert!(messages(token_policy(&p)).contains("at least one trusted issuer"));
+    p.spec.api_keys = Some(portcullis_api::ApiKeysSpec::default());
+    assert_eq!(messages(token_policy(&p)), "");
+}
+
+#[test]
+fn api_key_header_cannot_be_a_header_that_means_something_else() {
+    for (header, refused) in [
+        ("x-api-key", false),
+        ("X-Shop-Key", false),
+        ("Authorization", true),
+        ("cookie", true),
+        ("DPoP", true),
+    ] {
+        let mut p = policy(POLICY);
+        p.spec.api_keys = Some(portcullis_api::ApiKeysSpec {
+            header: Some(header.into()),
+            ..Default::default()
+        });
+        let m = messages(token_policy(&p));
+        assert_eq!(
+            m.contains("apiKeys.header cannot be"),
+            refused,
+            "{header}: {m}"
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! The Portcullis control plane.
 //!
 //! * [`cluster`]: watchers, compile loop, leader election (Lease), status by server-side
-//!   apply, Events, pruning of expired revocations.
+//!   apply on a task of its own behind a coalescing queue, Events, pruning of expired
+//!   revocations.
 //! * [`publisher`]: versioned sources with a delta history.
 //! * [`push`]: the streaming endpoint every replica serves (protocol in
 //!   `portcullis_api::push`), authenticated by [`auth`].

@@ -1,14 +1,20 @@
 //! Status conditions, Gateway API style, computed as plain data (no Kubernetes calls):
 //! `Accepted` (the spec is valid), `ResolvedRefs` (every reference resolves) and
 //! `Programmed` (every connected proxy enforces this generation).
+//!
+//! Each compile error goes under the condition its typed reason names
+//! ([`CompileReason::condition`]): a missing Service, Secret or policy, or keys not
+//! fetched yet, is `ResolvedRefs=False` while the route stays `Accepted=True`.
 
-use portcullis_api::{Condition, ConditionStatus, ProxiesStatus, ResourceStatus};
+use portcullis_api::{
+    CompileReason, Condition, ConditionStatus, ConditionType, ProxiesStatus, ResourceStatus,
+};
 use portcullis_policy::CompileError;
 
 /// Condition types.
-pub const ACCEPTED: &str = "Accepted";
+pub const ACCEPTED: &str = ConditionType::Accepted.as_str();
 /// Condition types.
-pub const RESOLVED_REFS: &str = "ResolvedRefs";
+pub const RESOLVED_REFS: &str = ConditionType::ResolvedRefs.as_str();
 /// Condition types.
 pub const PROGRAMMED: &str = "Programmed";
 /// Condition type: the keys fetched from a `jwks.uri` or discovery are current.
@@ -75,7 +81,7 @@ pub fn desired(
     // route is accepted and serves its other rules.
     let (conflicts, invalid): (Vec<&CompileError>, Vec<&CompileError>) = spec_errors
         .into_iter()
-        .partition(|e| e.reason == "RuleConflict");
+        .partition(|e| e.reason == CompileReason::RuleConflict);
     let accepted = invalid.is_empty();
     let resolved = ref_errors.is_empty();
     let (programmed_n, connected) = report.proxies;
@@ -91,9 +97,9 @@ pub fn desired(
                 ACCEPTED,
                 true,
                 if conflicts.is_empty() {
-                    "Accepted"
+                    ACCEPTED
                 } else {
-                    "RuleConflict"
+                    CompileReason::RuleConflict.as_str()
                 },
                 msg,
                 g,
@@ -103,7 +109,7 @@ pub fn desired(
             condition(
                 ACCEPTED,
                 false,
-                invalid[0].reason,
+                invalid[0].reason.as_str(),
                 messages(&invalid),
                 g,
                 now,
@@ -113,7 +119,7 @@ pub fn desired(
             condition(
                 RESOLVED_REFS,
                 true,
-                "ResolvedRefs",
+                RESOLVED_REFS,
                 "every reference resolves".into(),
                 g,
                 now,
@@ -122,7 +128,7 @@ pub fn desired(
             condition(
                 RESOLVED_REFS,
                 false,
-                ref_errors[0].reason,
+                ref_errors[0].reason.as_str(),
                 messages(&ref_errors),
                 g,
                 now,
@@ -213,7 +219,7 @@ pub fn differs(a: Option<&ResourceStatus>, b: &ResourceStatus) -> bool {
 mod tests {
     use super::*;
 
-    fn err(reason: &'static str, path: &str) -> CompileError {
+    fn err(reason: CompileReason, path: &str) -> CompileError {
         CompileError {
             kind: "ApiRoute",
             namespace: "shop".into(),
@@ -287,7 +293,10 @@ mod tests {
 
     #[test]
     fn spec_errors_reject_and_name_the_field() {
-        let e = err("InvalidScope", "spec.rules[2].requiredScopes[0]");
+        let e = err(
+            CompileReason::InvalidScope,
+            "spec.rules[2].requiredScopes[0]",
+        );
         let s = desired(
             &ObjectReport {
                 generation: Some(1),
@@ -309,7 +318,7 @@ mod tests {
 
     #[test]
     fn ref_errors_are_resolved_refs_false() {
-        let e = err("PolicyNotFound", "spec.policyRef.name");
+        let e = err(CompileReason::PolicyNotFound, "spec.policyRef.name");
         let s = desired(
             &ObjectReport {
                 generation: Some(1),
@@ -363,5 +372,65 @@ mod tests {
             "t2",
         );
         assert!(!differs(Some(&second), &third));
+    }
+
+    /// A route whose backend Service is missing: Gateway API says `ResolvedRefs=False`
+    /// (reason `BackendNotFound`) while the route stays `Accepted=True`.
+    #[test]
+    fn a_missing_backend_service_is_resolved_refs_false_and_still_accepted() {
+        // As the controller reports it when `backend.service` names no Service.
+        let e = CompileError {
+            kind: "ApiRoute",
+            namespace: "shop".into(),
+            name: "orders".into(),
+            path: "spec.backend.service.name".into(),
+            message: "Service shop/orders not found".into(),
+            reason: CompileReason::BackendNotFound,
+        };
+        let s = desired(
+            &ObjectReport {
+                generation: Some(4),
+                errors: vec![&e],
+                proxies: (1, 1),
+                keys: None,
+            },
+            None,
+            "t0",
+        );
+        let find = |t: &str| s.conditions.iter().find(|c| c.type_ == t).unwrap();
+        let accepted = find(ACCEPTED);
+        assert_eq!(
+            (accepted.status, accepted.reason.as_str()),
+            (ConditionStatus::True, "Accepted")
+        );
+        let refs = find(RESOLVED_REFS);
+        assert_eq!(
+            (refs.status, refs.reason.as_str()),
+            (ConditionStatus::False, "BackendNotFound")
+        );
+        assert!(refs.message.contains("Service shop/orders not found"));
+        assert_eq!(find(PROGRAMMED).status, ConditionStatus::False);
+    }
+
+    /// Keys whose first fetch is under way: a reference not resolved yet, not a spec
+    /// error.
+    #[test]
+    fn pending_keys_are_resolved_refs_false_and_still_accepted() {
+        let e = err(CompileReason::KeysPending, "spec.issuers[0].jwks.uri");
+        let s = desired(
+            &ObjectReport {
+                generation: Some(1),
+                errors: vec![&e],
+                proxies: (1, 1),
+                keys: None,
+            },
+            None,
+            "t0",
+        );
+        assert_eq!(s.conditions[0].status, ConditionStatus::True);
+        assert_eq!(
+            (s.conditions[1].status, s.conditions[1].reason.as_str()),
+            (ConditionStatus::False, "KeysPending")
+        );
     }
 }

@@ -145,6 +145,22 @@ impl Introspector {
         digest: [u8; 32],
         token: &str,
     ) -> Result<Value, String> {
+        self.introspect_then(endpoint, digest, token, Result::clone)
+            .await
+    }
+
+    /// Like [`Introspector::introspect`], and hands the answer to `apply` while this
+    /// request still holds its place in the flight: a caller that caches the verdict in
+    /// `apply` has it cached before the flight can end, so a request for the same token
+    /// arriving just after the call either joins the finished flight or finds the verdict
+    /// cached; it never starts a second call.
+    pub async fn introspect_then<T>(
+        &self,
+        endpoint: &IntrospectionEndpoint,
+        digest: [u8; 32],
+        token: &str,
+        apply: impl FnOnce(&Result<Value, String>) -> T,
+    ) -> T {
         let key = (endpoint.url.clone(), endpoint.client_id.clone(), digest);
         let cell = {
             let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
@@ -185,10 +201,10 @@ impl Introspector {
                 }
                 r
             })
-            .await
-            .clone();
+            .await;
+        let out = apply(result);
         drop(guard);
-        result
+        out
     }
 
     /// Tokens with a call in flight (for tests and debugging).

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use portcullis_policy::{RemoteSource, RemoteSourceKind, url_allowed, usable_keys};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde_json::Value;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::client::{HttpClient, max_age};
@@ -84,6 +84,9 @@ struct Entry {
     state: SourceState,
     trigger: Arc<Notify>,
     last_refetch: Option<Instant>,
+    /// Granted refetches waiting for their outcome: answered by the next fetch to start
+    /// after them, with whether it brought a new document.
+    reports: Vec<oneshot::Sender<bool>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -238,6 +241,7 @@ impl KeyFetcher {
                     },
                     trigger,
                     last_refetch: None,
+                    reports: Vec::new(),
                     task,
                 },
             );
@@ -280,6 +284,18 @@ impl KeyFetcher {
     /// `kid` not in its key set). Granted at most once per the source's `minRefresh`;
     /// returns whether it was.
     pub fn request_refetch(&self, url: &str) -> bool {
+        self.refetch(url, None)
+    }
+
+    /// Like [`KeyFetcher::request_refetch`], and when granted, a receiver told once the
+    /// refetch has run whether it brought a new key set (`false`: the same document, or
+    /// the fetch failed). `None` when not granted.
+    pub fn request_refetch_reported(&self, url: &str) -> Option<oneshot::Receiver<bool>> {
+        let (tx, rx) = oneshot::channel();
+        self.refetch(url, Some(tx)).then_some(rx)
+    }
+
+    fn refetch(&self, url: &str, report: Option<oneshot::Sender<bool>>) -> bool {
         let mut entries = self.lock();
         let Some(e) = entries.get_mut(url) else {
             return false;
@@ -289,6 +305,7 @@ impl KeyFetcher {
         let issuer = e.state.source.issuer.clone();
         if granted {
             e.last_refetch = Some(Instant::now());
+            e.reports.extend(report);
             e.trigger.notify_one();
         }
         drop(entries);
@@ -305,11 +322,13 @@ impl KeyFetcher {
         granted
     }
 
-    fn record(&self, url: &str, outcome: Result<(Value, usize), (FetchResult, String)>) {
+    /// Records a fetch's outcome; true when it brought a new document.
+    fn record(&self, url: &str, outcome: Result<(Value, usize), (FetchResult, String)>) -> bool {
         let mut entries = self.lock();
         let Some(e) = entries.get_mut(url) else {
-            return;
+            return false;
         };
+        let mut new_document = false;
         let issuer = e.state.source.issuer.clone();
         let mut changed = false;
         match outcome {
@@ -327,6 +346,7 @@ impl KeyFetcher {
                     info!(url, issuer, keys, "fetched a new key set");
                     e.state.document = Some(doc);
                     changed = true;
+                    new_document = true;
                 }
                 changed |= e.state.result != FetchResult::Ok;
                 e.state.keys = keys;
@@ -349,6 +369,7 @@ impl KeyFetcher {
         if changed {
             self.bump();
         }
+        new_document
     }
 }
 
@@ -366,7 +387,12 @@ async fn run_source(fetcher: std::sync::Weak<KeyFetcher>, url: String, trigger: 
         let Some(this) = fetcher.upgrade() else {
             return;
         };
-        let Some(source) = this.lock().get(&url).map(|e| e.state.source.clone()) else {
+        // Refetches granted until now are answered by this fetch.
+        let Some((source, reports)) = this
+            .lock()
+            .get_mut(&url)
+            .map(|e| (e.state.source.clone(), std::mem::take(&mut e.reports)))
+        else {
             return;
         };
         let http = this.http.clone();
@@ -388,8 +414,11 @@ async fn run_source(fetcher: std::sync::Weak<KeyFetcher>, url: String, trigger: 
         let Some(this) = fetcher.upgrade() else {
             return;
         };
-        this.record(&url, outcome.map(|(doc, keys, _)| (doc, keys)));
+        let new_document = this.record(&url, outcome.map(|(doc, keys, _)| (doc, keys)));
         drop(this);
+        for report in reports {
+            let _ = report.send(new_document);
+        }
         debug!(url, wait_ms = wait.as_millis() as u64, "next key set fetch");
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

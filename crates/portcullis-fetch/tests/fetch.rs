@@ -390,6 +390,15 @@ async fn concurrent_introspections_of_one_token_make_one_call() {
         assert_eq!(t.await.unwrap().unwrap()["active"], json!(true));
     }
     assert_eq!(srv.hits("/introspect"), 1);
+    // `introspect_then` hands the answer over while the flight still holds: a verdict
+    // cached there is in place before a later request could start another call.
+    let held = intro
+        .introspect_then(&ep, [6; 32], "tok-en", |answer| {
+            (answer.is_ok(), intro.flights())
+        })
+        .await;
+    assert_eq!(held, (true, 1));
+    assert_eq!(intro.flights(), 0);
     let (head, body) = {
         let g = srv.state.lock().unwrap();
         (g.last_head.clone(), g.last_body.clone())

@@ -180,7 +180,7 @@ fn decide(s: &Snapshot, header: &str) -> (bool, bool) {
     match s.authorize(&req) {
         Decision::Allow(a) => (true, a.cache_hit),
         Decision::Deny(d) => panic!("denied: {:?}", d.reason),
-        Decision::Introspect(_) => panic!("no introspection here"),
+        Decision::Pending(_) => panic!("no introspection here"),
     }
 }
 
@@ -266,7 +266,7 @@ fn benches(c: &mut Criterion) {
         assert!(errors.is_empty(), "{errors:#?}");
         let header = "Bearer 2YotnFZFEjr1zCsicMWpAA-opaque-access-token-of-typical-length";
         let req = RequestParts::new("GET", HOST, "/r0/orders/42").with_authorization(header);
-        let Decision::Introspect(pending) = s.authorize(&req) else {
+        let Decision::Pending(pending) = s.authorize(&req) else {
             panic!("expected introspection")
         };
         let answer = json!({
@@ -274,7 +274,14 @@ fn benches(c: &mut Criterion) {
             "scope": "orders:read profile", "exp": NOW + 3600, "iat": NOW - 60,
             "email": "alice@example.com", "token_type": "Bearer",
         });
-        assert!(s.complete_introspection(&pending, Ok(&answer)).is_allow());
+        assert!(
+            s.resume(
+                &req,
+                &pending.need,
+                portcullis_policy::Answer::Introspection(Ok(&answer))
+            )
+            .is_allow()
+        );
         match s.authorize(&req) {
             Decision::Allow(a) => assert!(a.cache_hit),
             other => panic!("expected a cached allow, got {other:?}"),
@@ -369,13 +376,32 @@ fn benches(c: &mut Criterion) {
         let path = format!("/r{target}/public/docs/index.html");
         let req = RequestParts::new("GET", &host, &path);
         match s.authorize(&req) {
-            Decision::Allow(a) => assert!(a.token.is_none() && a.route.rule == 3),
+            Decision::Allow(a) => assert!(a.principal.is_none() && a.route.rule == 3),
             Decision::Deny(d) => panic!("route_lookup/{n}: denied: {:?}", d.reason),
-            Decision::Introspect(_) => panic!("route_lookup/{n}: a public rule introspected"),
+            Decision::Pending(_) => panic!("route_lookup/{n}: a public rule introspected"),
         }
         g.bench_function(format!("route_lookup/{n}"), |b| {
             b.iter(|| black_box(s.authorize(black_box(&req))).is_allow())
         });
+    }
+
+    // The canonical target, which every request pays before authorize: an ordinary path
+    // (one scan, borrowed) and one that needs work (decoding, dot segments, two passes).
+    {
+        let s = snapshot(&routes, &policy, 16);
+        for (name, raw) in [
+            ("ordinary", "/r0/orders/42"),
+            ("hostile", "/r0/public/%2e%2e/./orders//%34%32"),
+        ] {
+            let canonical = s.canonical_target(HOST, "GET", raw).unwrap();
+            assert!(canonical.starts_with("/r0/"), "{canonical}");
+            g.bench_function(format!("canonical_target/{name}"), |b| {
+                b.iter(|| {
+                    s.canonical_target(black_box(HOST), "GET", black_box(raw))
+                        .is_ok()
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
-use crate::decision::RouteInfo;
+use crate::route::RouteInfo;
 
 /// What a matched rule demands.
 #[derive(Debug, Clone)]
@@ -166,7 +166,12 @@ impl RouteIndex {
         if let Some(r) = self.exact.get(host).and_then(|h| h.lookup(path, method)) {
             return Some(r);
         }
-        let (_, parent) = host.split_once('.')?;
+        // `*.` stands for exactly one label, and a label is never empty
+        // (RFC 1035 §2.3.1): `.example.com` is not under `*.example.com`.
+        let (label, parent) = host.split_once('.')?;
+        if label.is_empty() {
+            return None;
+        }
         self.wildcard.get(parent)?.lookup(path, method)
     }
 

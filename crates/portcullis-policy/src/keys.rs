@@ -1,8 +1,12 @@
 //! Verification keys of one issuer: parsed from a JWKS, a PEM public key, or an HMAC
-//! secret, and looked up by `kid` and algorithm.
+//! secret, and looked up by `kid` and algorithm. Every key gets its RFC 7638 JWK
+//! thumbprint, so a key can be named (and revoked) whether or not it has a `kid`.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// What kind of key this is; decides which algorithms it may verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +39,145 @@ pub(crate) struct VerifyKey {
     /// The one algorithm the key is for, when its JWK says so.
     pub(crate) alg: Option<Algorithm>,
     pub(crate) key: DecodingKey,
+    /// The RFC 7638 JWK thumbprint (SHA-256), computed from the key itself, whatever form
+    /// it came in: the name `jwkThumbprint` revocations match.
+    pub(crate) thumbprint: [u8; 32],
+}
+
+impl VerifyKey {
+    /// A key with its thumbprint computed from the key material.
+    fn new(
+        kid: Option<String>,
+        kind: KeyKind,
+        alg: Option<Algorithm>,
+        key: DecodingKey,
+    ) -> Result<Self, ThumbprintError> {
+        let thumbprint = thumbprint(kind, &key)?;
+        Ok(Self {
+            kid,
+            kind,
+            alg,
+            key,
+            thumbprint,
+        })
+    }
+}
+
+/// Why a key's RFC 7638 members could not be read from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ThumbprintError(&'static str);
+
+/// The RFC 7638 thumbprint of a key: SHA-256 of the JSON object of its required members,
+/// in lexicographic order, without whitespace (section 3.2). Member values are the
+/// canonical base64url of the key's numbers as RFC 7518 writes them (RSA `n` and `e`
+/// without leading zero octets, section 6.3.1; EC coordinates at the full size of the
+/// curve, section 6.2.1.2, or the key is refused), so the same key gives the same
+/// thumbprint from a JWK, a PEM or a Secret.
+fn thumbprint(kind: KeyKind, key: &DecodingKey) -> Result<[u8; 32], ThumbprintError> {
+    use jsonwebtoken::DecodingKeyKind;
+    let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+    let json = match kind {
+        KeyKind::Rsa => {
+            let (n, e) = match key.kind() {
+                DecodingKeyKind::RsaModulusExponent { n, e } => (n.as_slice(), e.as_slice()),
+                // A PEM key: the PKCS#1 `RSAPublicKey` DER (what jsonwebtoken keeps of both
+                // PKCS#1 and SPKI PEMs).
+                DecodingKeyKind::SecretOrDer(der) => rsa_public_key_der(der)?,
+            };
+            let (n, e) = (strip_leading_zeros(n), strip_leading_zeros(e));
+            if n.is_empty() || e.is_empty() {
+                return Err(ThumbprintError("an RSA modulus or exponent of zero"));
+            }
+            format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, b64(e), b64(n))
+        }
+        KeyKind::EcP256 | KeyKind::EcP384 => {
+            let (crv, size) = if kind == KeyKind::EcP256 {
+                ("P-256", 32)
+            } else {
+                ("P-384", 48)
+            };
+            // Both JWK coordinates and PEM keys are kept as the SEC1 uncompressed point.
+            let point = key
+                .try_get_as_bytes()
+                .map_err(|_| ThumbprintError("an EC key without a point"))?;
+            // RFC 7518 section 6.2.1.2: coordinates are the full size of the curve; a
+            // shorter one could not be verified with anyway.
+            let (x, y) = match point.split_first() {
+                Some((0x04, xy)) if xy.len() == 2 * size => xy.split_at(size),
+                _ => {
+                    return Err(ThumbprintError(
+                        "x and y must each be the full size of the curve's coordinates",
+                    ));
+                }
+            };
+            format!(
+                r#"{{"crv":"{crv}","kty":"EC","x":"{}","y":"{}"}}"#,
+                b64(x),
+                b64(y)
+            )
+        }
+        KeyKind::Ed25519 => {
+            let x = key
+                .try_get_as_bytes()
+                .map_err(|_| ThumbprintError("an Ed25519 key without bytes"))?;
+            if x.len() != 32 {
+                return Err(ThumbprintError("an Ed25519 public key is 32 bytes"));
+            }
+            format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, b64(x))
+        }
+        KeyKind::Hmac => {
+            let k = key
+                .try_get_as_bytes()
+                .map_err(|_| ThumbprintError("a secret without bytes"))?;
+            format!(r#"{{"k":"{}","kty":"oct"}}"#, b64(k))
+        }
+    };
+    Ok(Sha256::digest(json.as_bytes()).into())
+}
+
+fn strip_leading_zeros(b: &[u8]) -> &[u8] {
+    let zeros = b.iter().take_while(|x| **x == 0).count();
+    &b[zeros..]
+}
+
+/// Reads `n` and `e` from a DER PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER,
+/// publicExponent INTEGER }` (RFC 8017 appendix A.1.1), strictly: nothing before, between
+/// or after, so a private key (`RSAPrivateKey`, which starts with a version INTEGER) is
+/// not misread as a public one.
+fn rsa_public_key_der(der: &[u8]) -> Result<(&[u8], &[u8]), ThumbprintError> {
+    const BAD: ThumbprintError = ThumbprintError("not a DER RSAPublicKey (a private key?)");
+    let (body, rest) = der_element(der, 0x30).ok_or(BAD)?;
+    if !rest.is_empty() {
+        return Err(BAD);
+    }
+    let (n, body) = der_element(body, 0x02).ok_or(BAD)?;
+    let (e, body) = der_element(body, 0x02).ok_or(BAD)?;
+    if !body.is_empty() {
+        return Err(BAD);
+    }
+    Ok((n, e))
+}
+
+/// One DER element of tag `tag` at the start of `input`: (contents, what follows).
+fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&t, rest) = input.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let len = rest[..count]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[count..])
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -186,12 +329,13 @@ impl KeySet {
             {
                 return Err(bad(format!("alg {alg:?} does not fit a {kty} key")));
             }
-            out.push(VerifyKey {
-                kid: str_field("kid").map(str::to_owned),
-                kind,
-                alg,
-                key,
-            });
+            let key = match VerifyKey::new(str_field("kid").map(str::to_owned), kind, alg, key) {
+                Ok(key) => key,
+                // A provider's key Portcullis could not verify with anyway.
+                Err(_) if skip_unusable => continue,
+                Err(e) => return Err(bad(format!("bad {kty} key: {}", e.0))),
+            };
+            out.push(key);
         }
         if out.is_empty() {
             return Err(KeyError::Empty);
@@ -217,14 +361,8 @@ impl KeySet {
         } else {
             return Err(KeyError::BadPem);
         };
-        Ok(Self {
-            keys: vec![VerifyKey {
-                kid: None,
-                kind,
-                alg: None,
-                key,
-            }],
-        })
+        let key = VerifyKey::new(None, kind, None, key).map_err(|_| KeyError::BadPem)?;
+        Ok(Self { keys: vec![key] })
     }
 
     /// An HMAC shared secret (at least 32 bytes).
@@ -233,14 +371,8 @@ impl KeySet {
             return Err(KeyError::ShortSecret(secret.len()));
         }
         let key = DecodingKey::from_secret(secret).map_err(|_| KeyError::Empty)?;
-        Ok(Self {
-            keys: vec![VerifyKey {
-                kid: None,
-                kind: KeyKind::Hmac,
-                alg: None,
-                key,
-            }],
-        })
+        let key = VerifyKey::new(None, KeyKind::Hmac, None, key).map_err(|_| KeyError::Empty)?;
+        Ok(Self { keys: vec![key] })
     }
 
     /// Reads Secret data: a JWKS (JSON), a PEM public key, or else a raw HMAC secret.
@@ -327,10 +459,55 @@ pub(crate) fn parse_algorithm(name: &str) -> Option<Algorithm> {
 }
 
 fn base64_url(s: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s.trim_end_matches('='))
-        .ok()
+    URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()
+}
+
+/// One key's RFC 7638 thumbprint, as `portcullis token thumbprint` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyThumbprint {
+    /// base64url SHA-256 thumbprint: a `jwkThumbprint` revocation's value.
+    pub thumbprint: String,
+    /// `RSA`, `EC`, `OKP` or `oct`.
+    pub kty: &'static str,
+    /// The key's `kid`, if it has one.
+    pub kid: Option<String>,
+}
+
+/// The RFC 7638 thumbprints of the keys in `text` (a JWKS, one JWK, or a PEM public key),
+/// computed exactly as the proxy computes them for `jwkThumbprint` revocations. Shared secrets (`kty: oct`) are accepted in a
+/// JWK, since `portcullis token thumbprint` reads files, not manifests.
+pub fn key_thumbprints(text: &str) -> Result<Vec<KeyThumbprint>, KeyError> {
+    let text = text.trim();
+    let set = if text.starts_with("-----BEGIN") {
+        KeySet::from_pem(text.as_bytes())?
+    } else {
+        let doc: Value = serde_json::from_str(text).map_err(|e| {
+            KeyError::NotJwks(format!("expected a JWKS, a JWK or a PEM public key: {e}"))
+        })?;
+        let doc = if doc.get("keys").is_some() {
+            doc
+        } else {
+            serde_json::json!({ "keys": [doc] })
+        };
+        KeySet::from_jwks(&doc, true)?
+    };
+    Ok(set
+        .keys
+        .iter()
+        .map(|k| {
+            let kty = match k.kind {
+                KeyKind::Rsa => "RSA",
+                KeyKind::EcP256 | KeyKind::EcP384 => "EC",
+                KeyKind::Ed25519 => "OKP",
+                KeyKind::Hmac => "oct",
+            };
+            KeyThumbprint {
+                thumbprint: URL_SAFE_NO_PAD.encode(k.thumbprint),
+                kty,
+                kid: k.kid.clone(),
+            }
+        })
+        .collect())
 }
 
 /// Checks a JWKS fetched from a provider the way the compiler will read it: the number of

@@ -13,26 +13,43 @@
 //! Pure and synchronous: no tokio, no sockets, no Kubernetes client. Time comes from an
 //! injectable [`Clock`]. Tokens are never stored: caches and logs see only their SHA-256.
 
+pub mod apikey;
+mod apikeys;
+mod authorize;
 mod clock;
 mod compile;
+mod credentials;
 mod decision;
 mod index;
 mod keys;
+mod policy;
+mod principal;
+mod reason;
 mod remote;
 mod revocation;
+mod route;
 mod snapshot;
+mod sources;
+mod target;
 mod token;
 
+pub use apikeys::DEFAULT_API_KEY_HEADER;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use compile::{
-    CompileError, CompileOptions, INTROSPECTION_CLIENT_ID_KEY, INTROSPECTION_CLIENT_SECRET_KEY,
-    compile, compile_with, url_allowed,
+    CompileError, CompileOptions, CompileReason, INTROSPECTION_CLIENT_ID_KEY,
+    INTROSPECTION_CLIENT_SECRET_KEY, SpecRules, compile, compile_with, url_allowed,
 };
+pub use credentials::{DPOP, bearer_token};
 pub use decision::{
-    Allow, AuthorizationHeader, Decision, Deny, DenyReason, Introspect, IntrospectionEndpoint,
-    Refetch, RequestParts, RouteInfo, Upstream,
+    Allow, Answer, AuthorizationHeader, Confirmation, Credentials, Decision, Deny, DenyReason,
+    HeaderField, IntrospectionEndpoint, Need, Pending, Principal, PrincipalKind, Refetch,
+    RequestParts, RouteInfo, UnderscoreHeaderAction, Upstream,
 };
-pub use keys::{KeyError, usable_keys};
+pub use keys::{KeyError, KeyThumbprint, key_thumbprints, usable_keys};
+pub use portcullis_api::ConditionType;
+pub use principal::VerifiedToken;
 pub use remote::{RemoteSource, RemoteSourceKind, discovery_url, remote_sources, source_key};
-pub use snapshot::{Snapshot, SnapshotStats, bearer_token};
-pub use token::{Fingerprint, TokenDigest, VerifiedToken, token_digest};
+pub use snapshot::{Snapshot, SnapshotStats};
+pub use sources::{CompiledSources, PreviousCompile, SourceChanges, compile_sources};
+pub use target::{EscapedSlashes, PathOptions, Semicolons, TargetError, canonical_path};
+pub use token::{Fingerprint, TokenDigest, token_digest};

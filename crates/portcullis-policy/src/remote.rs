@@ -1,13 +1,17 @@
 //! Which key sets must be fetched from providers: the `jwks.uri` and `jwks.discovery`
 //! sources of every policy, merged by URL. Pure: the fetching lives with the controller
 //! and standalone mode, which both read this list.
+//!
+//! The compiler reads [`source_of`] and [`refresh_bounds`] from here; this module reads
+//! only the leaf `compile::objects` (names, Secret values), never the compiler.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
-use portcullis_api::TokenPolicy;
+use portcullis_api::{JwksSource, TokenPolicy, parse_duration};
+
+use crate::compile::objects::{Named, secret_value};
 
 /// Default lower bound between fetches of one source (and between `kid`-triggered
 /// refetches).
@@ -113,20 +117,20 @@ pub fn source_key(url: &str, kind: &RemoteSourceKind, ca: Option<&[u8]>) -> Stri
 pub fn remote_sources(policies: &[TokenPolicy], secrets: &[Secret]) -> Vec<RemoteSource> {
     let mut out: BTreeMap<String, RemoteSource> = BTreeMap::new();
     for p in policies {
-        let ns = p.namespace().unwrap_or_default();
+        let ns = p.ns();
         let id = format!("{ns}/{}", p.name_any());
         for iss in &p.spec.issuers {
             let lookup = |name: &str, key: &str| {
                 secrets
                     .iter()
-                    .find(|s| s.namespace().unwrap_or_default() == ns && s.name_any() == name)
-                    .and_then(|s| crate::compile::secret_value(s, key))
+                    .find(|s| s.ns() == ns && s.name_any() == name)
+                    .and_then(|s| secret_value(s, key))
             };
             let Some((key, url, kind, ca)) = source_of(iss, lookup) else {
                 continue;
             };
             let Some(jwks) = &iss.jwks else { continue };
-            let (min, max) = crate::compile::refresh_bounds(jwks);
+            let (min, max) = refresh_bounds(jwks);
             let e = out.entry(key.clone()).or_insert_with(|| RemoteSource {
                 key,
                 url,
@@ -145,4 +149,19 @@ pub fn remote_sources(policies: &[TokenPolicy], secrets: &[Secret]) -> Vec<Remot
         }
     }
     out.into_values().collect()
+}
+
+/// `minRefreshInterval` and `maxRefreshInterval` of a key source, with their defaults; the
+/// minimum is at least [`MIN_REFRESH_FLOOR`] and the maximum at least the minimum, so no
+/// policy can make a source be fetched in a tight loop.
+pub(crate) fn refresh_bounds(jwks: &JwksSource) -> (Duration, Duration) {
+    let dur = |v: &Option<String>, d: Duration| {
+        v.as_deref()
+            .and_then(|v| parse_duration(v).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(d)
+    };
+    let min = dur(&jwks.min_refresh_interval, DEFAULT_MIN_REFRESH).max(MIN_REFRESH_FLOOR);
+    let max = dur(&jwks.max_refresh_interval, DEFAULT_MAX_REFRESH).max(min);
+    (min, max)
 }

@@ -1,10 +1,15 @@
 //! Revoked tokens of one policy, held in hash maps so every request checks them in O(1),
 //! whether or not its token came from the cache.
+//!
+//! Revocations are keyed on meaning, not on bytes: a `tokenSha256` entry refuses every
+//! valid encoding of the signed token it names, and a `keyId` or `jwkThumbprint` entry
+//! refuses every token the key verified, whatever the token's header says.
 
 use std::collections::HashMap;
 
-use crate::decision::DenyReason;
-use crate::token::{TokenDigest, VerifiedToken};
+use crate::principal::Principal;
+use crate::reason::DenyReason;
+use crate::token::TokenDigest;
 
 /// An entry's expiry: `None` lives forever; `Some(t)` is ignored from `t` on.
 type Expiry = Option<i64>;
@@ -17,6 +22,10 @@ pub(crate) struct RevocationSet {
     /// subject -> (issuedBefore, expiry) entries.
     subject: HashMap<Box<str>, Vec<(i64, Expiry)>>,
     key_id: HashMap<Box<str>, Expiry>,
+    /// RFC 7638 JWK thumbprints (SHA-256) of revoked keys.
+    jwk_thumbprint: HashMap<[u8; 32], Expiry>,
+    /// Ids of revoked API keys.
+    api_key_id: HashMap<Box<str>, Expiry>,
     /// Every `(field, value)` seen, to count distinct entries.
     len: usize,
 }
@@ -66,22 +75,49 @@ impl RevocationSet {
             .or_insert(expiry);
     }
 
+    pub(crate) fn add_jwk_thumbprint(&mut self, thumbprint: [u8; 32], expiry: Expiry) {
+        self.len += 1;
+        self.jwk_thumbprint
+            .entry(thumbprint)
+            .and_modify(|e| merge(e, expiry))
+            .or_insert(expiry);
+    }
+
     /// Number of entries, expired ones included.
+    pub(crate) fn add_api_key_id(&mut self, id: &str, expiry: Expiry) {
+        self.len += 1;
+        self.api_key_id
+            .entry(id.into())
+            .and_modify(|e| merge(e, expiry))
+            .or_insert(expiry);
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    /// Whether the token is revoked at `now`, and how.
+    /// Whether the token is revoked at `now`, and how. `digest` is the SHA-256 of the
+    /// token as presented; the token's equivalent encodings are checked too, so a
+    /// re-encoded twin of a revoked token is refused, cached or not.
     pub(crate) fn check(
         &self,
         digest: &TokenDigest,
-        token: &VerifiedToken,
+        token: &Principal,
         now: i64,
     ) -> Result<(), DenyReason> {
         if self.len == 0 {
             return Ok(());
         }
-        if self.token.get(&digest.0).is_some_and(|e| live(e, now)) {
+        if let Some(id) = &token.api_key_id
+            && self.api_key_id.get(&**id).is_some_and(|e| live(e, now))
+        {
+            return Err(DenyReason::RevokedApiKey);
+        }
+        // Empty maps are skipped: a policy revoking only by jti hashes nothing else.
+        let revoked_digest = |d: &TokenDigest| self.token.get(&d.0).is_some_and(|e| live(e, now));
+        if !self.token.is_empty()
+            && (revoked_digest(digest) || token.equivalent_digests.iter().any(revoked_digest))
+        {
             return Err(DenyReason::RevokedToken);
         }
         if let Some(jti) = &token.jti
@@ -89,8 +125,19 @@ impl RevocationSet {
         {
             return Err(DenyReason::RevokedJti);
         }
-        if let Some(kid) = &token.key_id
-            && self.key_id.get(&**kid).is_some_and(|e| live(e, now))
+        let revoked_kid = |kid: &Option<Box<str>>| {
+            kid.as_deref()
+                .is_some_and(|k| self.key_id.get(k).is_some_and(|e| live(e, now)))
+        };
+        if !self.key_id.is_empty()
+            && (revoked_kid(&token.key_id) || revoked_kid(&token.token_key_id))
+        {
+            return Err(DenyReason::RevokedKey);
+        }
+        if !self.jwk_thumbprint.is_empty()
+            && token
+                .key_thumbprint
+                .is_some_and(|t| self.jwk_thumbprint.get(&t).is_some_and(|e| live(e, now)))
         {
             return Err(DenyReason::RevokedKey);
         }
@@ -115,6 +162,8 @@ impl RevocationSet {
         self.jti.values().filter(|e| dead(e)).count()
             + self.token.values().filter(|e| dead(e)).count()
             + self.key_id.values().filter(|e| dead(e)).count()
+            + self.jwk_thumbprint.values().filter(|e| dead(e)).count()
+            + self.api_key_id.values().filter(|e| dead(e)).count()
             + self
                 .subject
                 .values()
@@ -122,4 +171,114 @@ impl RevocationSet {
                 .filter(|(_, e)| dead(e))
                 .count()
     }
+}
+
+/// A problem with one revocation entry: the field path and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RevocationError {
+    /// e.g. `spec.revocations[3].tokenSha256`.
+    pub(crate) path: String,
+    /// What is wrong, and what to do.
+    pub(crate) message: String,
+}
+
+impl RevocationSet {
+    /// Compiles `spec.revocations`. Entries with a problem are left out and reported; the
+    /// others apply. Needs nothing but the list, so a revocation-only change can be
+    /// compiled without the rest of the policy (snapshots are patched, not rebuilt).
+    pub(crate) fn compile(list: &[portcullis_api::Revocation]) -> (Self, Vec<RevocationError>) {
+        let mut set = RevocationSet::default();
+        let mut errs = Vec::new();
+        let mut err = |path: String, message: &str| {
+            errs.push(RevocationError {
+                path,
+                message: message.to_owned(),
+            })
+        };
+        for (i, r) in list.iter().enumerate() {
+            let at = format!("spec.revocations[{i}]");
+            let expiry = match r.expires_at.as_deref().map(parse_time) {
+                None => None,
+                Some(Ok(t)) => Some(t),
+                Some(Err(e)) => {
+                    err(format!("{at}.expiresAt"), &e);
+                    continue;
+                }
+            };
+            let selectors = [
+                r.jti.is_some(),
+                r.token_sha256.is_some(),
+                r.subject.is_some(),
+                r.key_id.is_some(),
+                r.jwk_thumbprint.is_some(),
+                r.api_key_id.is_some(),
+            ];
+            if selectors.iter().filter(|s| **s).count() != 1 {
+                err(
+                    at,
+                    "a revocation needs exactly one of jti, tokenSha256, subject (with issuedBefore), keyId, jwkThumbprint or apiKeyId",
+                );
+                continue;
+            }
+            if let Some(jti) = &r.jti {
+                set.add_jti(jti, expiry);
+            } else if let Some(h) = &r.token_sha256 {
+                let mut digest = [0u8; 32];
+                match hex::decode_to_slice(h, &mut digest) {
+                    Ok(()) if h.bytes().all(|b| !b.is_ascii_uppercase()) => {
+                        set.add_token(digest, expiry)
+                    }
+                    _ => err(
+                        format!("{at}.tokenSha256"),
+                        "must be the lowercase hex SHA-256 of the token (64 characters)",
+                    ),
+                }
+            } else if let Some(sub) = &r.subject {
+                match r.issued_before.as_deref().map(parse_time) {
+                    Some(Ok(before)) => set.add_subject(sub, before, expiry),
+                    Some(Err(e)) => err(format!("{at}.issuedBefore"), &e),
+                    None => err(format!("{at}.issuedBefore"), "subject needs issuedBefore"),
+                }
+            } else if let Some(kid) = &r.key_id {
+                set.add_key_id(kid, expiry);
+            } else if let Some(t) = &r.jwk_thumbprint {
+                match parse_jwk_thumbprint(t) {
+                    Some(t) => set.add_jwk_thumbprint(t, expiry),
+                    None => err(
+                        format!("{at}.jwkThumbprint"),
+                        "must be an RFC 7638 JWK thumbprint: the base64url SHA-256 of the key, 43 characters without padding",
+                    ),
+                }
+            } else if let Some(id) = &r.api_key_id {
+                if id.len() == crate::apikey::ID_LEN
+                    && id.bytes().all(|b| b.is_ascii_alphanumeric())
+                {
+                    set.add_api_key_id(id, expiry);
+                } else {
+                    err(
+                        format!("{at}.apiKeyId"),
+                        "must be an API key id: the 12 letters and digits after pcl_",
+                    );
+                }
+            }
+        }
+        (set, errs)
+    }
+}
+
+/// Decodes a `jwkThumbprint`: strict base64url (no padding, no stray bits) of 32 bytes.
+fn parse_jwk_thumbprint(t: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    let mut buf = [0u8; 48];
+    match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(t, &mut buf) {
+        Ok(32) if t.len() == 43 => buf[..32].try_into().ok(),
+        _ => None,
+    }
+}
+
+/// RFC 3339 -> seconds since the epoch.
+pub(crate) fn parse_time(s: &str) -> Result<i64, String> {
+    s.parse::<k8s_openapi::jiff::Timestamp>()
+        .map(|t| t.as_second())
+        .map_err(|_| format!("{s:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z"))
 }

@@ -1,351 +1,33 @@
-//! The compiled, immutable config, and the hot path: [`Snapshot::authorize`].
+//! The compiled, immutable config: the route index and the compiled policies, with the
+//! canonical request target ([`Snapshot::canonical_target`]). The decision itself is in
+//! `authorize.rs`.
 //!
-//! Per request: route lookup (a few hash probes), the token's SHA-256, a cache probe keyed
-//! by that digest, then revocation and scope checks, which run whether or not the token
-//! came from the cache. Only a cache miss parses and verifies the token.
+//! Every part sits behind an `Arc`, so a new snapshot reuses what did not change:
+//! [`Snapshot::with_revocations`] replaces the revocations of a few policies and shares
+//! the route index, each policy's trust material (and with it the verified-token and
+//! introspection caches) and the API-key tables with the snapshot it patches.
+//!
+//! ```text
+//!  Snapshot ─┬─ Arc<RouteIndex>                    shared
+//!            ├─ [CompiledPolicy] ─┬─ Arc<PolicyTrust>     shared (issuers, keys, caches)
+//!            │                    └─ Arc<RevocationSet>   replaced by a patch
+//!            └─ Arc<[API-key tables]>               shared
+//! ```
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue};
-use jsonwebtoken::Algorithm;
-use serde_json::Value;
+use http::HeaderName;
+use portcullis_api::Revocation;
 
+use crate::apikeys::ApiKeyTable;
 use crate::clock::Clock;
-use crate::decision::{
-    Allow, AuthorizationHeader, Decision, Deny, DenyReason, Introspect, IntrospectionEndpoint,
-    Refetch, RequestParts,
+use crate::compile::{CompileError, CompileReason};
+use crate::index::RouteIndex;
+pub(crate) use crate::policy::{
+    CompiledIntrospection, CompiledIssuer, CompiledPolicy, IntrospectionCache, PolicyTrust,
+    TokenCache,
 };
-use crate::index::{CompiledRule, Requirement, RouteIndex};
-use crate::keys::{KeyLookup, KeySet};
 use crate::revocation::RevocationSet;
-use crate::token::{self, TokenDigest, VerifiedToken, token_digest};
-
-// === TokenCache ===
-
-/// Verified tokens of one policy, keyed by SHA-256, bounded in entries. An entry is used
-/// only until the token's `exp` (plus the policy's clock skew).
-pub(crate) struct TokenCache {
-    inner: quick_cache::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
-}
-
-impl std::fmt::Debug for TokenCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenCache")
-            .field("len", &self.inner.len())
-            .finish()
-    }
-}
-
-impl TokenCache {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Self {
-            inner: quick_cache::sync::Cache::new(capacity.max(1)),
-        }
-    }
-}
-
-/// Introspection verdicts of one policy, keyed by the token's SHA-256: active tokens until
-/// `min(cacheTTL, exp)`, inactive ones for `negativeCacheTTL`.
-pub(crate) struct IntrospectionCache {
-    inner: quick_cache::sync::Cache<[u8; 32], IntrospectionVerdict>,
-}
-
-#[derive(Clone)]
-struct IntrospectionVerdict {
-    /// `None`: inactive.
-    token: Option<Arc<VerifiedToken>>,
-    /// Reused until then (seconds since the epoch).
-    until: i64,
-}
-
-impl std::fmt::Debug for IntrospectionCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IntrospectionCache")
-            .field("len", &self.inner.len())
-            .finish()
-    }
-}
-
-impl IntrospectionCache {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Self {
-            inner: quick_cache::sync::Cache::new(capacity.max(1)),
-        }
-    }
-}
-
-/// A policy's introspection issuer.
-#[derive(Debug)]
-pub(crate) struct CompiledIntrospection {
-    pub(crate) endpoint: IntrospectionEndpoint,
-    pub(crate) audiences: Vec<String>,
-    pub(crate) cache_ttl: i64,
-    pub(crate) negative_ttl: i64,
-    pub(crate) cache: Arc<IntrospectionCache>,
-}
-
-// === CompiledPolicy ===
-
-#[derive(Debug)]
-pub(crate) struct CompiledIssuer {
-    pub(crate) audiences: Vec<String>,
-    pub(crate) algorithms: Vec<Algorithm>,
-    pub(crate) keys: KeySet,
-    /// Where the keys were fetched from, when they were.
-    pub(crate) refetch: Option<Refetch>,
-}
-
-/// One TokenPolicy, ready to verify tokens.
-#[derive(Debug)]
-pub(crate) struct CompiledPolicy {
-    pub(crate) id: Arc<str>,
-    pub(crate) issuers: HashMap<String, CompiledIssuer>,
-    pub(crate) scope_claim: String,
-    pub(crate) clock_skew: i64,
-    pub(crate) max_lifetime: Option<i64>,
-    pub(crate) required_claims: Vec<String>,
-    pub(crate) forward: Vec<(String, HeaderName)>,
-    pub(crate) forwarded_header_names: Arc<[HeaderName]>,
-    pub(crate) revocations: RevocationSet,
-    /// Hash of everything the cache depends on (not revocations).
-    pub(crate) trust_hash: u64,
-    pub(crate) cache: Arc<TokenCache>,
-    /// The opaque-token issuer, if any.
-    pub(crate) introspection: Option<CompiledIntrospection>,
-}
-
-impl CompiledPolicy {
-    /// Full verification of an uncached token.
-    fn verify(&self, raw: &str, now: i64) -> Result<VerifiedToken, DenyReason> {
-        let jws = token::parse_jws(raw)?;
-        let claims = &jws.claims;
-        let iss = token::string_claim(claims, "iss")?.ok_or(DenyReason::UnknownIssuer)?;
-        let issuer = self.issuers.get(iss).ok_or(DenyReason::UnknownIssuer)?;
-        if !issuer.algorithms.contains(&jws.alg) {
-            return Err(DenyReason::AlgorithmNotAllowed);
-        }
-        let key = match issuer.keys.lookup(jws.kid.as_deref(), jws.alg) {
-            KeyLookup::Found(k) => k,
-            KeyLookup::Unknown => return Err(DenyReason::UnknownKey),
-            KeyLookup::Mismatch => return Err(DenyReason::KeyAlgorithmMismatch),
-        };
-        match jsonwebtoken::crypto::verify(
-            jws.signature,
-            jws.signing_input.as_bytes(),
-            &key.key,
-            jws.alg,
-        ) {
-            Ok(true) => {}
-            _ => return Err(DenyReason::BadSignature),
-        }
-
-        // Signature good: now the claims.
-        self.accept_claims(claims, &issuer.audiences, now, jws.kid)
-    }
-
-    /// The `unknown_key` refetch hint for a token: its issuer's key source, if the keys
-    /// are fetched. Runs only on the (rare) unknown-key path.
-    fn refetch_for(&self, raw: &str) -> Option<Refetch> {
-        let jws = token::parse_jws(raw).ok()?;
-        let iss = token::string_claim(&jws.claims, "iss").ok()??;
-        self.issuers.get(iss)?.refetch.clone()
-    }
-
-    /// Checks a signed token's claims and remembers what later requests need.
-    fn accept_claims(
-        &self,
-        claims: &serde_json::Map<String, Value>,
-        audiences: &[String],
-        now: i64,
-        kid: Option<String>,
-    ) -> Result<VerifiedToken, DenyReason> {
-        let exp = token::numeric_date(claims, "exp")?.ok_or(DenyReason::MissingExpiry)?;
-        let nbf = token::numeric_date(claims, "nbf")?;
-        let iat = token::numeric_date(claims, "iat")?;
-        if now.saturating_sub(self.clock_skew) >= exp {
-            return Err(DenyReason::Expired);
-        }
-        if nbf.is_some_and(|nbf| nbf > now.saturating_add(self.clock_skew))
-            || iat.is_some_and(|iat| iat > now.saturating_add(self.clock_skew))
-        {
-            return Err(DenyReason::NotYetValid);
-        }
-        if let Some(max) = self.max_lifetime {
-            let iat = iat.ok_or(DenyReason::LifetimeTooLong)?;
-            if exp.saturating_sub(iat) > max {
-                return Err(DenyReason::LifetimeTooLong);
-            }
-        }
-        let aud_ok = match claims.get("aud") {
-            Some(Value::String(a)) => audiences.iter().any(|x| x == a),
-            Some(Value::Array(list)) => {
-                let mut ok = false;
-                for a in list {
-                    let Value::String(a) = a else {
-                        return Err(DenyReason::MalformedToken);
-                    };
-                    ok |= audiences.iter().any(|x| x == a);
-                }
-                ok
-            }
-            Some(_) => return Err(DenyReason::MalformedToken),
-            None => false,
-        };
-        if !aud_ok {
-            return Err(DenyReason::WrongAudience);
-        }
-        for c in &self.required_claims {
-            if claims.get(c).is_none_or(Value::is_null) {
-                return Err(DenyReason::MissingClaim);
-            }
-        }
-        let (scopes, forward_headers) = self.scopes_and_headers(claims, &self.scope_claim)?;
-        Ok(VerifiedToken {
-            subject: token::string_claim(claims, "sub")?.map(Box::from),
-            jti: token::string_claim(claims, "jti")?.map(Box::from),
-            issued_at: iat,
-            expires_at: exp,
-            key_id: kid.map(String::into_boxed_str),
-            scopes,
-            forward_headers,
-        })
-    }
-
-    /// Scopes (sorted, deduplicated) and `forwardClaims` headers from a claim set.
-    #[allow(clippy::type_complexity)]
-    fn scopes_and_headers(
-        &self,
-        claims: &serde_json::Map<String, Value>,
-        scope_claim: &str,
-    ) -> Result<(Box<[Box<str>]>, Vec<(HeaderName, HeaderValue)>), DenyReason> {
-        let mut scopes: Vec<Box<str>> = match claims.get(scope_claim) {
-            None => Vec::new(),
-            Some(Value::String(s)) => s
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .map(Box::from)
-                .collect(),
-            Some(Value::Array(list)) => {
-                let mut v = Vec::with_capacity(list.len());
-                for s in list {
-                    let Value::String(s) = s else {
-                        return Err(DenyReason::MalformedToken);
-                    };
-                    v.push(Box::from(s.as_str()));
-                }
-                v
-            }
-            Some(_) => return Err(DenyReason::MalformedToken),
-        };
-        scopes.sort_unstable();
-        scopes.dedup();
-        let mut forward_headers = Vec::with_capacity(self.forward.len());
-        for (claim, header) in &self.forward {
-            let text = match claims.get(claim) {
-                None | Some(Value::Null) => continue,
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(","),
-                Some(other) => other.to_string(),
-            };
-            // A claim value that cannot be a header value (control characters) is not
-            // forwarded rather than forwarded mangled.
-            if let Ok(v) = HeaderValue::from_str(&text) {
-                forward_headers.push((header.clone(), v));
-            }
-        }
-        Ok((scopes.into_boxed_slice(), forward_headers))
-    }
-
-    /// Judges an introspection answer (RFC 7662 section 2.2): `active`, then `token_type`,
-    /// `iss`, `exp`, `nbf`, `aud` (or `client_id`) and the required claims. Returns the
-    /// token to remember, or `None` when it must be refused.
-    fn accept_introspection(
-        &self,
-        intro: &CompiledIntrospection,
-        answer: &Value,
-        now: i64,
-    ) -> Option<VerifiedToken> {
-        let claims = answer.as_object()?;
-        if claims.get("active") != Some(&Value::Bool(true)) {
-            return None;
-        }
-        match claims.get("token_type") {
-            None => {}
-            Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") || t == "access_token" => {}
-            Some(_) => return None,
-        }
-        match claims.get("iss") {
-            None => {}
-            Some(Value::String(i)) if **i == *intro.endpoint.issuer => {}
-            Some(_) => return None,
-        }
-        let number = |name: &str| -> Result<Option<i64>, ()> {
-            match claims.get(name) {
-                None | Some(Value::Null) => Ok(None),
-                Some(v) => v.as_i64().map(Some).ok_or(()),
-            }
-        };
-        let exp = number("exp").ok()?;
-        let nbf = number("nbf").ok()?;
-        let iat = number("iat").ok()?;
-        if exp.is_some_and(|exp| now.saturating_sub(self.clock_skew) >= exp) {
-            return None;
-        }
-        if nbf.is_some_and(|nbf| nbf > now.saturating_add(self.clock_skew)) {
-            return None;
-        }
-        if let Some(max) = self.max_lifetime {
-            match (exp, iat) {
-                (Some(exp), Some(iat)) if exp.saturating_sub(iat) <= max => {}
-                _ => return None,
-            }
-        }
-        let named = |v: &Value| {
-            v.as_str()
-                .is_some_and(|a| intro.audiences.iter().any(|x| x == a))
-        };
-        let aud_ok = match (claims.get("aud"), claims.get("client_id")) {
-            (Some(Value::String(_)), _) => named(&claims["aud"]),
-            (Some(Value::Array(list)), _) => list.iter().any(named),
-            (Some(_), _) => false,
-            (None, Some(c)) => named(c),
-            (None, None) => false,
-        };
-        if !aud_ok {
-            return None;
-        }
-        for c in &self.required_claims {
-            if claims.get(c).is_none_or(Value::is_null) {
-                return None;
-            }
-        }
-        // RFC 7662 names the scope member `scope` (space-separated).
-        let (scopes, forward_headers) = self.scopes_and_headers(claims, "scope").ok()?;
-        Some(VerifiedToken {
-            subject: token::string_claim(claims, "sub").ok()?.map(Box::from),
-            jti: token::string_claim(claims, "jti").ok()?.map(Box::from),
-            issued_at: iat,
-            expires_at: exp.unwrap_or(i64::MAX),
-            key_id: None,
-            scopes,
-            forward_headers,
-        })
-    }
-}
-
-/// Whether a token has the shape of a compact JWS (three dot-separated segments). Used only
-/// in policies that trust both signed JWTs and an introspection endpoint, to choose the
-/// verifier; both verifiers are authoritative, so the shape picks a judge, never a verdict.
-fn looks_like_jws(raw: &str) -> bool {
-    raw.bytes().filter(|b| *b == b'.').count() == 2
-}
-
-// === Snapshot ===
 
 /// Counts describing a snapshot, for `/config` and metrics. No key material.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -370,11 +52,15 @@ pub struct SnapshotStats {
 #[derive(Debug)]
 pub struct Snapshot {
     version: u64,
-    index: RouteIndex,
-    policies: Vec<CompiledPolicy>,
+    pub(crate) index: Arc<RouteIndex>,
+    pub(crate) policies: Vec<CompiledPolicy>,
+    /// The API keys of each policy (same order as `policies`), if it takes any.
+    pub(crate) api_keys: Arc<[Option<Arc<ApiKeyTable>>]>,
+    /// Every header some policy reads API keys from (lower case, deduplicated).
+    api_key_headers: Arc<[HeaderName]>,
     routes: usize,
-    clock: Arc<dyn Clock>,
-    max_token_bytes: usize,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) max_token_bytes: usize,
 }
 
 impl Snapshot {
@@ -387,12 +73,33 @@ impl Snapshot {
     ) -> Self {
         Self {
             version: 0,
-            index,
+            index: Arc::new(index),
             policies,
+            api_keys: Arc::new([]),
+            api_key_headers: Arc::new([]),
             routes,
             clock,
             max_token_bytes,
         }
+    }
+
+    /// Sets the API keys of each policy (same order as the policies).
+    pub(crate) fn set_api_keys(&mut self, tables: Vec<Option<Arc<ApiKeyTable>>>) {
+        let mut headers: Vec<HeaderName> = tables
+            .iter()
+            .flatten()
+            .filter_map(|t| t.header.clone())
+            .collect();
+        headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        headers.dedup();
+        self.api_key_headers = headers.into();
+        self.api_keys = tables.into();
+    }
+
+    /// The request headers some policy reads API keys from (each route reads only its own
+    /// policy's: [`crate::Allow::credential_header`]).
+    pub fn api_key_headers(&self) -> &[HeaderName] {
+        &self.api_key_headers
     }
 
     /// An empty snapshot: every request gets 404.
@@ -420,22 +127,100 @@ impl Snapshot {
     /// Keeps the verified-token and introspection caches of `previous` for policies whose
     /// trust settings (issuers, keys, endpoints, credentials, claim rules) did not change,
     /// so a revocation-only update does not make every token verify again. Revocations are
-    /// checked per request regardless.
+    /// checked per request regardless. A policy that already shares its trust material
+    /// with `previous` (a patched snapshot) shares its caches too and is left as it is.
     pub fn inherit_caches(&mut self, previous: &Snapshot) {
         for p in &mut self.policies {
-            if let Some(old) = previous
+            let Some(old) = previous
                 .policies
                 .iter()
                 .find(|o| o.id == p.id && o.trust_hash == p.trust_hash)
-            {
-                p.cache = old.cache.clone();
-                // Introspection verdicts too: a config push during a provider outage must
-                // not turn every cached opaque token into a 503.
-                if let (Some(new), Some(old)) = (&mut p.introspection, &old.introspection) {
-                    new.cache = old.cache.clone();
-                }
+            else {
+                continue;
+            };
+            if Arc::ptr_eq(&p.trust, &old.trust) {
+                continue;
+            }
+            // Unshared (a fresh compile): changed in place. Shared with a third snapshot:
+            // copied first, so that one keeps its own caches.
+            let trust = Arc::make_mut(&mut p.trust);
+            trust.cache = old.cache.clone();
+            // Introspection verdicts too: a config push during a provider outage must
+            // not turn every cached opaque token into a 503.
+            if let (Some(new), Some(old)) = (&mut trust.introspection, &old.introspection) {
+                new.cache = old.cache.clone();
             }
         }
+    }
+
+    /// This snapshot with the revocations of some policies replaced: for each
+    /// `(policy id, revocations)` (id `namespace/name`, revocations its new
+    /// `spec.revocations`, the whole list), that policy's revocations are compiled anew.
+    /// Everything else is shared with `self`: the route index, every policy's trust
+    /// material and caches (a token verified before stays a cache hit), the API-key
+    /// tables. The version is kept; set the new one with [`Snapshot::with_version`].
+    ///
+    /// Costs the compiling of the given revocations plus a copy of one pointer pair per
+    /// policy, whatever the number of routes: snapshots are patched, not rebuilt.
+    ///
+    /// A malformed entry, or a policy not in this snapshot (it does not exist, or it did
+    /// not compile), is an error as [`crate::compile_with`] reports it (kind
+    /// `TokenPolicy`, the policy's namespace and name, the field path), and no snapshot is
+    /// made: the full compile then decides what the policy becomes.
+    pub fn with_revocations<'a>(
+        &self,
+        changes: impl IntoIterator<Item = (&'a str, &'a [Revocation])>,
+    ) -> Result<Snapshot, Vec<CompileError>> {
+        let mut policies = self.policies.clone();
+        let mut errors = Vec::new();
+        for (id, list) in changes {
+            let (namespace, name) = id.split_once('/').unwrap_or(("", id));
+            let error = |path: String, reason, message: String| CompileError {
+                kind: "TokenPolicy",
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                path,
+                message,
+                reason,
+            };
+            let Some(policy) = policies.iter_mut().find(|p| &*p.id == id) else {
+                errors.push(error(
+                    "metadata.name".into(),
+                    CompileReason::PolicyNotFound,
+                    format!("TokenPolicy {id} is not in the snapshot (missing, or it did not compile): compile the sources in full"),
+                ));
+                continue;
+            };
+            let (set, problems) = RevocationSet::compile(list);
+            if problems.is_empty() {
+                policy.revocations = Arc::new(set);
+            }
+            errors.extend(
+                problems
+                    .into_iter()
+                    .map(|e| error(e.path, CompileReason::InvalidRevocation, e.message)),
+            );
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Snapshot {
+            version: self.version,
+            index: self.index.clone(),
+            policies,
+            api_keys: self.api_keys.clone(),
+            api_key_headers: self.api_key_headers.clone(),
+            routes: self.routes,
+            clock: self.clock.clone(),
+            max_token_bytes: self.max_token_bytes,
+        })
+    }
+
+    /// Whether `self` and `other` share one route index (the same allocation): true of a
+    /// snapshot and the one it was patched from. For tests.
+    #[doc(hidden)]
+    pub fn shares_route_index_with(&self, other: &Snapshot) -> bool {
+        Arc::ptr_eq(&self.index, &other.index)
     }
 
     /// Counts for `/config` and metrics.
@@ -470,277 +255,85 @@ impl Snapshot {
         self.policies.iter().map(|p| &*p.id)
     }
 
-    /// Decides one request.
-    pub fn authorize<'s>(&'s self, req: &RequestParts<'_>) -> Decision<'s> {
-        let deny = |reason, route, fingerprint, cache_hit| {
-            Decision::Deny(Deny {
-                reason,
-                route,
-                fingerprint,
-                cache_hit,
-                missing_scopes: None,
-                refetch: None,
-            })
+    /// The canonical form of a request path: the one path [`Snapshot::authorize`] must be
+    /// given and the upstream must receive. `raw_path` is the path of the request target
+    /// as received (no query).
+    ///
+    /// The path is first normalized with the settings every route can live with (slashes
+    /// merged, `%2F` and `;` kept) to find the route; if that route (or, with no route,
+    /// the defaults) asks for other settings, the raw path is normalized again with them,
+    /// and the route that path leads to must ask for the same settings. So a route's
+    /// relaxed settings apply only to paths that end up on it, and the path decided on is
+    /// always the path normalized under the settings of the route that decides it.
+    pub fn canonical_target<'r>(
+        &self,
+        host: &str,
+        method: &str,
+        raw_path: &'r str,
+    ) -> Result<std::borrow::Cow<'r, str>, crate::target::TargetError> {
+        use crate::target::{EscapedSlashes, PathOptions, Semicolons, TargetError, canonical_path};
+        let options_at = |path: &str| {
+            self.index
+                .lookup(host, path, method)
+                .map_or_else(PathOptions::default, |r| r.info.path_options)
         };
-        if let Some(q) = req.query
-            && query_has_token(q)
-        {
-            return deny(DenyReason::TokenInQuery, None, None, false);
+        let first = canonical_path(raw_path, &PathOptions::LENIENT)?;
+        if let std::borrow::Cow::Borrowed(_) = first {
+            // Already canonical with no `%`, `;`, `//` or dot segment: canonical under
+            // every setting, so no route can want it otherwise (the hot path: one scan).
+            return Ok(first);
         }
-        let Some(rule) = self.index.lookup(req.host, req.path, req.method) else {
-            return deny(DenyReason::NoRoute, None, None, false);
-        };
-        let route = Some(&rule.info);
-        let policy = match &rule.requirement {
-            Requirement::Public => {
-                return Decision::Allow(Allow {
-                    route: &rule.info,
-                    token: None,
-                    fingerprint: None,
-                    cache_hit: false,
-                });
-            }
-            Requirement::Token { policy, .. } => &self.policies[*policy],
-        };
-        let raw = match bearer_token(req.authorization) {
-            Ok(t) => t,
-            Err(reason) => return deny(reason, route, None, false),
-        };
-        if raw.len() > self.max_token_bytes {
-            return deny(DenyReason::TokenTooLarge, route, None, false);
-        }
-        let digest = token_digest(raw);
-        let fp = Some(digest.fingerprint());
-        let now = self.clock.now();
-
-        if let Some(intro) = &policy.introspection
-            && (policy.issuers.is_empty() || !looks_like_jws(raw))
-        {
-            return match intro.cache.inner.get(&digest.0) {
-                Some(v) if now < v.until => match v.token {
-                    Some(t) if now.saturating_sub(policy.clock_skew) < t.expires_at => {
-                        finish(rule, policy, t, digest, true, now)
-                    }
-                    Some(_) => deny(DenyReason::Expired, route, fp, true),
-                    None => deny(DenyReason::InactiveToken, route, fp, true),
-                },
-                _ => Decision::Introspect(Introspect {
-                    route: &rule.info,
-                    endpoint: &intro.endpoint,
-                    digest,
-                    policy: rule_policy(rule),
-                    rule,
-                }),
-            };
-        }
-
-        let (verified, cache_hit) = match policy.cache.inner.get(&digest.0) {
-            Some(t) if now.saturating_sub(policy.clock_skew) < t.expires_at => (t, true),
-            Some(_) => {
-                policy.cache.inner.remove(&digest.0);
-                return deny(DenyReason::Expired, route, fp, true);
-            }
-            None => match policy.verify(raw, now) {
-                Ok(t) => {
-                    let t = Arc::new(t);
-                    policy.cache.inner.insert(digest.0, t.clone());
-                    (t, false)
-                }
-                Err(DenyReason::UnknownKey) => {
-                    return Decision::Deny(Deny {
-                        reason: DenyReason::UnknownKey,
-                        route,
-                        fingerprint: fp,
-                        cache_hit: false,
-                        missing_scopes: None,
-                        refetch: policy.refetch_for(raw),
-                    });
-                }
-                Err(reason) => return deny(reason, route, fp, false),
-            },
-        };
-        finish(rule, policy, verified, digest, cache_hit, now)
-    }
-
-    /// Decides a request that [`Snapshot::authorize`] sent to introspection, given the
-    /// endpoint's answer (`Err` when it could not be reached or answered garbage). The
-    /// verdict is cached: an active token until `min(cacheTTL, exp)`, an inactive one for
-    /// `negativeCacheTTL`; an unreachable endpoint is not cached and gives 503.
-    pub fn complete_introspection<'s>(
-        &'s self,
-        pending: &Introspect<'s>,
-        answer: Result<&Value, ()>,
-    ) -> Decision<'s> {
-        let policy = &self.policies[pending.policy];
-        let route = Some(pending.route);
-        let fp = Some(pending.digest.fingerprint());
-        let Some(intro) = &policy.introspection else {
-            return Decision::Deny(Deny {
-                reason: DenyReason::InactiveToken,
-                route,
-                fingerprint: fp,
-                cache_hit: false,
-                missing_scopes: None,
-                refetch: None,
-            });
-        };
-        let now = self.clock.now();
-        let deny = |reason| {
-            Decision::Deny(Deny {
-                reason,
-                route,
-                fingerprint: fp,
-                cache_hit: false,
-                missing_scopes: None,
-                refetch: None,
-            })
-        };
-        let Ok(answer) = answer else {
-            return deny(DenyReason::IntrospectionUnavailable);
-        };
-        match policy.accept_introspection(intro, answer, now) {
-            Some(t) => {
-                let until = now.saturating_add(intro.cache_ttl).min(t.expires_at);
-                let t = Arc::new(t);
-                intro.cache.inner.insert(
-                    pending.digest.0,
-                    IntrospectionVerdict {
-                        token: Some(t.clone()),
-                        until,
-                    },
-                );
-                finish(pending.rule, policy, t, pending.digest, false, now)
-            }
-            None => {
-                intro.cache.inner.insert(
-                    pending.digest.0,
-                    IntrospectionVerdict {
-                        token: None,
-                        until: now.saturating_add(intro.negative_ttl),
-                    },
-                );
-                deny(DenyReason::InactiveToken)
-            }
-        }
-    }
-}
-
-fn rule_policy(rule: &CompiledRule) -> usize {
-    match &rule.requirement {
-        Requirement::Token { policy, .. } => *policy,
-        Requirement::Public => 0,
-    }
-}
-
-/// Revocations and scopes: checked on every request, whichever way the token was judged
-/// and whether or not the verdict came from a cache.
-fn finish<'s>(
-    rule: &'s CompiledRule,
-    policy: &CompiledPolicy,
-    verified: Arc<VerifiedToken>,
-    digest: TokenDigest,
-    cache_hit: bool,
-    now: i64,
-) -> Decision<'s> {
-    let route = Some(&rule.info);
-    let fp = Some(digest.fingerprint());
-    let Requirement::Token { all, any, .. } = &rule.requirement else {
-        return Decision::Allow(Allow {
-            route: &rule.info,
-            token: None,
-            fingerprint: None,
-            cache_hit: false,
-        });
-    };
-    if let Err(reason) = policy.revocations.check(&digest, &verified, now) {
-        return Decision::Deny(Deny {
-            reason,
-            route,
-            fingerprint: fp,
-            cache_hit,
-            missing_scopes: None,
-            refetch: None,
-        });
-    }
-    let missing: Vec<&str> = all
-        .iter()
-        .filter(|s| !verified.has_scope(s))
-        .map(|s| &**s)
-        .collect();
-    let any_ok = any.is_empty() || any.iter().any(|s| verified.has_scope(s));
-    if !missing.is_empty() || !any_ok {
-        let mut scopes = missing;
-        if !any_ok {
-            scopes.extend(any.iter().map(|s| &**s));
-        }
-        return Decision::Deny(Deny {
-            reason: DenyReason::InsufficientScope,
-            route,
-            fingerprint: fp,
-            cache_hit,
-            missing_scopes: Some(scopes.join(" ")),
-            refetch: None,
-        });
-    }
-    Decision::Allow(Allow {
-        route: &rule.info,
-        token: Some(verified),
-        fingerprint: fp,
-        cache_hit,
-    })
-}
-
-/// Whether the query carries an `access_token` parameter (RFC 6750 section 2.3), which
-/// Portcullis refuses: URLs end up in logs and Referer headers.
-fn query_has_token(query: &str) -> bool {
-    query.split('&').any(|pair| {
-        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        name.eq_ignore_ascii_case("access_token") || name.eq_ignore_ascii_case("access%5Ftoken")
-    })
-}
-
-/// Extracts the token from `Authorization: Bearer <token>` (scheme case-insensitive),
-/// checking it is a well-formed `b64token` (RFC 6750 section 2.1).
-pub fn bearer_token(h: AuthorizationHeader<'_>) -> Result<&str, DenyReason> {
-    let raw = match h {
-        AuthorizationHeader::Absent => return Err(DenyReason::MissingToken),
-        AuthorizationHeader::Duplicated => return Err(DenyReason::DuplicateHeader),
-        AuthorizationHeader::One(raw) => raw,
-    };
-    let Some(sp) = raw.iter().position(|b| *b == b' ') else {
-        return Err(if raw.eq_ignore_ascii_case(b"bearer") {
-            DenyReason::MalformedHeader
+        let wanted = options_at(&first);
+        let second = if wanted == PathOptions::LENIENT {
+            first
         } else {
-            DenyReason::UnsupportedScheme
-        });
-    };
-    if !raw[..sp].eq_ignore_ascii_case(b"bearer") {
-        return Err(DenyReason::UnsupportedScheme);
+            canonical_path(raw_path, &wanted)?
+        };
+        let rule = self.index.lookup(host, &second, method);
+        let wanted_here = rule.map_or_else(PathOptions::default, |r| r.info.path_options);
+        if wanted_here != wanted {
+            return Err(TargetError::Ambiguous);
+        }
+        // A relaxed setting keeps something a backend may still resolve away (merge the
+        // `//`, decode the `%2F`, strip the `;params`) in the path it is sent. Whatever the
+        // backend does, it must land on the rule that decided: otherwise the request is
+        // ambiguous and refused. (Found by the route fuzz target: variants of the raw path
+        // instead of the forwarded one let `/pub//private//..` through as `/pub//private/`,
+        // which a merging backend serves as the protected `/pub/private/`.)
+        let same_rule = |variant: &str| match (rule, self.index.lookup(host, variant, method)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        // The backend resolves the path it is sent, so the variants are of `second`.
+        let holds = |options: PathOptions| match canonical_path(&second, &options) {
+            Ok(variant) => variant == second || same_rule(&variant),
+            Err(_) => false,
+        };
+        if !wanted.merge_slashes
+            && second.contains("//")
+            && !holds(PathOptions {
+                merge_slashes: true,
+                ..wanted
+            })
+        {
+            return Err(TargetError::Ambiguous);
+        }
+        if wanted.escaped_slashes == EscapedSlashes::Keep
+            && (second.contains("%2F") || second.contains("%5C"))
+            && !holds(PathOptions {
+                escaped_slashes: EscapedSlashes::Decode,
+                ..wanted
+            })
+        {
+            return Err(TargetError::Ambiguous);
+        }
+        if wanted.semicolons == Semicolons::Keep
+            && second.contains(';')
+            && !same_rule(&crate::target::strip_path_parameters(&second))
+        {
+            return Err(TargetError::Ambiguous);
+        }
+        Ok(second)
     }
-    let token = raw[sp..].trim_ascii_start();
-    // b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
-    let padding = token.iter().rev().take_while(|b| **b == b'=').count();
-    let body = &token[..token.len() - padding];
-    // Every byte of every token passes here, cached or not: a fold without early exit, so
-    // the compiler vectorizes it (a per-byte `all` with a set lookup cost about 1 µs for a
-    // typical RS256 token, more than the SHA-256 that follows).
-    let valid = !body.is_empty() && body.iter().fold(true, |ok, &b| ok & is_b64token_char(b));
-    if !valid {
-        return Err(DenyReason::MalformedHeader);
-    }
-    std::str::from_utf8(token).map_err(|_| DenyReason::MalformedHeader)
-}
-
-/// Whether `b` may appear in a `b64token` before its `=` padding (RFC 6750 section 2.1).
-#[inline(always)]
-fn is_b64token_char(b: u8) -> bool {
-    // Branch-free: `b | 0x20` folds A-Z onto a-z and maps no other byte into a-z.
-    ((b | 0x20).wrapping_sub(b'a') < 26)
-        | (b.wrapping_sub(b'0') < 10)
-        | (b == b'-')
-        | (b == b'.')
-        | (b == b'_')
-        | (b == b'~')
-        | (b == b'+')
-        | (b == b'/')
 }

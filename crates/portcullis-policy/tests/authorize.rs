@@ -29,7 +29,7 @@ fn outcome(d: Decision<'_>) -> Outcome {
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
             .collect()),
         Decision::Deny(d) => Err((d.status(), d.reason, d.www_authenticate())),
-        Decision::Introspect(_) => panic!("no introspection in these fixtures"),
+        Decision::Pending(_) => panic!("no introspection in these fixtures"),
     }
 }
 
@@ -190,7 +190,7 @@ fn malformed_authorization_header_is_400_invalid_request() {
 fn duplicated_authorization_header_is_400() {
     let f = standard();
     let mut req = RequestParts::new("GET", HOST, "/orders");
-    req.authorization = AuthorizationHeader::Duplicated;
+    req.credentials.authorization = AuthorizationHeader::Duplicated;
     let (status, reason, _) = outcome(f.snapshot.authorize(&req)).unwrap_err();
     assert_eq!((status, reason), (400, DenyReason::DuplicateHeader));
 }

@@ -6,6 +6,7 @@ mod support;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
+use portcullis_api::validate::cel_errors;
 use portcullis_api::{ApiRoute, TokenPolicy};
 use portcullis_policy::{
     CompileError, CompileOptions, Decision, DenyReason, ManualClock, RequestParts, Snapshot,
@@ -17,10 +18,16 @@ use support::*;
 // === helpers ===
 
 fn opts(validate_cel: bool) -> CompileOptions {
-    CompileOptions {
+    let options = CompileOptions {
         clock: Arc::new(ManualClock::new(NOW)),
         validate_cel,
         ..Default::default()
+    };
+    // As standalone mode honours the flag: the CRDs' CEL rules run before the compiler's.
+    if validate_cel {
+        options.with_spec_rules(cel_errors::<ApiRoute>, cel_errors::<TokenPolicy>)
+    } else {
+        options
     }
 }
 
@@ -67,7 +74,7 @@ fn hit(s: &Snapshot, method: &str, host: &str, path: &str) -> Result<(String, us
     match s.authorize(&RequestParts::new(method, host, path)) {
         Decision::Allow(a) => Ok((a.route.id.to_string(), a.route.rule)),
         Decision::Deny(d) => Err(d.reason),
-        Decision::Introspect(_) => panic!("no introspection configured"),
+        Decision::Pending(_) => panic!("no introspection configured"),
     }
 }
 
@@ -94,7 +101,7 @@ fn error_display_is_kind_namespace_name_path_message() {
     assert_eq!(errors.len(), 1, "{errors:#?}");
     let e = &errors[0];
     assert_eq!(
-        (e.kind, &*e.namespace, &*e.name, &*e.path, e.reason),
+        (e.kind, &*e.namespace, &*e.name, &*e.path, e.reason.as_str()),
         (
             "ApiRoute",
             "shop",
@@ -291,7 +298,7 @@ fn ref_errors_are_told_apart_from_spec_errors() {
     assert!(policy_error.is_ref_error());
     let route_error = errors_of(&errors, "ApiRoute", "orders")[0];
     assert_eq!(
-        (&*route_error.path, route_error.reason),
+        (&*route_error.path, route_error.reason.as_str()),
         ("spec.policyRef.name", "PolicyNotReady")
     );
     assert!(route_error.is_ref_error());
@@ -331,7 +338,7 @@ fn bad_objects_are_left_out_and_the_rest_compiles() {
     let reasons = |kind, name| -> Vec<&str> {
         errors_of(&errors, kind, name)
             .iter()
-            .map(|e| e.reason)
+            .map(|e| e.reason.as_str())
             .collect()
     };
     assert_eq!(reasons("TokenPolicy", "broken"), ["Invalid"], "{errors:#?}");
@@ -410,6 +417,11 @@ fn exact_host_beats_wildcard_which_matches_one_label() {
     assert_eq!(route_of("a.api.example.com"), Err(DenyReason::NoRoute));
     assert_eq!(route_of("shopexample.com"), Err(DenyReason::NoRoute));
     assert_eq!(route_of("shop.example.org"), Err(DenyReason::NoRoute));
+    // `*` is one label and a label is never empty (RFC 1035 §2.3.1); found by the
+    // route fuzz target as `.example.com.`.
+    assert_eq!(route_of(".example.com"), Err(DenyReason::NoRoute));
+    assert_eq!(route_of(".example.com."), Err(DenyReason::NoRoute));
+    assert_eq!(route_of(".example.com:443"), Err(DenyReason::NoRoute));
 }
 
 #[test]
@@ -617,7 +629,7 @@ fn conflicting_rules_go_to_the_older_route() {
         assert_eq!(errors.len(), 2, "{errors:#?}");
         for (i, e) in errors.iter().enumerate() {
             assert_eq!(
-                (e.kind, &*e.name, e.reason),
+                (e.kind, &*e.name, e.reason.as_str()),
                 ("ApiRoute", "alpha", "RuleConflict")
             );
             assert_eq!(e.path, format!("spec.rules[{i}].match"));
@@ -819,7 +831,7 @@ fn jwks_uri_needs_fetched_keys() {
     let e = errors_of(&errors, "TokenPolicy", "default");
     assert_eq!(e.len(), 1, "{errors:#?}");
     assert_eq!(
-        (&*e[0].path, e[0].reason),
+        (&*e[0].path, e[0].reason.as_str()),
         ("spec.issuers[0].jwks.uri", "KeysNotFetched")
     );
     assert!(e[0].is_ref_error());
@@ -846,9 +858,13 @@ fn jwks_uri_needs_fetched_keys() {
     // A key not in the fetched set is unknown.
     let h = format!("Bearer {}", mint(&k.rsa2, &claims()));
     let req = RequestParts::new("GET", "api.example.com", "/orders").with_authorization(&h);
-    let Decision::Deny(d) = s.authorize(&req) else {
-        panic!()
+    // The keys are fetched: the decision waits for a refetch, and with nothing new the
+    // key stays unknown.
+    let d = match s.authorize(&req) {
+        Decision::Pending(p) => s.resume(&req, &p.need, portcullis_policy::Answer::KeysUnchanged),
+        d => d,
     };
+    let Decision::Deny(d) = d else { panic!() };
     assert_eq!(d.reason, DenyReason::UnknownKey);
 
     // A fetched document that is not a key set is an InvalidKeys error on the uri.
@@ -859,7 +875,7 @@ fn jwks_uri_needs_fetched_keys() {
     let (_, errors) = compile_with(&options, &[route()], &[p], &[]);
     let e = errors_of(&errors, "TokenPolicy", "default");
     assert_eq!(
-        (&*e[0].path, e[0].reason),
+        (&*e[0].path, e[0].reason.as_str()),
         ("spec.issuers[0].jwks.uri", "InvalidKeys")
     );
     assert!(!e[0].is_ref_error());
@@ -936,4 +952,93 @@ fn keys_unfit_for_the_algorithms_are_not_counted() {
     p.spec.issuers[0].algorithms = vec!["ES256".into()];
     let f = build(&[route()], &[p], &[]);
     assert_eq!(f.snapshot.stats().keys, 1);
+}
+
+// === (g) checks the caller supplies ===
+
+/// The compiler holds no CEL evaluator: the CRDs' rules run only when the caller passes
+/// them (standalone mode does). What they reject is reported with the rule's field and
+/// message and left out, and a route using a rejected policy says `PolicyNotReady`.
+#[test]
+fn spec_rules_run_only_when_the_caller_passes_them() {
+    // Each passes the compiler's own checks and breaks a CRD rule: `BREW` is upper case
+    // but not an HTTP method; `X_User` is a header name but not one the CRD allows.
+    let mut r = route();
+    r.spec.rules[0].matches.methods = vec!["BREW".into()];
+    let mut p = policy();
+    p.spec.forward_claims = [("sub".to_owned(), "X_User".to_owned())].into();
+
+    // `validate_cel` alone runs nothing: it tells the caller what to pass.
+    let plain = CompileOptions {
+        validate_cel: true,
+        ..opts(false)
+    };
+    assert!(plain.spec_rules.is_none());
+    let (_, errors) = compile_with(&plain, &[r], &[p.clone()], &[]);
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    let (s, errors) = run(true, &[route()], &[p], &[]);
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    let e = errors_of(&errors, "TokenPolicy", "default");
+    assert_eq!(
+        (&*e[0].path, e[0].reason.as_str()),
+        ("spec.forwardClaims", "Invalid")
+    );
+    assert!(
+        e[0].message
+            .starts_with("forwardClaims values must be HTTP header names"),
+        "{}",
+        e[0]
+    );
+    let e = errors_of(&errors, "ApiRoute", "orders");
+    assert_eq!(
+        (&*e[0].path, e[0].reason.as_str()),
+        ("spec.policyRef.name", "PolicyNotReady")
+    );
+    assert!(e[0].message.contains("forwardClaims values"), "{}", e[0]);
+    assert_eq!(s.stats().routes + s.stats().policies, 0);
+
+    // The route's own rule, with a policy that passes.
+    let mut r = route();
+    r.spec.rules[0].matches.methods = vec!["BREW".into()];
+    let (_, errors) = run(true, &[r], &[policy()], &[]);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(
+        (&*errors[0].path, errors[0].reason.as_str()),
+        ("spec.rules[0].match.methods", "Invalid")
+    );
+    assert!(
+        errors[0]
+            .message
+            .starts_with("methods must be upper-case HTTP methods"),
+        "{}",
+        errors[0]
+    );
+}
+
+/// Any caller-supplied check takes part the same way: here one that refuses a name.
+#[test]
+fn spec_rules_are_any_checks_the_caller_supplies() {
+    fn no_legacy_routes(r: &ApiRoute) -> Vec<portcullis_api::validate::FieldViolation> {
+        match r.metadata.name.as_deref() {
+            Some("legacy") => vec![portcullis_api::validate::FieldViolation {
+                path: "metadata.name".into(),
+                message: "legacy routes are retired".into(),
+            }],
+            _ => Vec::new(),
+        }
+    }
+    fn anything_goes(_: &TokenPolicy) -> Vec<portcullis_api::validate::FieldViolation> {
+        Vec::new()
+    }
+    let options = opts(false).with_spec_rules(no_legacy_routes, anything_goes);
+    let legacy = api_route("legacy", &["old.example.com"], json!([public("path", "/")]));
+    let (s, errors) = compile_with(&options, &[route(), legacy], &[policy()], &[]);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(
+        errors[0].to_string(),
+        "ApiRoute shop/legacy: metadata.name: legacy routes are retired"
+    );
+    assert_eq!(errors[0].reason, "Invalid");
+    assert_eq!(s.stats().routes, 1);
 }

@@ -102,18 +102,28 @@ fn answer() -> impl Strategy<Value = Value> {
     })
 }
 
+/// A fixed seed: the same cases on every run and every machine, so a clean clone's test
+/// command cannot fail at random (failures found while developing are kept in the
+/// committed `proptest-regressions/` files and replayed first).
+fn fixed(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_9023),
+        ..ProptestConfig::with_cases(cases)
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(fixed(2000))]
 
     #[test]
     fn an_introspection_answer_is_accepted_only_when_it_says_so(answer in answer()) {
         let s = snapshot();
         let h = fresh_token();
         let req = RequestParts::new("GET", "api.example.com", "/me").with_authorization(&h);
-        let Decision::Introspect(pending) = s.authorize(&req) else {
+        let Decision::Pending(pending) = s.authorize(&req) else {
             panic!("expected introspection")
         };
-        if s.complete_introspection(&pending, Ok(&answer)).is_allow() {
+        if s.resume(&req, &pending.need, portcullis_policy::Answer::Introspection(Ok(&answer))).is_allow() {
             prop_assert_eq!(&answer["active"], &json!(true));
             prop_assert!(answer.get("iss").is_none_or(|i| i == ISSUER));
             let aud_ok = match answer.get("aud") {

@@ -115,21 +115,24 @@ fn answer(extra: Value) -> Value {
 /// final outcome (status or 200) and whether an introspection was asked for.
 fn opaque(s: &Snapshot, path: &str, token: &str, answer: Result<&Value, ()>) -> (u16, bool) {
     let h = format!("Bearer {token}");
-    match get(s, path, &h) {
-        Decision::Introspect(pending) => {
-            assert!(
-                pending
-                    .endpoint
-                    .url
-                    .starts_with("https://auth.example.com/")
-            );
-            assert_eq!(&*pending.endpoint.client_id, "gateway");
-            assert_eq!(&*pending.endpoint.client_secret, "s3cret");
-            assert_eq!(pending.digest, token_digest(token));
-            match s.complete_introspection(&pending, answer) {
+    let req = RequestParts::new("GET", HOST, path).with_authorization(&h);
+    match s.authorize(&req) {
+        Decision::Pending(pending) => {
+            let portcullis_policy::Need::Introspection { endpoint, digest } = &pending.need else {
+                panic!("{pending:?}")
+            };
+            assert!(endpoint.url.starts_with("https://auth.example.com/"));
+            assert_eq!(&*endpoint.client_id, "gateway");
+            assert_eq!(&*endpoint.client_secret, "s3cret");
+            assert_eq!(*digest, token_digest(token));
+            match s.resume(
+                &req,
+                &pending.need,
+                portcullis_policy::Answer::Introspection(answer),
+            ) {
                 Decision::Allow(_) => (200, true),
                 Decision::Deny(d) => (d.status(), true),
-                Decision::Introspect(_) => panic!("introspection asked twice"),
+                Decision::Pending(_) => panic!("introspection asked twice"),
             }
         }
         Decision::Allow(_) => (200, false),
@@ -140,6 +143,11 @@ fn opaque(s: &Snapshot, path: &str, token: &str, answer: Result<&Value, ()>) -> 
 fn deny_reason(d: Decision<'_>) -> DenyReason {
     match d {
         Decision::Deny(d) => d.reason,
+        // An unknown kid of fetched keys waits for a refetch; when it brings nothing new
+        // (as here, no new document), the answer is unknown_key.
+        Decision::Pending(p) if matches!(p.need, portcullis_policy::Need::Keys(_)) => {
+            DenyReason::UnknownKey
+        }
         other => panic!("expected a denial, got {other:?}"),
     }
 }
@@ -208,9 +216,10 @@ fn an_unknown_kid_from_a_fetched_set_carries_a_refetch_hint() {
     let e = env(discovery_policy(), &[(&url, json!({"keys": [k.rsa.jwk]}))]);
     let t = format!("Bearer {}", mint(&k.rsa2, &claims()));
     match get(&e.snapshot, "/orders/1", &t) {
-        Decision::Deny(d) => {
-            assert_eq!(d.reason, DenyReason::UnknownKey);
-            let r = d.refetch.expect("a refetch hint");
+        Decision::Pending(p) => {
+            let portcullis_policy::Need::Keys(r) = p.need else {
+                panic!("{p:?}")
+            };
             assert_eq!(&*r.url, url);
             assert_eq!(&*r.issuer, ISSUER);
             assert_eq!(r.min_interval, Duration::from_secs(5));
@@ -226,7 +235,6 @@ fn an_unknown_kid_from_a_fetched_set_carries_a_refetch_hint() {
     match get(&e.snapshot, "/orders/1", &format!("Bearer {forged}")) {
         Decision::Deny(d) => {
             assert_eq!(d.reason, DenyReason::BadSignature);
-            assert!(d.refetch.is_none());
         }
         other => panic!("{other:?}"),
     }
@@ -240,7 +248,6 @@ fn an_unknown_kid_from_a_fetched_set_carries_a_refetch_hint() {
     ) {
         Decision::Deny(d) => {
             assert_eq!(d.reason, DenyReason::UnknownKey);
-            assert!(d.refetch.is_none());
         }
         other => panic!("{other:?}"),
     }
@@ -448,7 +455,7 @@ fn introspection_verdicts_survive_a_config_push_that_keeps_the_endpoint() {
     let h = "Bearer kept";
     assert!(matches!(
         get(&third.snapshot, "/orders/1", h),
-        Decision::Introspect(_)
+        Decision::Pending(_)
     ));
 }
 
@@ -492,7 +499,7 @@ fn inactive_and_unfit_answers_are_refused_and_negatively_cached() {
         );
         e.clock.advance(11);
         assert!(
-            matches!(get(&e.snapshot, "/orders/1", &h), Decision::Introspect(_)),
+            matches!(get(&e.snapshot, "/orders/1", &h), Decision::Pending(_)),
             "{name}"
         );
     }
@@ -520,10 +527,15 @@ fn inactive_and_unfit_answers_are_refused_and_negatively_cached() {
 fn an_unreachable_endpoint_gives_503_and_is_not_cached() {
     let e = env(policy_with(introspection_issuer(false)), &[]);
     let h = "Bearer unjudged";
-    let Decision::Introspect(pending) = get(&e.snapshot, "/orders/1", h) else {
+    let req = RequestParts::new("GET", HOST, "/orders/1").with_authorization(h);
+    let Decision::Pending(pending) = e.snapshot.authorize(&req) else {
         panic!("expected introspection")
     };
-    match e.snapshot.complete_introspection(&pending, Err(())) {
+    match e.snapshot.resume(
+        &req,
+        &pending.need,
+        portcullis_policy::Answer::Introspection(Err(())),
+    ) {
         Decision::Deny(d) => {
             assert_eq!(d.reason, DenyReason::IntrospectionUnavailable);
             assert_eq!(d.status(), 503);
@@ -533,7 +545,7 @@ fn an_unreachable_endpoint_gives_503_and_is_not_cached() {
     }
     assert!(matches!(
         get(&e.snapshot, "/orders/1", h),
-        Decision::Introspect(_)
+        Decision::Pending(_)
     ));
 }
 
@@ -581,11 +593,11 @@ fn with_both_judges_the_token_shape_picks_one_and_a_jws_never_reaches_the_endpoi
     // Anything else goes to the endpoint.
     assert!(matches!(
         get(&e.snapshot, "/orders/1", "Bearer opaque.two"),
-        Decision::Introspect(_)
+        Decision::Pending(_)
     ));
     assert!(matches!(
         get(&e.snapshot, "/orders/1", "Bearer opaque"),
-        Decision::Introspect(_)
+        Decision::Pending(_)
     ));
 }
 
@@ -625,4 +637,78 @@ fn introspection_config_errors_name_the_field() {
         errors.iter().any(|e| e.contains("at most one issuer")),
         "{errors:?}"
     );
+}
+
+/// A discovery source whose first fetch is under way (its key, as `remote_sources` names
+/// it, in `pending_jwks`) makes the policy wait (`KeysPending`) and its routes wait
+/// (`PolicyPending`): waits, reported under ResolvedRefs, not faults. Once the document is
+/// there, it compiles.
+#[test]
+fn a_source_pending_its_first_fetch_is_a_wait_not_a_fault() {
+    let policy = discovery_policy();
+    let sources = remote_sources(std::slice::from_ref(&policy), &[]);
+    assert_eq!(sources.len(), 1);
+    assert_eq!(sources[0].key, disc_key());
+
+    let clock = Arc::new(ManualClock::new(NOW));
+    let mut opts = options(&clock);
+    opts.pending_jwks.insert(sources[0].key.clone());
+    let (snapshot, errors) = compile_with(&opts, &[route()], std::slice::from_ref(&policy), &[]);
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    let (p, r) = (&errors[0], &errors[1]);
+    assert_eq!(
+        (p.kind, &*p.path, p.reason.as_str()),
+        (
+            "TokenPolicy",
+            "spec.issuers[0].jwks.discovery",
+            "KeysPending"
+        )
+    );
+    assert!(p.message.contains(&discovery_url(ISSUER)), "{p}");
+    assert!(p.message.contains("not been fetched yet"), "{p}");
+    assert_eq!(
+        (r.kind, &*r.path, r.reason.as_str()),
+        ("ApiRoute", "spec.policyRef.name", "PolicyPending")
+    );
+    assert!(r.message.contains("not usable yet"), "{r}");
+    for e in &errors {
+        assert!(e.is_pending() && e.is_ref_error(), "{e}");
+    }
+    assert_eq!(snapshot.stats().policies, 0);
+
+    // The same source with no fetch under way (failed, or nothing fetches it) is a fault.
+    opts.pending_jwks.clear();
+    let (_, errors) = compile_with(&opts, &[route()], std::slice::from_ref(&policy), &[]);
+    let reasons: Vec<&str> = errors.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(reasons, ["KeysNotFetched", "PolicyNotReady"], "{errors:#?}");
+    assert!(errors.iter().all(|e| !e.is_pending()));
+
+    // Fetched: the pending mark no longer matters.
+    opts.pending_jwks.insert(disc_key());
+    opts.remote_jwks
+        .insert(disc_key(), json!({"keys": [keys().rsa.jwk]}));
+    let (snapshot, errors) = compile_with(&opts, &[route()], &[policy], &[]);
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(snapshot.stats().policies, 1);
+}
+
+/// A policy that waits for one source but is also wrong elsewhere is a fault: its routes
+/// say `PolicyNotReady`, naming the fault rather than the wait.
+#[test]
+fn a_wait_beside_a_fault_is_a_fault() {
+    let mut policy = discovery_policy();
+    policy.spec.clock_skew = Some("soon".into());
+    let clock = Arc::new(ManualClock::new(NOW));
+    let mut opts = options(&clock);
+    opts.pending_jwks.insert(disc_key());
+    let (_, errors) = compile_with(&opts, &[route()], &[policy], &[]);
+    let reasons: Vec<&str> = errors.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        ["KeysPending", "InvalidDuration", "PolicyNotReady"],
+        "{errors:#?}"
+    );
+    let route_error = &errors[2];
+    assert!(!route_error.is_pending());
+    assert!(route_error.message.contains("soon"), "{route_error}");
 }

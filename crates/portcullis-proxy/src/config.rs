@@ -68,8 +68,15 @@ impl LiveConfig {
         self.loaded.load(Ordering::Acquire)
     }
 
-    /// Puts `snapshot` in force, keeping the verified-token caches that still apply.
-    pub fn apply(&self, mut snapshot: Snapshot, sources: Vec<String>, errors: Vec<String>) {
+    /// Puts `snapshot` in force, keeping the verified-token caches that still apply, and
+    /// returns it as it is now served: what the next revocation-only update patches
+    /// ([`Snapshot::with_revocations`]).
+    pub fn apply(
+        &self,
+        mut snapshot: Snapshot,
+        sources: Vec<String>,
+        errors: Vec<String>,
+    ) -> Arc<Snapshot> {
         let previous = self.snapshot.load();
         snapshot.inherit_caches(&previous);
         let now = SystemTime::now()
@@ -88,9 +95,11 @@ impl LiveConfig {
             errors,
         }));
         let version = snapshot.version();
-        self.snapshot.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        self.snapshot.store(snapshot.clone());
         self.loaded.store(true, Ordering::Release);
         self.changed.send_replace(version);
+        snapshot
     }
 
     /// Records load errors without changing the snapshot in force.

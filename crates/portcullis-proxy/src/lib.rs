@@ -4,8 +4,9 @@
 //!  client ──▶ server (h1 / h2c / TLS+ALPN h2) ──▶ Pipeline::handle
 //!                                                 ├─ limits (431)
 //!                                                 ├─ Snapshot::authorize (404/400/401/403)
-//!                                                 ├─ forward: pooled client, timeouts (502/504), streaming bodies
-//!                                                 └─ finish: metrics + access log, once
+//!                                                 ├─ forward: body filters, pooled client, per-route timeouts (502/504)
+//!                                                 └─ RequestLog drop guard: metrics + access log, once
+//!                                                    (at the end, when a streamed body ends, or on 499)
 //!  LiveConfig (ArcSwap<Snapshot>) ◀── standalone::run (manifest dir watch) | controller stream
 //!  admin port: /metrics /healthz /readyz /config
 //! ```
@@ -48,6 +49,11 @@ pub struct StandaloneOptions {
     pub compile: portcullis_policy::CompileOptions,
     /// How long a request whose token has an unknown `kid` waits for refetched keys.
     pub unknown_kid_hold: Duration,
+    /// Whether an unknown `kid` triggers a refetch of its key set (rate-limited per source);
+    /// independent of the hold: with a zero hold the refetch is still sent.
+    pub unknown_kid_refetch: bool,
+    /// Body filters for the routes they choose (none by default).
+    pub body_filters: Option<Arc<dyn pipeline::BodyFilters>>,
 }
 
 impl StandaloneOptions {
@@ -62,6 +68,8 @@ impl StandaloneOptions {
             debounce: Duration::from_millis(50),
             compile: Default::default(),
             unknown_kid_hold: Duration::from_secs(1),
+            unknown_kid_refetch: true,
+            body_filters: None,
         }
     }
 }
@@ -97,15 +105,15 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
 }
 
-/// Binds both ports and serves them with `config`, which something else keeps current.
+/// Binds both ports and serves them: the proxy port through `pipeline`, whose `config`
+/// something else keeps current.
 async fn serve(
+    pipeline: Pipeline,
     config: Arc<LiveConfig>,
     metrics: Metrics,
     listen: SocketAddr,
     admin: SocketAddr,
     tls: Option<&(PathBuf, PathBuf)>,
-    limits: &Limits,
-    keys: Arc<keywait::KeyWaiter>,
 ) -> Result<Running, StartError> {
     let tls = match tls {
         Some((cert, key)) => Some(tls::acceptor(cert.clone(), key.clone())?),
@@ -116,9 +124,7 @@ async fn serve(
     let proxy_addr = proxy.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let (shutdown, rx) = watch::channel(false);
-    let pipeline = Arc::new(
-        Pipeline::new(config.clone(), metrics.clone(), limits.clone()).with_key_waiter(keys),
-    );
+    let pipeline = Arc::new(pipeline);
     tokio::spawn(server::serve_proxy(
         proxy,
         pipeline,
@@ -176,14 +182,20 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
         drop(first_fetch);
     }
     let sink = Arc::new(FetcherRefetch(fetcher));
+    let keys =
+        keywait::KeyWaiter::new(sink, opts.unknown_kid_hold).with_refetch(opts.unknown_kid_refetch);
+    let mut pipeline = Pipeline::new(config.clone(), metrics.clone(), opts.limits.clone())
+        .with_key_waiter(Arc::new(keys));
+    if let Some(filters) = opts.body_filters.clone() {
+        pipeline = pipeline.with_body_filters(filters);
+    }
     let running = serve(
+        pipeline,
         config.clone(),
         metrics.clone(),
         opts.listen,
         opts.admin,
         opts.tls.as_ref(),
-        &opts.limits,
-        Arc::new(keywait::KeyWaiter::new(sink, opts.unknown_kid_hold)),
     )
     .await?;
     tokio::spawn(standalone::run_watch(
@@ -196,12 +208,24 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
     Ok(running)
 }
 
-/// Standalone refetches go straight to the in-process fetcher, which rate-limits them.
+/// Standalone refetches go straight to the in-process fetcher, which rate-limits them and
+/// reports whether each brought new keys.
 struct FetcherRefetch(Arc<portcullis_fetch::KeyFetcher>);
 
 impl keywait::RefetchSink for FetcherRefetch {
     fn request(&self, url: &str) -> bool {
         self.0.request_refetch(url)
+    }
+
+    fn request_tracked(&self, url: &str) -> Option<keywait::RefetchReport> {
+        let done = self.0.request_refetch_reported(url)?;
+        Some(keywait::RefetchReport::new(async move {
+            match done.await {
+                Ok(true) => keywait::RefetchOutcome::NewKeys,
+                // The same keys, a failed fetch, or a source that went away.
+                Ok(false) | Err(_) => keywait::RefetchOutcome::Unchanged,
+            }
+        }))
     }
 }
 
@@ -220,6 +244,9 @@ pub struct ProxyOptions {
     pub subscriber: subscriber::SubscriberOptions,
     /// How long a request whose token has an unknown `kid` waits for refetched keys.
     pub unknown_kid_hold: Duration,
+    /// Ask the controller to refetch a key set when a token's `kid` is not in it
+    /// (independent of the hold).
+    pub unknown_kid_refetch: bool,
 }
 
 /// Starts a proxy that takes its config from the controller: serves the persisted state
@@ -228,18 +255,19 @@ pub async fn start_proxy(opts: ProxyOptions) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     let config = Arc::new(LiveConfig::new(metrics.clone()));
     let sub = subscriber::Subscriber::new(opts.subscriber.clone(), config.clone(), metrics.clone());
-    let keys = Arc::new(keywait::KeyWaiter::new(
-        Arc::new(sub.refetch_sink()),
-        opts.unknown_kid_hold,
-    ));
+    let keys = Arc::new(
+        keywait::KeyWaiter::new(Arc::new(sub.refetch_sink()), opts.unknown_kid_hold)
+            .with_refetch(opts.unknown_kid_refetch),
+    );
+    let pipeline =
+        Pipeline::new(config.clone(), metrics.clone(), opts.limits.clone()).with_key_waiter(keys);
     let running = serve(
+        pipeline,
         config,
         metrics,
         opts.listen,
         opts.admin,
         opts.tls.as_ref(),
-        &opts.limits,
-        keys,
     )
     .await?;
     tokio::spawn(sub.run());

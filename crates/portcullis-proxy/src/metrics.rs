@@ -27,7 +27,8 @@ pub struct Metrics {
     pub config_applied: IntGauge,
     /// Revocation entries in force.
     pub revocations: IntGauge,
-    /// Requests being served.
+    /// Requests being served: from the request head until the response is recorded (its
+    /// body ended or was dropped, or the client went away).
     pub inflight: IntGauge,
     /// Requests or connections refused by a limit, by limit.
     pub limit_rejections: IntCounterVec,
@@ -37,11 +38,66 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Time to compile a config.
     pub compile_duration: Histogram,
+    /// Allowed requests by route, principal kind and consumer label ([`ConsumerLabels`]).
+    pub consumer_requests: IntCounterVec,
+    /// The consumer label values handed out so far.
+    pub consumer_labels: std::sync::Arc<ConsumerLabels>,
     /// 1 while a controller stream is up.
     pub controller_connected: IntGauge,
     /// Seconds since the controller was last heard from.
     pub config_staleness: Gauge,
+    /// Proxy-port connections the gateway closed itself, by reason (see
+    /// [`CONNECTION_CLOSE_REASONS`]).
+    pub connections_closed: IntCounterVec,
+    /// Proxy-port connections open now (counted against `max_connections`).
+    pub connections_open: IntGauge,
+    /// Requests refused before the token decision because of what they are (a path, host,
+    /// method, framing or header the gateway cannot pass on unambiguously), by reason:
+    /// `path_*` (see `portcullis_policy::TargetError::as_str`), `host_missing`,
+    /// `host_duplicate`, `host_invalid`, `host_mismatch`, `method_case`,
+    /// `transfer_encoding`, `header_underscore`, `request_body`.
+    pub requests_refused: IntCounterVec,
+    /// Data-path errors, by source (`client`, `upstream`, `proxy`) and reason (see
+    /// [`crate::pipeline::ProxyError::REASONS`]; 499 `client_closed` included).
+    pub request_errors: IntCounterVec,
+    /// Response body bytes sent, by route (recorded when the body ends or is dropped).
+    pub response_body_bytes: HistogramVec,
 }
+
+/// The `reason` labels of `portcullis_requests_refused_total`, exported at zero from the
+/// start so dashboards and alerts see every one.
+pub const REFUSAL_REASONS: &[&str] = &[
+    "path_not_absolute",
+    "path_control_character",
+    "path_invalid_escape",
+    "path_invalid_utf8",
+    "path_escaped_slash",
+    "path_backslash",
+    "path_semicolon",
+    "path_ambiguous",
+    "host_missing",
+    "host_duplicate",
+    "host_invalid",
+    "host_mismatch",
+    "method_case",
+    "transfer_encoding",
+    "header_underscore",
+    "request_body",
+];
+
+/// The `reason` labels of `portcullis_connections_closed_total`:
+/// - `first_request_timeout`: no complete first request within the first-request timeout;
+/// - `idle_timeout`: no request in flight for the idle timeout (keep-alive idle);
+/// - `header_read_timeout`: a request head started but was not finished in time (HTTP/1);
+/// - `tls_handshake_timeout`: the TLS handshake did not finish within 10s;
+/// - `limit`: refused because `max_connections` were already open.
+pub const CONNECTION_CLOSE_REASONS: &[&str] = &[
+    "first_request_timeout",
+    "idle_timeout",
+    "header_read_timeout",
+    "tls_handshake_timeout",
+    "limit",
+];
 
 impl Metrics {
     /// Creates and registers every metric.
@@ -60,7 +116,7 @@ impl Metrics {
                 m
             }};
         }
-        Self {
+        let metrics = Self {
             requests: reg!(IntCounterVec::new(
                 Opts::new(
                     "portcullis_requests_total",
@@ -151,8 +207,63 @@ impl Metrics {
                 "portcullis_config_staleness_seconds",
                 "Seconds since the controller was last heard from."
             )),
+            connections_closed: reg!(IntCounterVec::new(
+                Opts::new(
+                    "portcullis_connections_closed_total",
+                    "Proxy connections the gateway closed itself, by reason."
+                ),
+                &["reason"]
+            )),
+            connections_open: reg!(IntGauge::new(
+                "portcullis_connections_open",
+                "Proxy connections open now."
+            )),
+            requests_refused: reg!(IntCounterVec::new(
+                Opts::new(
+                    "portcullis_requests_refused_total",
+                    "Requests refused as malformed or ambiguous before any token decision, by reason."
+                ),
+                &["reason"]
+            )),
+            request_errors: reg!(IntCounterVec::new(
+                Opts::new(
+                    "portcullis_request_errors_total",
+                    "Data-path errors, by source (client, upstream, proxy) and reason."
+                ),
+                &["source", "reason"]
+            )),
+            response_body_bytes: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "portcullis_response_body_bytes",
+                    "Response body bytes sent, by route."
+                )
+                .buckets(vec![
+                    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+                    16777216.0, 67108864.0,
+                ]),
+                &["route"]
+            )),
+            consumer_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "portcullis_consumer_requests_total",
+                    "Allowed requests, by route, principal kind (jwt, introspected, api_key) and consumer (the first 12 hex digits of the SHA-256 of its name; `other` past the cap)."
+                ),
+                &["route", "kind", "consumer"]
+            )),
+            consumer_labels: std::sync::Arc::new(ConsumerLabels::new(MAX_CONSUMER_LABELS)),
             registry,
+        };
+        // Every reason is exported from the start, at zero, so rates and alerts see it.
+        for reason in CONNECTION_CLOSE_REASONS {
+            metrics.connections_closed.with_label_values(&[reason]);
         }
+        for reason in REFUSAL_REASONS {
+            metrics.requests_refused.with_label_values(&[reason]);
+        }
+        for (source, reason) in crate::pipeline::ProxyError::REASONS {
+            metrics.request_errors.with_label_values(&[source, reason]);
+        }
+        metrics
     }
 
     /// The registry, for subsystems that add their own metrics.
@@ -188,5 +299,67 @@ pub fn method_label(m: &http::Method) -> &'static str {
         http::Method::CONNECT => "CONNECT",
         http::Method::TRACE => "TRACE",
         _ => "OTHER",
+    }
+}
+
+/// Distinct consumer label values a proxy hands out before it counts the rest as `other`.
+pub const MAX_CONSUMER_LABELS: usize = 500;
+
+/// The `consumer` label of a consumer name: the first 12 hex digits of its SHA-256, so
+/// customer names stay out of the monitoring system and every value has one short shape
+/// (`printf %s alice | sha256sum | cut -c1-12` finds a consumer's), and at most `cap`
+/// distinct values per process (a label per consumer must not become unbounded
+/// cardinality); later consumers count as `other`.
+pub struct ConsumerLabels {
+    cap: usize,
+    labels: std::sync::RwLock<std::collections::HashMap<Box<str>, std::sync::Arc<str>>>,
+}
+
+impl ConsumerLabels {
+    /// At most `cap` distinct labels.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            labels: std::sync::RwLock::default(),
+        }
+    }
+
+    /// The label of `consumer`.
+    pub fn label(&self, consumer: &str) -> std::sync::Arc<str> {
+        if let Some(l) = self
+            .labels
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(consumer)
+        {
+            return l.clone();
+        }
+        let mut labels = self
+            .labels
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if labels.len() >= self.cap {
+            return std::sync::Arc::from("other");
+        }
+        let digest = portcullis_policy::token_digest(consumer).to_hex();
+        let label: std::sync::Arc<str> = std::sync::Arc::from(&digest[..12]);
+        labels.insert(consumer.into(), label.clone());
+        label
+    }
+}
+
+#[cfg(test)]
+mod consumer_tests {
+    use super::*;
+
+    #[test]
+    fn consumer_labels_are_hashed_and_capped() {
+        let l = ConsumerLabels::new(2);
+        // SHA-256("alice") = 2bd806c97f0e00af1a1fc3328fa763a9269723c8db8fac4f93af71db186d6e90
+        assert_eq!(&*l.label("alice"), "2bd806c97f0e");
+        assert_eq!(&*l.label("alice"), "2bd806c97f0e");
+        assert_ne!(&*l.label("bob"), "other");
+        assert_eq!(&*l.label("carol"), "other");
+        assert_eq!(&*l.label("bob"), &*l.label("bob"));
     }
 }

@@ -6,6 +6,11 @@
 //! good version, so a typo in a TokenPolicy keeps its revocations, keys and routes in force
 //! while the rest of the directory applies. A file that is not valid YAML at all keeps
 //! every object it last held.
+//!
+//! No API server has checked these manifests, so the CRDs' CEL rules run here
+//! (`portcullis_api::validate::cel_errors`, passed to the compiler as its spec rules) with
+//! the same messages `kubectl apply` would give. A key set whose first fetch is under way
+//! is a wait, logged at INFO ("waiting for keys"), not a manifest problem.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -14,9 +19,11 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use notify::{RecursiveMode, Watcher};
+use portcullis_api::push::{SourceObject, SourceSet};
+use portcullis_api::validate::cel_errors;
 use portcullis_api::{ApiRoute, TokenPolicy};
 use portcullis_fetch::{FetchResult, KeyFetcher};
-use portcullis_policy::{CompileOptions, compile_with};
+use portcullis_policy::{CompileOptions, compile_sources};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -168,10 +175,37 @@ pub struct ManifestDir {
 pub struct Loaded {
     /// The snapshot to put in force.
     pub snapshot: portcullis_policy::Snapshot,
-    /// Every problem found, with file/object/field.
-    pub errors: Vec<String>,
+    /// Every problem found, with file/object/field, waits included (see
+    /// [`Problem::waiting`]).
+    pub errors: Vec<Problem>,
     /// The files read.
     pub sources: Vec<String>,
+}
+
+/// One problem a load found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// What is wrong, or awaited, naming file, document, object and field.
+    pub message: String,
+    /// A wait that ends by itself (a key set whose first fetch is under way, and the
+    /// routes whose policy waits for it), not a fault: logged at INFO, not ERROR.
+    pub waiting: bool,
+}
+
+impl Problem {
+    /// A fault someone must fix.
+    fn fault(message: String) -> Self {
+        Self {
+            message,
+            waiting: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl ManifestDir {
@@ -207,7 +241,7 @@ impl ManifestDir {
     /// Reads every `*.yaml`/`*.yml` file and compiles. Never fails: problems are returned
     /// in [`Loaded::errors`] and the objects they touch fall back to their last good state.
     pub fn load(&mut self) -> Loaded {
-        let mut errors = Vec::new();
+        let mut errors: Vec<String> = Vec::new();
         let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.dir) {
             Ok(rd) => rd
                 .filter_map(Result::ok)
@@ -334,12 +368,17 @@ impl ManifestDir {
                 self.last_good.insert(key.clone(), obj.clone());
             }
         }
+        let mut problems: Vec<Problem> = errors.into_iter().map(Problem::fault).collect();
         for e in compile_errors {
             let key: ObjectKey = (e.kind, e.namespace.clone(), e.name.clone());
-            match origin.get(&key) {
-                Some(file) => errors.push(format!("{}: {e}", file.display())),
-                None => errors.push(e.to_string()),
-            }
+            let message = match origin.get(&key) {
+                Some(file) => format!("{}: {e}", file.display()),
+                None => e.to_string(),
+            };
+            problems.push(Problem {
+                message,
+                waiting: e.is_pending(),
+            });
         }
         if let Some(fetcher) = &self.fetcher {
             let mut states: Vec<_> = fetcher.states().into_iter().collect();
@@ -353,7 +392,7 @@ impl ManifestDir {
                     .and_then(|t| t.elapsed().ok())
                     .map(|d| format!("fetched {}s ago", d.as_secs()))
                     .unwrap_or_else(|| "none fetched yet".into());
-                errors.push(format!(
+                problems.push(Problem::fault(format!(
                     "key set {} (issuer {}, used by {}): KeysReady=False {}: {}; keeping the last good keys ({} keys, {age})",
                     st.source.url,
                     st.source.issuer,
@@ -361,13 +400,13 @@ impl ManifestDir {
                     st.result.reason(),
                     st.message,
                     st.keys,
-                ));
+                )));
             }
         }
         self.version += 1;
         Loaded {
             snapshot: snapshot.with_version(self.version),
-            errors,
+            errors: problems,
             sources: files.iter().map(|p| p.display().to_string()).collect(),
         }
     }
@@ -379,26 +418,34 @@ impl ManifestDir {
         portcullis_policy::Snapshot,
         Vec<portcullis_policy::CompileError>,
     ) {
-        let mut routes = Vec::new();
-        let mut policies = Vec::new();
-        let mut secrets = Vec::new();
+        let mut sources = SourceSet::default();
         for obj in objects.values() {
-            match obj {
-                Object::Route(r) => routes.push(r.clone()),
-                Object::Policy(p) => policies.push(p.clone()),
-                Object::Secret(s) => secrets.push(s.clone()),
-            }
+            sources.upsert(match obj {
+                Object::Route(r) => SourceObject::ApiRoute(r.clone()),
+                Object::Policy(p) => SourceObject::TokenPolicy(p.clone()),
+                Object::Secret(s) => SourceObject::Secret(s.clone()),
+            });
         }
-        match &self.fetcher {
-            None => compile_with(&self.options, &routes, &policies, &secrets),
-            Some(fetcher) => {
-                let options = CompileOptions {
-                    remote_jwks: fetcher.documents(),
-                    ..self.options.clone()
-                };
-                compile_with(&options, &routes, &policies, &secrets)
-            }
+        let mut options = self.options.clone();
+        if let Some(fetcher) = &self.fetcher {
+            // States before documents: a source seen pending whose document lands in
+            // between simply compiles; one seen failed stays a fault.
+            options.pending_jwks = fetcher
+                .states()
+                .into_iter()
+                .filter(|(_, st)| st.result == FetchResult::Pending)
+                .map(|(key, _)| key)
+                .collect();
+            options.remote_jwks = fetcher.documents();
         }
+        // No API server has checked these objects: run the CRDs' CEL rules first.
+        if options.validate_cel && options.spec_rules.is_none() {
+            options = options.with_spec_rules(cel_errors::<ApiRoute>, cel_errors::<TokenPolicy>);
+        }
+        // The one entry point the controller and the subscriber use too. Always a full
+        // compile here: a file edit may change anything, and the debounce dominates.
+        let out = compile_sources(&options, &sources, None);
+        (out.snapshot, out.errors)
     }
 }
 
@@ -476,9 +523,7 @@ pub fn apply(manifests: &mut ManifestDir, config: &LiveConfig, metrics: &Metrics
     metrics
         .compile_duration
         .observe(started.elapsed().as_secs_f64());
-    for e in &loaded.errors {
-        error!(error = %e, "manifest problem");
-    }
+    let waiting = log_problems(&loaded.errors);
     let result = if loaded.errors.is_empty() {
         "applied"
     } else {
@@ -491,8 +536,24 @@ pub fn apply(manifests: &mut ManifestDir, config: &LiveConfig, metrics: &Metrics
         routes = stats.routes,
         policies = stats.policies,
         revocations = stats.revocations,
-        errors = loaded.errors.len(),
+        errors = loaded.errors.len() - waiting,
+        waiting,
         "config applied"
     );
-    config.apply(loaded.snapshot, loaded.sources, loaded.errors);
+    let errors = loaded.errors.iter().map(ToString::to_string).collect();
+    config.apply(loaded.snapshot, loaded.sources, errors);
+}
+
+/// Logs each problem: faults at ERROR, waits at INFO. Returns the number of waits.
+fn log_problems(problems: &[Problem]) -> usize {
+    let mut waiting = 0;
+    for p in problems {
+        if p.waiting {
+            waiting += 1;
+            info!(detail = %p, "waiting for keys");
+        } else {
+            error!(error = %p, "manifest problem");
+        }
+    }
+    waiting
 }

@@ -95,7 +95,7 @@ async fn moving_a_policy_to_fetched_keys_takes_effect_once_they_arrive() {
         pending
             .errors
             .iter()
-            .any(|e| e.contains("not been fetched")),
+            .any(|e| e.message.contains("not been fetched")),
         "{:?}",
         pending.errors
     );
@@ -119,5 +119,100 @@ async fn moving_a_policy_to_fetched_keys_takes_effect_once_they_arrive() {
     assert!(
         !allows(&applied.snapshot, &old_token),
         "the inline key is gone"
+    );
+}
+
+// === a healthy start is quiet ===
+
+/// Every event at INFO and above, as `(level, "field=value ...")`.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<(tracing::Level, String)>>>);
+
+impl Capture {
+    fn lines(&self) -> Vec<(tracing::Level, String)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        *meta.level() <= tracing::Level::INFO
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        use std::fmt::Write;
+        let mut text = String::new();
+        event.record(&mut |f: &tracing::field::Field, v: &dyn std::fmt::Debug| {
+            let _ = write!(text, "{}={v:?} ", f.name());
+        });
+        let level = *event.metadata().level();
+        self.0.lock().unwrap().push((level, text));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// `portcullis standalone` with a policy whose keys come from a `jwks.uri` (a real HTTP
+/// server on loopback): the first load happens before the first fetch lands. That wait is
+/// an INFO line ("waiting for keys"), never an ERROR; once the keys arrive the route is
+/// served. On a current-thread runtime the fetch task cannot run before the first load,
+/// so the wait is certain, not a race.
+#[tokio::test(flavor = "current_thread")]
+async fn a_healthy_start_waits_for_fetched_keys_without_errors() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+
+    let key = portcullis_testkit::rsa("remote");
+    let token =
+        key.mint(&json!({"iss": ISSUER, "aud": "api", "sub": "a", "exp": 4_000_000_000u64}));
+    let port = jwks_server(json!({"keys": [key.jwk]}).to_string()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!("http://127.0.0.1:{port}/keys");
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        manifests(&format!("{{uri: \"{uri}\"}}")),
+    )
+    .unwrap();
+
+    let mut opts = portcullis_proxy::StandaloneOptions::new(dir.path().into());
+    opts.listen = ([127, 0, 0, 1], 0).into();
+    opts.admin = ([127, 0, 0, 1], 0).into();
+    let running = portcullis_proxy::start_standalone(opts).await.unwrap();
+    let served = tokio::time::timeout(Duration::from_secs(20), async {
+        while !allows(&running.config.load(), &token) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    running.shutdown();
+    let lines = capture.lines();
+    served.unwrap_or_else(|_| panic!("the fetched keys were never applied: {lines:#?}"));
+
+    let errors: Vec<_> = lines
+        .iter()
+        .filter(|(level, _)| *level == tracing::Level::ERROR)
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines on a healthy start: {errors:#?}"
+    );
+    let waits: Vec<_> = lines
+        .iter()
+        .filter(|(_, text)| text.contains("waiting for keys"))
+        .collect();
+    assert!(!waits.is_empty(), "the wait was not reported: {lines:#?}");
+    for (level, text) in &waits {
+        assert_eq!(*level, tracing::Level::INFO, "{text}");
+        assert!(text.contains("not been fetched yet"), "{text}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|(_, text)| text.contains("config applied") && text.contains("waiting=0")),
+        "never applied without waits: {lines:#?}"
     );
 }

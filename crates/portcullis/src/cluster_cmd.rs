@@ -50,10 +50,8 @@ pub struct ControllerArgs {
 /// `portcullis proxy`.
 #[derive(clap::Args, Debug)]
 pub struct ProxyArgs {
-    /// How long a request whose token has an unknown `kid` (from an issuer whose keys are
-    /// fetched) waits for the controller to refetch before it is refused.
-    #[arg(long, default_value = "1s", value_parser = crate::duration)]
-    pub unknown_kid_hold: std::time::Duration,
+    #[command(flatten)]
+    pub key_refetch: crate::KeyRefetchArgs,
     /// The controller's push endpoint, e.g. http://portcullis-controller:9800.
     #[arg(long)]
     pub controller: http::Uri,
@@ -82,11 +80,13 @@ pub struct ProxyArgs {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub connections: crate::ConnectionArgs,
 }
 
 /// `portcullis revoke`.
 #[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("selector").required(true).args(["jti", "subject", "key_id", "token"])))]
+#[command(group(clap::ArgGroup::new("selector").required(true).args(["jti", "subject", "key_id", "jwk_thumbprint", "token", "api_key_id"])))]
 pub struct RevokeArgs {
     /// The TokenPolicy, `namespace/name`.
     #[arg(long)]
@@ -100,13 +100,22 @@ pub struct RevokeArgs {
     /// RFC 3339 instant, with --subject.
     #[arg(long)]
     pub issued_before: Option<String>,
-    /// Revoke every token signed with this key ID.
+    /// Revoke every token verified by the key with this key ID (the JWK's `kid`, whether
+    /// or not the token names it), and every token whose header names it.
     #[arg(long)]
     pub key_id: Option<String>,
+    /// Revoke every token verified by the key with this RFC 7638 JWK thumbprint (base64url
+    /// SHA-256, 43 characters): names keys without a kid, such as PEM keys.
+    #[arg(long, value_name = "THUMBPRINT")]
+    pub jwk_thumbprint: Option<String>,
     /// `-`: read a token from stdin; only its SHA-256 (and, for a JWT, its exp as
     /// expiresAt) is stored.
     #[arg(long)]
     pub token: Option<String>,
+    /// Revoke the API key with this id: the 12 characters after `pcl_` (what
+    /// `portcullis apikey id` prints, and its Secret's keyId).
+    #[arg(long, value_name = "ID")]
+    pub api_key_id: Option<String>,
     /// RFC 3339 instant after which the entry is pruned.
     #[arg(long)]
     pub expires_at: Option<String>,
@@ -190,11 +199,16 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
 
 pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let opts = portcullis_proxy::ProxyOptions {
-        unknown_kid_hold: args.unknown_kid_hold,
+        unknown_kid_hold: args.key_refetch.unknown_kid_hold,
+        unknown_kid_refetch: args.key_refetch.unknown_kid_refetch,
         listen: args.listen,
         admin: args.admin,
         tls: args.tls_cert.zip(args.tls_key),
-        limits: Default::default(),
+        limits: {
+            let mut limits = portcullis_proxy::Limits::default();
+            args.connections.apply(&mut limits);
+            limits
+        },
         subscriber: portcullis_proxy::subscriber::SubscriberOptions {
             controller: args.controller,
             token_file: args.token_file,
@@ -227,6 +241,17 @@ fn revocation(args: &RevokeArgs, stdin: impl std::io::Read) -> anyhow::Result<Re
         r.issued_before = args.issued_before.clone();
     } else if let Some(kid) = &args.key_id {
         r.key_id = Some(kid.clone());
+    } else if let Some(t) = &args.jwk_thumbprint {
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t);
+        if t.len() != 43 || !decoded.is_ok_and(|d| d.len() == 32) {
+            bail!(
+                "--jwk-thumbprint must be an RFC 7638 thumbprint: the base64url SHA-256 of the key, 43 characters without padding"
+            );
+        }
+        r.jwk_thumbprint = Some(t.clone());
+    } else if let Some(id) = &args.api_key_id {
+        r.api_key_id = Some(api_key_id(id)?);
     } else if let Some(t) = &args.token {
         if t != "-" {
             bail!(
@@ -271,6 +296,7 @@ fn revocation(args: &RevokeArgs, stdin: impl std::io::Read) -> anyhow::Result<Re
             max_token_lifetime: None,
             required_claims: vec![],
             forward_claims: Default::default(),
+            api_keys: None,
             revocations: vec![r.clone()],
         },
     )) {
@@ -279,6 +305,25 @@ fn revocation(args: &RevokeArgs, stdin: impl std::io::Read) -> anyhow::Result<Re
         }
     }
     Ok(r)
+}
+
+/// Checks an `--api-key-id`: 12 base62 characters. A whole key is refused with a hint, so
+/// it is not passed around (and kept in shell history) any further.
+fn api_key_id(id: &str) -> anyhow::Result<String> {
+    use portcullis_policy::apikey;
+    if apikey::ApiKey::looks_like(id) {
+        bail!(
+            "--api-key-id takes the key's id, not the key: `portcullis apikey id -` reads the key from stdin and prints its id"
+        );
+    }
+    if id.len() != apikey::ID_LEN || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        bail!(
+            "--api-key-id must be {} letters and digits (the characters after {} in the key), not {id:?}",
+            apikey::ID_LEN,
+            apikey::PREFIX
+        );
+    }
+    Ok(id.to_owned())
 }
 
 fn hex_sha256(token: &str) -> String {
@@ -348,6 +393,11 @@ pub async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
             .map(|h| format!("token sha256:{}", &h[..12])))
         .or(entry.subject.as_ref().map(|s| format!("subject {s}")))
         .or(entry.key_id.as_ref().map(|k| format!("key {k}")))
+        .or(entry
+            .jwk_thumbprint
+            .as_ref()
+            .map(|t| format!("key with thumbprint {t}")))
+        .or(entry.api_key_id.as_ref().map(|k| format!("API key {k}")))
         .unwrap_or_default();
     eprintln!(
         "revoked {what} in TokenPolicy {ns}/{name}{}",
@@ -371,7 +421,9 @@ mod tests {
             subject: None,
             issued_before: None,
             key_id: None,
+            jwk_thumbprint: None,
             token: Some("-".into()),
+            api_key_id: None,
             expires_at: None,
         }
     }
@@ -409,5 +461,87 @@ mod tests {
         a.issued_before = Some("yesterday".into());
         let e = revocation(&a, "".as_bytes()).unwrap_err().to_string();
         assert!(e.contains("issuedBefore must be an RFC 3339 time"), "{e}");
+    }
+
+    #[test]
+    fn jwk_thumbprint_is_checked_and_stored() {
+        // RFC 7638 section 3.1's example key.
+        let mut a = args();
+        a.token = None;
+        a.jwk_thumbprint = Some("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs".into());
+        let r = revocation(&a, "".as_bytes()).unwrap();
+        assert_eq!(r.jwk_thumbprint, a.jwk_thumbprint);
+        assert!(r.token_sha256.is_none() && r.key_id.is_none());
+        for bad in [
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9X",
+            "NzbLsXh8uDCcd+6MNwXF4W/7noWXFZAfHkxZsRGC9Xs",
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs=",
+            // The last character carries two unused bits: this one sets them.
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xt",
+        ] {
+            a.jwk_thumbprint = Some(bad.into());
+            assert!(revocation(&a, "".as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn api_key_id_is_checked_and_stored() {
+        let mut a = args();
+        a.token = None;
+        a.api_key_id = Some("3fZk9QxW2bLm".into());
+        let r = revocation(&a, "".as_bytes()).unwrap();
+        assert_eq!(r.api_key_id.as_deref(), Some("3fZk9QxW2bLm"));
+        assert!(r.token_sha256.is_none() && r.key_id.is_none() && r.jti.is_none());
+        let stored = serde_json::to_value(&r).unwrap();
+        assert_eq!(stored["apiKeyId"], "3fZk9QxW2bLm");
+
+        for bad in [
+            "3fZk9QxW2bL",
+            "3fZk9QxW2bLmX",
+            "3fZk9QxW-bLm",
+            "3fZk9QxW2bL\u{e9}",
+            "",
+        ] {
+            a.api_key_id = Some(bad.into());
+            let e = revocation(&a, "".as_bytes()).unwrap_err().to_string();
+            assert!(e.contains("12 letters and digits"), "{bad}: {e}");
+        }
+        // A whole key is refused with a pointer to `apikey id`.
+        let key = portcullis_policy::apikey::generate(&[9u8; 128]).unwrap();
+        a.api_key_id = Some(key);
+        let e = revocation(&a, "".as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("portcullis apikey id"), "{e}");
+    }
+
+    #[test]
+    fn revoke_takes_exactly_one_selector() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            revoke: RevokeArgs,
+        }
+        let parsed = Cli::try_parse_from([
+            "revoke",
+            "--policy",
+            "shop/p",
+            "--api-key-id",
+            "3fZk9QxW2bLm",
+        ])
+        .unwrap();
+        assert_eq!(parsed.revoke.api_key_id.as_deref(), Some("3fZk9QxW2bLm"));
+        assert!(
+            Cli::try_parse_from([
+                "revoke",
+                "--policy",
+                "shop/p",
+                "--api-key-id",
+                "3fZk9QxW2bLm",
+                "--jti",
+                "j"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["revoke", "--policy", "shop/p"]).is_err());
     }
 }

@@ -1,0 +1,350 @@
+//! The hot path: [`Snapshot::authorize`] and [`Snapshot::resume`].
+//!
+//! Per request: route lookup (a few hash probes); then one credential step turns the
+//! request's [`crate::Credentials`] into a [`Principal`] (a verified JWT, an introspected
+//! opaque token or an API key) or a denial, or pauses on IO ([`Decision::Pending`]); then
+//! revocation and scope checks run on the principal, whichever kind it is and whether or
+//! not it came from a cache. Only a cache miss parses and verifies a token.
+
+use std::sync::Arc;
+
+use crate::apikey::ApiKey;
+use crate::credentials::{HeaderField, bearer_token, query_has_token};
+use crate::decision::{Allow, Answer, Decision, Deny, DenyReason, Need, Pending, RequestParts};
+use crate::index::{CompiledRule, Requirement};
+use crate::policy::{CompiledPolicy, IntrospectionVerdict, looks_like_jws};
+use crate::principal::Principal;
+use crate::snapshot::Snapshot;
+use crate::token::{Fingerprint, TokenDigest, token_digest};
+
+/// What the credential step established.
+struct Authenticated {
+    principal: Arc<Principal>,
+    digest: TokenDigest,
+    cache_hit: bool,
+}
+
+/// Why the credential step did not establish a principal.
+enum NotAuthenticated<'s> {
+    /// Refused, with the fingerprint of what was read and whether a cache said so.
+    Deny(DenyReason, Option<Fingerprint>, bool),
+    /// Needs IO first.
+    Pending(Need<'s>, Option<Fingerprint>),
+}
+
+/// The one credential the policy reads from a request.
+enum Presented<'r> {
+    /// `Authorization: Bearer <token>`: a JWT, an opaque token, or an API key.
+    Bearer(&'r str),
+    /// The policy's API-key header.
+    ApiKeyHeader(&'r str),
+}
+
+fn deny<'s>(
+    reason: DenyReason,
+    route: Option<&'s crate::RouteInfo>,
+    fingerprint: Option<Fingerprint>,
+    cache_hit: bool,
+) -> Decision<'s> {
+    Decision::Deny(Deny {
+        reason,
+        route,
+        fingerprint,
+        cache_hit,
+        missing_scopes: None,
+    })
+}
+
+/// A public (`auth: none`) rule: allowed, nobody established.
+fn allow_public(rule: &CompiledRule) -> Decision<'_> {
+    Decision::Allow(Allow {
+        route: &rule.info,
+        principal: None,
+        fingerprint: None,
+        cache_hit: false,
+        credential_header: None,
+    })
+}
+
+impl Snapshot {
+    /// Decides one request. `req.path` must be canonical: the output of
+    /// [`Snapshot::canonical_target`] for the same host and method.
+    pub fn authorize<'s>(&'s self, req: &RequestParts<'_>) -> Decision<'s> {
+        if let Some(q) = req.query
+            && query_has_token(q)
+        {
+            return deny(DenyReason::TokenInQuery, None, None, false);
+        }
+        let Some(rule) = self.index.lookup(req.host, req.path, req.method) else {
+            return deny(DenyReason::NoRoute, None, None, false);
+        };
+        let Requirement::Token { policy, .. } = &rule.requirement else {
+            return allow_public(rule);
+        };
+        match self.authenticate(*policy, req) {
+            Ok(a) => self.finish(rule, *policy, a),
+            Err(NotAuthenticated::Deny(reason, fp, hit)) => deny(reason, Some(&rule.info), fp, hit),
+            Err(NotAuthenticated::Pending(need, fingerprint)) => Decision::Pending(Pending {
+                route: &rule.info,
+                fingerprint,
+                need,
+            }),
+        }
+    }
+
+    /// Decides a request that [`Snapshot::authorize`] answered with
+    /// [`Decision::Pending`], given the outcome of the IO it needed. `req` is the same
+    /// request. For [`crate::Need::Keys`], call it on the snapshot the refetch brought
+    /// ([`Answer::KeysRefreshed`]: the request is decided again, and a key still unknown
+    /// is final) or on the same one ([`Answer::KeysUnchanged`]). For
+    /// [`crate::Need::Introspection`], the verdict is cached: an active token until
+    /// `min(cacheTTL, exp)`, an inactive one for `negativeCacheTTL`; an unreachable
+    /// endpoint is not cached and gives 503.
+    pub fn resume<'s>(
+        &'s self,
+        req: &RequestParts<'_>,
+        need: &Need<'_>,
+        answer: Answer<'_>,
+    ) -> Decision<'s> {
+        let Some(rule) = self.index.lookup(req.host, req.path, req.method) else {
+            return deny(DenyReason::NoRoute, None, None, false);
+        };
+        let route = Some(&rule.info);
+        let Requirement::Token { policy: index, .. } = &rule.requirement else {
+            return self.authorize(req);
+        };
+        match (need, answer) {
+            (Need::Keys(_), Answer::KeysRefreshed) => match self.authorize(req) {
+                Decision::Pending(Pending {
+                    need: Need::Keys(_),
+                    fingerprint,
+                    ..
+                }) => deny(DenyReason::UnknownKey, route, fingerprint, false),
+                other => other,
+            },
+            (Need::Keys(_), _) => {
+                let fp = bearer_token(req.credentials.authorization)
+                    .ok()
+                    .map(|t| token_digest(t).fingerprint());
+                deny(DenyReason::UnknownKey, route, fp, false)
+            }
+            (Need::Introspection { digest, .. }, answer) => {
+                let fp = Some(digest.fingerprint());
+                let policy = &self.policies[*index];
+                let Some(intro) = &policy.introspection else {
+                    return deny(DenyReason::InactiveToken, route, fp, false);
+                };
+                let Answer::Introspection(Ok(answer)) = answer else {
+                    return deny(DenyReason::IntrospectionUnavailable, route, fp, false);
+                };
+                let now = self.clock.now();
+                match policy.accept_introspection(intro, answer, now) {
+                    Ok(t) => {
+                        let until = now.saturating_add(intro.cache_ttl).min(t.expires_at);
+                        let principal = Arc::new(t);
+                        intro.cache.inner.insert(
+                            digest.0,
+                            IntrospectionVerdict {
+                                token: Some(principal.clone()),
+                                until,
+                            },
+                        );
+                        self.finish(
+                            rule,
+                            *index,
+                            Authenticated {
+                                principal,
+                                digest: *digest,
+                                cache_hit: false,
+                            },
+                        )
+                    }
+                    Err(reason) => {
+                        intro.cache.inner.insert(
+                            digest.0,
+                            IntrospectionVerdict {
+                                token: None,
+                                until: now.saturating_add(intro.negative_ttl),
+                            },
+                        );
+                        deny(reason, route, fp, false)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The one credential step: which credential the policy reads from the request, and
+    /// the principal it establishes.
+    fn authenticate<'s>(
+        &'s self,
+        index: usize,
+        req: &RequestParts<'_>,
+    ) -> Result<Authenticated, NotAuthenticated<'s>> {
+        let policy = &self.policies[index];
+        let api_keys = self.api_keys.get(index).and_then(Option::as_deref);
+        let refuse = |reason| NotAuthenticated::Deny(reason, None, false);
+        let creds = &req.credentials;
+        // The policy's own API-key header, if it reads one and the request sent it.
+        // Another policy's API-key header is just a header to this route.
+        let api_header = api_keys
+            .and_then(|t| t.header.as_ref())
+            .map(|name| creds.api_key_header(name))
+            .filter(HeaderField::is_present);
+        let presented = match (api_header, creds.authorization) {
+            (Some(_), auth) if auth.is_present() => {
+                return Err(refuse(DenyReason::MultipleCredentials));
+            }
+            (Some(HeaderField::Duplicated), _) => {
+                return Err(refuse(DenyReason::MultipleCredentials));
+            }
+            (Some(HeaderField::One(raw)), _) => Presented::ApiKeyHeader(
+                std::str::from_utf8(raw).map_err(|_| refuse(DenyReason::MalformedHeader))?,
+            ),
+            _ => Presented::Bearer(bearer_token(creds.authorization).map_err(refuse)?),
+        };
+        let raw = match presented {
+            Presented::Bearer(raw) | Presented::ApiKeyHeader(raw) => raw,
+        };
+        if raw.len() > self.max_token_bytes {
+            return Err(refuse(DenyReason::TokenTooLarge));
+        }
+        let digest = token_digest(raw);
+        let fp = Some(digest.fingerprint());
+        let now = self.clock.now();
+
+        // An API key is judged only as an API key: never sent to an introspection
+        // endpoint (which would learn it) nor parsed as a JWT.
+        if matches!(presented, Presented::ApiKeyHeader(_)) || ApiKey::looks_like(raw) {
+            let Some(table) = api_keys else {
+                return Err(NotAuthenticated::Deny(DenyReason::UnknownApiKey, fp, false));
+            };
+            return match table.check(raw, &digest.0, now) {
+                Ok(principal) => Ok(Authenticated {
+                    principal: principal.clone(),
+                    digest,
+                    cache_hit: false,
+                }),
+                Err(reason) => Err(NotAuthenticated::Deny(reason, fp, false)),
+            };
+        }
+
+        if let Some(intro) = &policy.introspection
+            && (policy.issuers.is_empty() || !looks_like_jws(raw))
+        {
+            return match intro.cache.inner.get(&digest.0) {
+                Some(v) if now < v.until => match v.token {
+                    Some(t) if now.saturating_sub(policy.clock_skew) < t.expires_at => {
+                        Ok(Authenticated {
+                            principal: t,
+                            digest,
+                            cache_hit: true,
+                        })
+                    }
+                    Some(_) => Err(NotAuthenticated::Deny(DenyReason::Expired, fp, true)),
+                    None => Err(NotAuthenticated::Deny(DenyReason::InactiveToken, fp, true)),
+                },
+                _ => Err(NotAuthenticated::Pending(
+                    Need::Introspection {
+                        endpoint: &intro.endpoint,
+                        digest,
+                    },
+                    fp,
+                )),
+            };
+        }
+        if policy.issuers.is_empty() {
+            // A policy of API keys only: a bearer token that is not one is unknown here.
+            return Err(NotAuthenticated::Deny(DenyReason::UnknownApiKey, fp, false));
+        }
+        verify_jwt(policy, raw, digest, now)
+    }
+
+    /// Revocations and scopes: checked on every request, whichever kind of credential
+    /// established the principal and whether or not the verdict came from a cache.
+    fn finish<'s>(
+        &'s self,
+        rule: &'s CompiledRule,
+        index: usize,
+        a: Authenticated,
+    ) -> Decision<'s> {
+        let route = Some(&rule.info);
+        let fp = Some(a.digest.fingerprint());
+        let Requirement::Token { all, any, .. } = &rule.requirement else {
+            return allow_public(rule);
+        };
+        let policy = &self.policies[index];
+        let now = self.clock.now();
+        if let Err(reason) = policy.revocations.check(&a.digest, &a.principal, now) {
+            return deny(reason, route, fp, a.cache_hit);
+        }
+        let p = &a.principal;
+        let missing: Vec<&str> = all
+            .iter()
+            .filter(|s| !p.has_scope(s))
+            .map(|s| &**s)
+            .collect();
+        let any_ok = any.is_empty() || any.iter().any(|s| p.has_scope(s));
+        if !missing.is_empty() || !any_ok {
+            let mut scopes = missing;
+            if !any_ok {
+                scopes.extend(any.iter().map(|s| &**s));
+            }
+            return Decision::Deny(Deny {
+                reason: DenyReason::InsufficientScope,
+                route,
+                fingerprint: fp,
+                cache_hit: a.cache_hit,
+                missing_scopes: Some(scopes.join(" ")),
+            });
+        }
+        Decision::Allow(Allow {
+            route: &rule.info,
+            principal: Some(a.principal),
+            fingerprint: fp,
+            cache_hit: a.cache_hit,
+            credential_header: self
+                .api_keys
+                .get(index)
+                .and_then(|t| t.as_deref())
+                .and_then(|t| t.header.as_ref()),
+        })
+    }
+}
+
+/// A JWT, from the policy's cache of verified tokens or verified now.
+fn verify_jwt<'s>(
+    policy: &'s CompiledPolicy,
+    raw: &str,
+    digest: TokenDigest,
+    now: i64,
+) -> Result<Authenticated, NotAuthenticated<'s>> {
+    let fp = Some(digest.fingerprint());
+    match policy.cache.inner.get(&digest.0) {
+        Some(t) if now.saturating_sub(policy.clock_skew) < t.expires_at => Ok(Authenticated {
+            principal: t,
+            digest,
+            cache_hit: true,
+        }),
+        Some(_) => {
+            policy.cache.inner.remove(&digest.0);
+            Err(NotAuthenticated::Deny(DenyReason::Expired, fp, true))
+        }
+        None => match policy.verify(raw, now) {
+            Ok(t) => {
+                let t = Arc::new(t);
+                policy.cache.inner.insert(digest.0, t.clone());
+                Ok(Authenticated {
+                    principal: t,
+                    digest,
+                    cache_hit: false,
+                })
+            }
+            Err(DenyReason::UnknownKey) => match policy.refetch_for(raw) {
+                Some(refetch) => Err(NotAuthenticated::Pending(Need::Keys(refetch), fp)),
+                None => Err(NotAuthenticated::Deny(DenyReason::UnknownKey, fp, false)),
+            },
+            Err(reason) => Err(NotAuthenticated::Deny(reason, fp, false)),
+        },
+    }
+}

@@ -1,0 +1,281 @@
+//! One TokenPolicy -> a [`CompiledPolicy`], or every error found in it.
+//!
+//! The issuers' JWT side (algorithms, key sources) is in [`super::issuer`], their
+//! introspection side in [`super::introspection`]; revocations compile on their own
+//! ([`RevocationSet::compile`]).
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use http::HeaderName;
+use portcullis_api::{TokenPolicy, parse_duration};
+
+use super::objects::{Named, SecretIndex};
+use super::{CompileError, CompileOptions, CompileReason};
+use crate::revocation::RevocationSet;
+use crate::snapshot::{
+    CompiledIntrospection, CompiledPolicy, IntrospectionCache, PolicyTrust, TokenCache,
+};
+
+/// An error about `p` at `path`.
+pub(super) fn policy_error(
+    p: &TokenPolicy,
+    path: impl Into<String>,
+    reason: CompileReason,
+    message: impl Into<String>,
+) -> CompileError {
+    CompileError {
+        kind: "TokenPolicy",
+        namespace: p.ns(),
+        name: p.name_any(),
+        path: path.into(),
+        message: message.into(),
+        reason,
+    }
+}
+
+/// Compiles `p`, or returns every error found (the policy is then left out).
+pub(super) fn compile_policy(
+    options: &CompileOptions,
+    p: &TokenPolicy,
+    secrets: &SecretIndex<'_>,
+) -> Result<CompiledPolicy, Vec<CompileError>> {
+    let spec = &p.spec;
+    let mut errs = Vec::new();
+    if let Some(rules) = &options.spec_rules {
+        for v in (rules.token_policy)(p) {
+            errs.push(policy_error(p, v.path, CompileReason::Invalid, v.message));
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+    }
+    let mut trust = std::collections::hash_map::DefaultHasher::new();
+    if spec.issuers.is_empty() && spec.api_keys.is_none() {
+        errs.push(policy_error(
+            p,
+            "spec.issuers",
+            CompileReason::Invalid,
+            "at least one issuer is required (or spec.apiKeys)",
+        ));
+    }
+    if let Some(header) = spec.api_keys.as_ref().and_then(|k| k.header.as_deref())
+        && crate::apikeys::is_reserved_header(header)
+    {
+        errs.push(policy_error(
+            p,
+            "spec.apiKeys.header",
+            CompileReason::Invalid,
+            format!(
+                "{header} cannot carry API keys: it means something else to clients, proxies or \
+                 backends (send keys as Authorization: Bearer pcl_... or in a header of your own, \
+                 such as x-api-key)"
+            ),
+        ));
+    }
+    let mut issuers = std::collections::HashMap::new();
+    let mut introspection = None;
+    for (i, iss) in spec.issuers.iter().enumerate() {
+        let at = format!("spec.issuers[{i}]");
+        if issuers.contains_key(&iss.issuer)
+            || spec.issuers[..i].iter().any(|o| o.issuer == iss.issuer)
+        {
+            errs.push(policy_error(
+                p,
+                format!("{at}.issuer"),
+                CompileReason::Invalid,
+                format!("issuer {:?} is listed twice", iss.issuer),
+            ));
+            continue;
+        }
+        if let Some(intro) = &iss.introspection {
+            if introspection.is_some() {
+                errs.push(policy_error(
+                    p,
+                    format!("{at}.introspection"),
+                    CompileReason::Invalid,
+                    "at most one issuer per policy may use introspection: an opaque token names no issuer, so only one endpoint can judge it",
+                ));
+                continue;
+            }
+            match super::introspection::compile_introspection(
+                p, &at, iss, intro, secrets, &mut trust,
+            ) {
+                Ok(c) => introspection = Some(c),
+                Err(e) => errs.push(e),
+            }
+        }
+        let jwks = match (&iss.jwks, &iss.introspection) {
+            (Some(jwks), _) => jwks,
+            (None, Some(_)) => continue,
+            (None, None) => {
+                errs.push(policy_error(
+                    p,
+                    at,
+                    CompileReason::Invalid,
+                    "an issuer needs jwks (signed JWTs), introspection (opaque tokens), or both",
+                ));
+                continue;
+            }
+        };
+        let issuer = super::issuer::JwtIssuer {
+            options,
+            policy: p,
+            at: &at,
+            issuer: iss,
+            jwks,
+            secrets,
+        };
+        if let Some(compiled) = issuer.compile(&mut trust, &mut errs) {
+            issuers.insert(iss.issuer.clone(), compiled);
+        }
+    }
+
+    let duration = |field: &str,
+                    value: &Option<String>,
+                    default: i64,
+                    errs: &mut Vec<CompileError>|
+     -> Option<i64> {
+        match value {
+            None => Some(default),
+            Some(v) => match parse_duration(v) {
+                Ok(d) => Some(d.as_secs() as i64),
+                Err(e) => {
+                    errs.push(policy_error(
+                        p,
+                        format!("spec.{field}"),
+                        CompileReason::InvalidDuration,
+                        e,
+                    ));
+                    None
+                }
+            },
+        }
+    };
+    let clock_skew = duration("clockSkew", &spec.clock_skew, 30, &mut errs).unwrap_or(30);
+    let max_lifetime = if spec.max_token_lifetime.is_some() {
+        duration("maxTokenLifetime", &spec.max_token_lifetime, 0, &mut errs)
+    } else {
+        None
+    };
+
+    let forward = forward_claims(p, &mut errs);
+    if let Some(header) = spec.api_keys.as_ref().and_then(|k| k.header.as_deref())
+        && forward
+            .iter()
+            .any(|(_, h)| h.as_str().eq_ignore_ascii_case(header))
+    {
+        errs.push(policy_error(
+            p,
+            "spec.apiKeys.header",
+            CompileReason::Invalid,
+            format!("{header} is also a forwardClaims header: the key header is removed before forwarding, the claim header is set by the gateway; use another name"),
+        ));
+    }
+
+    let (revocations, revocation_errors) = RevocationSet::compile(&spec.revocations);
+    for e in revocation_errors {
+        errs.push(policy_error(
+            p,
+            e.path,
+            CompileReason::InvalidRevocation,
+            e.message,
+        ));
+    }
+
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+
+    // What the verified-token cache depends on: everything but revocations, which are
+    // checked on every request anyway. Equal hashes let a new snapshot keep the cache.
+    if let Ok(v) = serde_json::to_string(&(
+        &spec.issuers,
+        &spec.scope_claim,
+        &spec.clock_skew,
+        &spec.max_token_lifetime,
+        &spec.required_claims,
+        &spec.forward_claims,
+    )) {
+        v.hash(&mut trust);
+    }
+
+    let forwarded_header_names: Arc<[HeaderName]> =
+        forward.iter().map(|(_, h)| h.clone()).collect();
+    let policy_trust = PolicyTrust {
+        id: format!("{}/{}", p.ns(), p.name_any()).into(),
+        issuers,
+        scope_claim: spec.scope_claim.clone().unwrap_or_else(|| "scope".into()),
+        clock_skew,
+        max_lifetime,
+        required_claims: spec.required_claims.clone(),
+        forward,
+        forwarded_header_names,
+        trust_hash: trust.finish(),
+        cache: Arc::new(TokenCache::new(options.cache_capacity)),
+        introspection: introspection.map(|parts| CompiledIntrospection {
+            endpoint: parts.endpoint,
+            audiences: parts.audiences,
+            cache_ttl: parts.cache_ttl,
+            negative_ttl: parts.negative_ttl,
+            cache: Arc::new(IntrospectionCache::new(options.cache_capacity)),
+        }),
+    };
+    Ok(CompiledPolicy::new(policy_trust, revocations))
+}
+
+/// `spec.forwardClaims`: claim -> header, refusing reserved headers and a header named
+/// twice.
+fn forward_claims(p: &TokenPolicy, errs: &mut Vec<CompileError>) -> Vec<(String, HeaderName)> {
+    let mut forward: Vec<(String, HeaderName)> = Vec::new();
+    for (claim, header) in &p.spec.forward_claims {
+        let at = format!("spec.forwardClaims.{claim}");
+        match HeaderName::from_bytes(header.as_bytes()) {
+            Ok(h) if is_reserved_header(&h) => errs.push(policy_error(
+                p,
+                at,
+                CompileReason::Invalid,
+                format!("{header} cannot carry a claim: it is a reserved or hop-by-hop header"),
+            )),
+            Ok(h) => {
+                if forward.iter().any(|(_, existing)| *existing == h) {
+                    errs.push(policy_error(
+                        p,
+                        at,
+                        CompileReason::Invalid,
+                        format!("header {header} is the target of two claims"),
+                    ));
+                } else {
+                    forward.push((claim.clone(), h));
+                }
+            }
+            Err(_) => errs.push(policy_error(
+                p,
+                at,
+                CompileReason::Invalid,
+                format!("{header:?} is not a valid HTTP header name"),
+            )),
+        }
+    }
+    forward
+}
+
+/// Headers a claim may never be written into.
+fn is_reserved_header(h: &HeaderName) -> bool {
+    use http::header::*;
+    [
+        AUTHORIZATION,
+        HOST,
+        CONNECTION,
+        TRANSFER_ENCODING,
+        CONTENT_LENGTH,
+        UPGRADE,
+        TE,
+        TRAILER,
+        PROXY_AUTHORIZATION,
+        COOKIE,
+    ]
+    .contains(h)
+        || h.as_str() == "keep-alive"
+        || h.as_str() == "proxy-connection"
+}

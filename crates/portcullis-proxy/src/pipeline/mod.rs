@@ -1,0 +1,208 @@
+//! The request path, as named phases over one per-request `RequestLog`:
+//!
+//! ```text
+//! handle ─▶ limits_phase (431)
+//!        ─▶ target_phase: edge checks + canonical target (400/501)
+//!        ─▶ authorize_phase: Snapshot::authorize, key refetch wait, introspection
+//!        │      └─ deny: answered here, the upstream never sees the request
+//!        ─▶ forward_phase: the upstream request, scrubbed headers
+//!        ─▶ upstream_phase: request body filter, pooled client, timeouts (ProxyError)
+//!        ─▶ respond: response headers; the body keeps the log when it streams
+//! RequestLog (drop guard): metrics + access log, exactly once, when it is dropped:
+//!   at the end of `handle`, when the body ends or is dropped, or when the client
+//!   hangs up mid-request and hyper drops the handler (status 499).
+//! ```
+//!
+//! The access log (target `portcullis::access`, INFO) has these fields: `request_id`,
+//! `client` (IP), `method`, `path` (canonical once known), `route` (`none` when no route
+//! matched), `status` (499 when the client closed the request before its response),
+//! `decision` (`allow`/`deny`/`none`), `reason` (the decision's reason, or the refusal or
+//! error that answered instead: `request_body`, `connect_timeout`, `client_closed`, ...),
+//! `error` (`client`/`upstream`/`proxy`, only when an error answered or cut the response),
+//! `token` (fingerprint of the token's SHA-256, `-` when none), `cache_hit` (`true`/`false`,
+//! only when a token was read), `duration_us` (to the response headers), `upstream_us` (the
+//! upstream's time to headers, when it was called), `body_us` (from the headers to the end
+//! of a streamed body, only for those) and `bytes` (response body bytes sent).
+//!
+//! Tokens appear in logs only as the fingerprint of their SHA-256. No field is ever a Rust
+//! `Debug` form: optional ones are left out rather than written as `None`.
+
+mod body;
+mod edge;
+mod error;
+mod forward;
+mod headers;
+mod phases;
+mod request_log;
+mod sse;
+mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+pub use body::{
+    BodyFilters, BodyRejection, JsonCheck, JsonVerdict, RequestBodyFilter, ResponseBodyFilter,
+    SseBody, SseObserverFactory,
+};
+pub use error::{ErrorSource, ProxyError};
+pub use headers::strip_hop_by_hop;
+pub use sse::{SseEvent, SseObserver, SseParser};
+
+use crate::config::LiveConfig;
+use crate::keywait::KeyWaiter;
+use crate::metrics::Metrics;
+use request_log::RequestLog;
+
+/// The body type of every response the proxy sends.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Limits against abuse.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most request header bytes (names + values) accepted; more gets 431.
+    pub max_header_bytes: usize,
+    /// Most request headers accepted; more gets 431.
+    pub max_headers: usize,
+    /// Time allowed to receive a request's headers (HTTP/1); slower clients are cut off.
+    pub header_read_timeout: Duration,
+    /// HTTP/2 concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Upstream connect timeout when nothing more specific applies; a route's
+    /// `timeouts.connect` (`RouteInfo::connect_timeout`) takes precedence.
+    pub connect_timeout: Duration,
+    /// Time from accept to the first complete request head (HTTP/1) or the first request
+    /// stream (HTTP/2, after its preface and SETTINGS); a connection that has not
+    /// managed it is closed. Defaults to `header_read_timeout`'s 10s.
+    pub first_request_timeout: Duration,
+    /// A connection with no request in flight is closed after this long (keep-alive idle
+    /// timeout, both protocols).
+    pub idle_timeout: Duration,
+    /// HTTP/2 keep-alive: a PING is sent after this much silence, and the connection is
+    /// closed when it is not answered within `http2_keep_alive_timeout`.
+    pub http2_keep_alive_interval: Duration,
+    /// See `http2_keep_alive_interval`.
+    pub http2_keep_alive_timeout: Duration,
+    /// Most client connections open at once on the proxy port; beyond it a new connection
+    /// is answered `503` with `Retry-After` (plain HTTP) or closed (TLS). The admin port is
+    /// not counted.
+    pub max_connections: usize,
+    /// Peers whose `Forwarded`, `X-Forwarded-For` and `X-Real-IP` headers are believed
+    /// (load balancers in front of the proxy). From any other peer these headers are
+    /// removed and replaced with what the proxy saw.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 128,
+            connect_timeout: Duration::from_secs(5),
+            first_request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            http2_keep_alive_interval: Duration::from_secs(30),
+            http2_keep_alive_timeout: Duration::from_secs(20),
+            max_connections: 10_000,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Everything the request path needs, shared by all connections.
+pub struct Pipeline {
+    config: Arc<LiveConfig>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    client: upstream::UpstreamClient,
+    introspector: Arc<portcullis_fetch::Introspector>,
+    keys: Arc<KeyWaiter>,
+    body_filters: Option<Arc<dyn BodyFilters>>,
+}
+
+impl Pipeline {
+    /// Builds the pipeline and its pooled upstream client.
+    pub fn new(config: Arc<LiveConfig>, metrics: Metrics, limits: Limits) -> Self {
+        let client = upstream::client(limits.connect_timeout);
+        let introspector = Arc::new(portcullis_fetch::Introspector::new(
+            Arc::new(portcullis_fetch::HttpClient::default()),
+            metrics.registry(),
+        ));
+        Self {
+            config,
+            metrics: Arc::new(metrics),
+            limits,
+            client,
+            introspector,
+            keys: Arc::new(KeyWaiter::disabled()),
+            body_filters: None,
+        }
+    }
+
+    /// Holds requests with an unknown `kid` for refetched keys through `keys`.
+    pub fn with_key_waiter(mut self, keys: Arc<KeyWaiter>) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// Reads and rewrites JSON request bodies and watches SSE response bodies on the routes
+    /// `filters` chooses. Without it (the default) bodies stream through untouched.
+    pub fn with_body_filters(mut self, filters: Arc<dyn BodyFilters>) -> Self {
+        self.body_filters = Some(filters);
+        self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Serves one request through every phase. The request's `RequestLog` records it
+    /// once, whether this future completes, its response body ends or is dropped, or the
+    /// future itself is dropped because the client went away.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        tls: bool,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let mut log = RequestLog::start(&self.metrics, &req, client);
+        let version = req.version();
+        let outcome = self.phases(req, &mut log, tls).await;
+        Ok(self.respond(outcome, log, version))
+    }
+}
+
+/// A small text response.
+pub fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    response(status, "text/plain; charset=utf-8", format!("{text}\n"))
+}
+
+/// A response with a fixed body.
+pub fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

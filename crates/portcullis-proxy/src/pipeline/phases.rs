@@ -1,0 +1,300 @@
+//! The phases before forwarding: limits, the canonical target, and the decision.
+//!
+//! Each phase either hands the next one what it settled or answers the request itself
+//! (`Err(response)`); the [`RequestLog`] they share records whichever happened.
+
+// A phase that answers the request itself returns the response as its `Err`: built once
+// and handed straight up to `respond`. Boxing it would allocate on every refusal.
+#![allow(clippy::result_large_err)]
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use portcullis_policy::{
+    Allow, Answer, Credentials, Decision, Deny, DenyReason, Need, RequestParts, Snapshot,
+};
+
+use super::body::ResponseBodyFilter;
+use super::edge::edge_checks;
+use super::request_log::RequestLog;
+use super::{Pipeline, ProxyBody, plain, response};
+
+/// What the phases end with: an answer made here, or the upstream's response (with the
+/// route's SSE filter, if any).
+pub(super) enum Outcome<'p> {
+    /// Answered by the gateway (a refusal, a denial, an error).
+    Local(Response<ProxyBody>),
+    /// The upstream's response, to pass on.
+    Upstream {
+        resp: Response<Incoming>,
+        sse: Option<&'p ResponseBodyFilter>,
+    },
+}
+
+/// The one host and path the request is decided on and forwarded to.
+pub(super) struct Target<'u> {
+    pub(super) host: String,
+    pub(super) path: Cow<'u, str>,
+}
+
+impl Pipeline {
+    /// The phases, in order. `handle` turns the answer into the response.
+    pub(super) async fn phases(
+        &self,
+        req: http::Request<Incoming>,
+        log: &mut RequestLog,
+        tls: bool,
+    ) -> Outcome<'_> {
+        let (mut head, body) = req.into_parts();
+        // The target stays borrowed (canonical path) while the head is rewritten.
+        let uri = std::mem::take(&mut head.uri);
+        if let Err(resp) = self.limits_phase(&head.headers, log) {
+            return Outcome::Local(resp);
+        }
+        let snapshot = self.config.load();
+        let target = match self.target_phase(&snapshot, &head, &uri, log) {
+            Ok(t) => t,
+            Err(resp) => return Outcome::Local(resp),
+        };
+        let mut refreshed = None;
+        let allow = match self
+            .authorize_phase(&snapshot, &mut refreshed, &head, &uri, &target, log)
+            .await
+        {
+            Ok(a) => a,
+            Err(resp) => return Outcome::Local(resp),
+        };
+        let forward = match self.forward_phase(&mut head, &uri, &target, &allow, log, tls) {
+            Ok(f) => f,
+            Err(resp) => return Outcome::Local(resp),
+        };
+        drop(allow);
+        drop(refreshed);
+        drop(snapshot);
+        self.upstream_phase(head, body, forward, log).await
+    }
+
+    /// Phase: limits on the request head (431).
+    fn limits_phase(
+        &self,
+        headers: &HeaderMap,
+        log: &mut RequestLog,
+    ) -> Result<(), Response<ProxyBody>> {
+        let over = if headers.len() > self.limits.max_headers {
+            Some("header_count")
+        } else {
+            let bytes: usize = headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len())
+                .sum();
+            (bytes > self.limits.max_header_bytes).then_some("header_bytes")
+        };
+        let Some(limit) = over else { return Ok(()) };
+        self.metrics
+            .limit_rejections
+            .with_label_values(&[limit])
+            .inc();
+        log.reason = limit;
+        Err(plain(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large",
+        ))
+    }
+
+    /// Phase: the canonical target. One host, one method, one path, decided here and used
+    /// both for the decision and for the upstream request.
+    fn target_phase<'u>(
+        &self,
+        snapshot: &Snapshot,
+        head: &http::request::Parts,
+        uri: &'u Uri,
+        log: &mut RequestLog,
+    ) -> Result<Target<'u>, Response<ProxyBody>> {
+        let edge = match edge_checks(head, uri) {
+            Ok(e) => e,
+            Err((status, reason, text)) => return Err(self.refuse(log, status, reason, text)),
+        };
+        let path = match snapshot.canonical_target(&edge.host, head.method.as_str(), uri.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(self.refuse(
+                    log,
+                    StatusCode::BAD_REQUEST,
+                    e.as_str(),
+                    "bad request path",
+                ));
+            }
+        };
+        log.path.clear();
+        log.path.push_str(&path);
+        Ok(Target {
+            host: edge.host,
+            path,
+        })
+    }
+
+    /// Phase: route, credentials -> principal, authorize. Decides with `snapshot`; a
+    /// decision pending on IO is resumed once it is done: an unknown `kid` from fetched keys
+    /// waits (bounded) for a snapshot with refetched keys, kept in `refreshed`; an opaque
+    /// token is introspected. A denial is answered here.
+    pub(super) async fn authorize_phase<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        refreshed: &'s mut Option<Arc<Snapshot>>,
+        head: &http::request::Parts,
+        uri: &Uri,
+        target: &Target<'_>,
+        log: &mut RequestLog,
+    ) -> Result<Allow<'s>, Response<ProxyBody>> {
+        let parts = RequestParts {
+            method: head.method.as_str(),
+            host: &target.host,
+            path: &target.path,
+            query: uri.query(),
+            credentials: Credentials::from_headers(&head.headers),
+        };
+        let mut decision = snapshot.authorize(&parts);
+        if let Decision::Pending(pending) = &decision {
+            let need = pending.need.clone();
+            decision = match &need {
+                // An unknown `kid` from an issuer whose keys are fetched: ask for a
+                // refetch and decide again with the snapshot that brings it (bounded wait).
+                Need::Keys(refetch) => {
+                    match self
+                        .keys
+                        .wait_for_keys(refetch, &self.config, snapshot)
+                        .await
+                    {
+                        Some(newer) => {
+                            refreshed
+                                .insert(newer)
+                                .resume(&parts, &need, Answer::KeysRefreshed)
+                        }
+                        None => snapshot.resume(&parts, &need, Answer::KeysUnchanged),
+                    }
+                }
+                // An opaque token with no cached verdict: ask the introspection endpoint
+                // (one call per token however many requests wait for it).
+                // The verdict is cached (in `resume`) before this request leaves the
+                // flight, so no request for the same token can start a second call.
+                Need::Introspection { endpoint, digest } => {
+                    match portcullis_policy::bearer_token(parts.credentials.authorization) {
+                        Ok(token) => {
+                            self.introspector
+                                .introspect_then(endpoint, digest.0, token, |answer| {
+                                    let answer = answer.as_ref().map_err(|_| ());
+                                    snapshot.resume(&parts, &need, Answer::Introspection(answer))
+                                })
+                                .await
+                        }
+                        Err(_) => snapshot.resume(&parts, &need, Answer::Introspection(Err(()))),
+                    }
+                }
+            };
+        }
+        log.route = decision.route().map(|r| r.id.clone());
+        log.fingerprint = decision.fingerprint();
+        match decision {
+            Decision::Allow(allow) => {
+                log.decision = "allow";
+                log.reason = if allow.principal.is_some() {
+                    "ok"
+                } else {
+                    "public"
+                };
+                log.cache_hit = allow.principal.as_ref().map(|_| allow.cache_hit);
+                self.count_decision(log);
+                if let Some(p) = &allow.principal
+                    && let Some(consumer) = p.consumer.as_deref()
+                {
+                    let label = self.metrics.consumer_labels.label(consumer);
+                    self.metrics
+                        .consumer_requests
+                        .with_label_values(&[&*allow.route.id, p.kind.as_str(), &label])
+                        .inc();
+                }
+                Ok(allow)
+            }
+            Decision::Deny(deny) => {
+                log.decision = "deny";
+                log.reason = deny.reason.as_str();
+                log.cache_hit = deny.fingerprint.map(|_| deny.cache_hit);
+                if deny.reason != DenyReason::NoRoute {
+                    self.count_decision(log);
+                }
+                Err(deny_response(&deny))
+            }
+            Decision::Pending(_) => {
+                // `resume` never answers Pending; refuse rather than guess.
+                log.decision = "deny";
+                log.reason = "pending";
+                Err(plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "credentials could not be checked",
+                ))
+            }
+        }
+    }
+
+    /// Answers a request refused before or beside the token decision (a bad target or
+    /// header), counting it by reason.
+    pub(super) fn refuse(
+        &self,
+        log: &mut RequestLog,
+        status: StatusCode,
+        reason: &'static str,
+        text: &'static str,
+    ) -> Response<ProxyBody> {
+        self.metrics
+            .requests_refused
+            .with_label_values(&[reason])
+            .inc();
+        log.reason = reason;
+        // The request may be half-read or ambiguous: do not reuse the connection.
+        log.close = true;
+        plain(status, text)
+    }
+
+    fn count_decision(&self, log: &RequestLog) {
+        let route = log.route.as_deref().unwrap_or("none");
+        self.metrics
+            .auth_decisions
+            .with_label_values(&[route, log.decision, log.reason])
+            .inc();
+        match log.cache_hit {
+            Some(true) => self.metrics.token_cache_hits.inc(),
+            Some(false) => self.metrics.token_cache_misses.inc(),
+            None => {}
+        }
+    }
+}
+
+/// The RFC 6750 answer to a denial.
+fn deny_response(deny: &Deny<'_>) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(deny.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let body = serde_json::json!({
+        "error": deny.reason.error_code().unwrap_or(match deny.reason {
+            DenyReason::NoRoute => "not_found",
+            DenyReason::IntrospectionUnavailable => "temporarily_unavailable",
+            _ => "unauthorized",
+        }),
+        "reason": deny.reason.as_str(),
+        "error_description": deny.reason.description(),
+    })
+    .to_string();
+    let mut resp = response(status, "application/json", body);
+    if let Some(challenge) = deny.www_authenticate()
+        && let Ok(v) = HeaderValue::from_str(&challenge)
+    {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    if deny.reason == DenyReason::IntrospectionUnavailable {
+        // The token was not judged: the client may retry shortly.
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    }
+    resp
+}
