@@ -79,5 +79,20 @@ if [ "${WITH_HELM:-0}" = 1 ] && [ ! -x "$bin/helm4" ]; then
   rm -rf "$work"
 fi
 
+# Once every binary is built, the Go build and module caches (about 6 GB) are of no further
+# use: remove them (only ours, never a GOCACHE/GOMODCACHE the caller chose) so that a
+# machine which keeps ~/.cache between runs does not carry them.
+if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kubectl" ] && [ -x "$bin/etcd" ] \
+  && [ -x "$bin/helm" ] && [ -x "$bin/helm4" ]; then
+  for d in "$HOME/.cache/portcullis-e2e/gobuild" "$HOME/.cache/portcullis-e2e/gomod"; do
+    case "$d" in "$GOCACHE"|"$GOMODCACHE") ;; *) continue ;; esac
+    if [ -d "$d" ]; then
+      log "removing the Go cache $d (every binary is built)"
+      chmod -R u+w "$d" 2>/dev/null || true
+      rm -rf "$d"
+    fi
+  done
+fi
+
 log "control plane binaries in $bin"
 echo "$bin"
