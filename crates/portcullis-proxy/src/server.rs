@@ -387,20 +387,140 @@ async fn refuse_over_limit(mut stream: TcpStream) {
 
 /// Serves the proxy on `listener` until `shutdown` turns true; then stops accepting and
 /// lets open connections finish.
+///
+/// With `Limits::workers` at 0 the connections are served on the caller's runtime. With N
+/// workers, each is an OS thread with a current-thread runtime of its own that accepts on
+/// a duplicate of the listening socket (one socket, so a second process cannot bind the
+/// same port by accident as it could with `SO_REUSEPORT`) and serves what it accepted
+/// start to finish, with an upstream pool of its own: a request, its upstream call and its
+/// response never wake another thread. The connection limit is shared by all workers.
+/// Returns once every worker has stopped and its connections have finished.
 pub async fn serve_proxy(
     listener: TcpListener,
     pipeline: Arc<Pipeline>,
     tls: Option<TlsAcceptor>,
     metrics: Metrics,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let limits = pipeline.limits().clone();
-    let builder = Arc::new(builder(&limits));
     let max_connections = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
-    let connections = Arc::new(Semaphore::new(max_connections));
-    let refusals = Arc::new(Semaphore::new(REJECT_SLOTS));
+    let shared = Accepting {
+        builder: Arc::new(builder(&limits)),
+        connections: Arc::new(Semaphore::new(max_connections)),
+        refusals: Arc::new(Semaphore::new(REJECT_SLOTS)),
+        tls,
+        metrics,
+        max_connections,
+        first_request_timeout: limits.first_request_timeout,
+        idle_timeout: limits.idle_timeout,
+    };
+    if limits.workers == 0 {
+        accept_loop(listener, pipeline, shared, shutdown).await;
+        info!("proxy listener stopped");
+        return;
+    }
+    let socket = match listener.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot hand the proxy listener to worker threads");
+            return;
+        }
+    };
+    let mut done = Vec::with_capacity(limits.workers);
+    for index in 0..limits.workers {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let started = socket.try_clone().and_then(|socket| {
+            let worker = Arc::new(pipeline.for_worker());
+            let shared = shared.clone();
+            let shutdown = shutdown.clone();
+            std::thread::Builder::new()
+                .name(format!("portcullis-worker-{index}"))
+                .spawn(move || {
+                    run_worker(index, socket, worker, shared, shutdown);
+                    let _ = tx.send(());
+                })
+        });
+        match started {
+            Ok(_) => done.push(rx),
+            Err(e) => warn!(worker = index, error = %e, "cannot start a proxy worker thread"),
+        }
+    }
+    // The workers hold the only copies now: the port closes as soon as they stop
+    // accepting, not once their connections have finished.
+    drop(socket);
+    for rx in done {
+        let _ = rx.await;
+    }
+    info!("proxy listener stopped");
+}
+
+/// One worker thread: its own current-thread runtime, accepting on its duplicate of the
+/// listening socket until shutdown, then waiting for its connections to finish.
+fn run_worker(
+    index: usize,
+    socket: std::net::TcpListener,
+    pipeline: Arc<Pipeline>,
+    shared: Accepting,
+    shutdown: watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(worker = index, error = %e, "cannot start a proxy worker runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        // Registers the duplicate with this thread's reactor (it is non-blocking already).
+        match TcpListener::from_std(socket) {
+            Ok(listener) => accept_loop(listener, pipeline, shared, shutdown).await,
+            Err(e) => warn!(worker = index, error = %e, "cannot listen on a proxy worker"),
+        }
+    });
+}
+
+/// What every accept loop shares: connection bounds, the HTTP builder, TLS.
+#[derive(Clone)]
+struct Accepting {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    connections: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
+    tls: Option<TlsAcceptor>,
+    metrics: Metrics,
+    max_connections: usize,
+    first_request_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// Accepts connections and serves each on a task of the current runtime until `shutdown`
+/// turns true; then waits for those connections to finish (they shut down gracefully).
+async fn accept_loop(
+    listener: TcpListener,
+    pipeline: Arc<Pipeline>,
+    shared: Accepting,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Accepting {
+        builder,
+        connections,
+        refusals,
+        tls,
+        metrics,
+        max_connections,
+        first_request_timeout,
+        idle_timeout,
+    } = shared;
+    // Every connection task holds a sender; the receiver sees the channel close once the
+    // last of them has ended.
+    let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
     let mut last_limit_warning: Option<Instant> = None;
     loop {
+        if *shutdown.borrow() {
+            break;
+        }
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -442,13 +562,15 @@ pub async fn serve_proxy(
             metrics: metrics.clone(),
             peer,
             is_tls: tls.is_some(),
-            first_request_timeout: limits.first_request_timeout,
-            idle_timeout: limits.idle_timeout,
+            first_request_timeout,
+            idle_timeout,
         };
         let tls = tls.clone();
         let shutdown = shutdown.clone();
+        let alive = alive.clone();
         tokio::spawn(async move {
             let _open = open;
+            let _alive = alive;
             match tls {
                 None => serve_connection(stream, ctx, shutdown).await,
                 Some(acceptor) => {
@@ -480,7 +602,9 @@ pub async fn serve_proxy(
             }
         });
     }
-    info!("proxy listener stopped");
+    drop(listener);
+    drop(alive);
+    let _ = all_done.recv().await;
 }
 
 /// Serves `/metrics`, `/healthz`, `/readyz` and `/config` on the admin port.

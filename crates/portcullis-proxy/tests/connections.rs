@@ -114,12 +114,15 @@ struct Gateway {
 }
 
 /// Test limits: short first-request and idle timeouts; hyper's header read timeout stays
-/// long, so what cuts a connection here is the connection watchdog.
+/// long, so what cuts a connection here is the connection watchdog. Two worker threads, as
+/// the binary runs on a 2-CPU machine: every bound here must hold across workers (the
+/// connection cap is shared by them). The other test files serve on the test's runtime.
 fn limits() -> Limits {
     Limits {
         first_request_timeout: Duration::from_millis(500),
         idle_timeout: Duration::from_millis(700),
         header_read_timeout: Duration::from_secs(10),
+        workers: 2,
         ..Limits::default()
     }
 }
@@ -518,4 +521,97 @@ async fn healthy_h2c_client_keeps_working() {
         .unwrap()
         .unwrap();
     assert_eq!(gw.closed("idle_timeout").await, 1.0);
+}
+
+/// The names of this process's threads (`/proc/self/task/*/comm`, at most 15 bytes each).
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect()
+}
+
+/// Worker threads (`Limits::workers`): connections are served by threads of the gateway's
+/// own (named `portcullis-worker-N`), every one of many concurrent keep-alive connections
+/// gets its answers, the open-connection count spans the workers, and on shutdown the port
+/// closes at once while a response in flight is sent in full (RFC 9112 section 9.6: a
+/// server closes only after the response it is sending).
+#[tokio::test]
+async fn workers_serve_every_connection_and_drain_on_shutdown() {
+    let gw = Gateway::start(
+        Limits {
+            idle_timeout: Duration::from_secs(30),
+            ..limits()
+        },
+        None,
+    )
+    .await;
+    let workers = thread_names()
+        .into_iter()
+        .filter(|n| n.starts_with("portcullis-work"))
+        .count();
+    assert!(workers >= 2, "no worker threads: {:?}", thread_names());
+
+    let mut conns = Vec::new();
+    for _ in 0..16 {
+        conns.push(h1_conn(gw.addr()).await);
+    }
+    gw.wait_open(16.0).await;
+    for round in 0..5 {
+        for (i, (send, _)) in conns.iter_mut().enumerate() {
+            send.ready().await.unwrap();
+            let resp = send.send_request(get("/public/hello")).await.unwrap();
+            assert_eq!(
+                resp.status(),
+                StatusCode::OK,
+                "connection {i}, round {round}"
+            );
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"hello");
+        }
+    }
+    drop(conns);
+    gw.wait_open(0.0).await;
+
+    // A stream in flight when the shutdown comes.
+    let (mut send, conn) = h1_conn(gw.addr()).await;
+    let resp = send.send_request(get("/public/trickle")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = tokio::spawn(async move { resp.into_body().collect().await.map(|b| b.to_bytes()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.running.shutdown();
+
+    // The port closes at once: a new connection is refused, or closed unanswered.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpStream::connect(gw.addr()).await {
+            Err(_) => break,
+            Ok(s) => {
+                if wait_closed(s, Duration::from_millis(500)).await.is_ok() {
+                    break;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy port still accepts after shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = timeout(TRICKLE_GAP * TRICKLE_CHUNKS as u32 + CLOSE_SLACK, body)
+        .await
+        .expect("the stream in flight did not finish")
+        .unwrap()
+        .unwrap();
+    let expected: String = (0..TRICKLE_CHUNKS)
+        .map(|i| format!("chunk {i}\n"))
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&body), expected);
+    // And the connection is closed after it.
+    timeout(CLOSE_SLACK, conn)
+        .await
+        .expect("the connection stayed open after its response")
+        .unwrap()
+        .unwrap();
 }

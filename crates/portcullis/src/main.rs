@@ -80,6 +80,13 @@ struct StandaloneArgs {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Verified tokens (and introspection verdicts) cached per TokenPolicy, by the token's
+    /// SHA-256. A token found there skips signature verification; revocations, lifetime and
+    /// scopes are still checked on every request. Size it above the number of distinct
+    /// tokens in use at once; 1 makes nearly every request verify its signature (a load
+    /// test's worst case).
+    #[arg(long, default_value = "10000", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
+    token_cache_size: usize,
     #[command(flatten)]
     key_refetch: KeyRefetchArgs,
     #[command(flatten)]
@@ -144,6 +151,32 @@ pub(crate) struct ConnectionArgs {
     /// the peer's own address. Default: none.
     #[arg(long = "trusted-proxy", value_parser = cidr)]
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// Threads serving the proxy port, each with its own event loop and upstream connection
+    /// pool (a connection is served start to finish by the thread that accepted it).
+    /// `auto`: one per CPU this process may run on. `0`: no threads of their own; the
+    /// connections share the process's work-stealing runtime (slower: requests and their
+    /// upstream connections wake each other across threads).
+    #[arg(long, default_value = "auto", value_parser = workers)]
+    workers: Workers,
+}
+
+/// `--workers`: a count, or one per available CPU.
+#[derive(Debug, Clone, Copy)]
+enum Workers {
+    Auto,
+    Count(usize),
+}
+
+fn workers(s: &str) -> Result<Workers, String> {
+    if s == "auto" {
+        return Ok(Workers::Auto);
+    }
+    match s.parse::<usize>() {
+        Ok(n) if n <= 1024 => Ok(Workers::Count(n)),
+        _ => Err(format!(
+            "{s:?} is not `auto` or a number of threads from 0 to 1024"
+        )),
+    }
 }
 
 /// A CIDR, or a bare address meaning just that address.
@@ -163,6 +196,11 @@ impl ConnectionArgs {
         limits.http2_keep_alive_interval = self.http2_keep_alive_interval;
         limits.http2_keep_alive_timeout = self.http2_keep_alive_timeout;
         limits.trusted_proxies = self.trusted_proxies.clone();
+        limits.workers = match self.workers {
+            // The CPUs this process may use (a cgroup quota or `taskset` lowers it).
+            Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Workers::Count(n) => n,
+        };
     }
 }
 
@@ -238,6 +276,7 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     opts.admin = args.admin;
     opts.tls = args.tls_cert.zip(args.tls_key);
     args.connections.apply(&mut opts.limits);
+    opts.compile.cache_capacity = args.token_cache_size;
     opts.unknown_kid_hold = args.key_refetch.unknown_kid_hold;
     opts.unknown_kid_refetch = args.key_refetch.unknown_kid_refetch;
     let running = portcullis_proxy::start_standalone(opts).await?;

@@ -99,6 +99,9 @@ pub struct Limits {
     /// (load balancers in front of the proxy). From any other peer these headers are
     /// removed and replaced with what the proxy saw.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Threads serving the proxy port, each with a runtime and an upstream connection pool
+    /// of its own (see `server::serve_proxy`); 0 serves on the caller's runtime.
+    pub workers: usize,
 }
 
 impl Default for Limits {
@@ -115,6 +118,7 @@ impl Default for Limits {
             http2_keep_alive_timeout: Duration::from_secs(20),
             max_connections: 10_000,
             trusted_proxies: Vec::new(),
+            workers: 0,
         }
     }
 }
@@ -149,6 +153,21 @@ impl Pipeline {
         }
     }
 
+    /// A pipeline for one worker thread: the same config, metrics, caches and waiters, and
+    /// an upstream connection pool of its own, so that a worker's upstream connections are
+    /// driven by the thread that uses them.
+    pub fn for_worker(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            limits: self.limits.clone(),
+            client: upstream::client(self.limits.connect_timeout),
+            introspector: self.introspector.clone(),
+            keys: self.keys.clone(),
+            body_filters: self.body_filters.clone(),
+        }
+    }
+
     /// Holds requests with an unknown `kid` for refetched keys through `keys`.
     pub fn with_key_waiter(mut self, keys: Arc<KeyWaiter>) -> Self {
         self.keys = keys;
@@ -180,6 +199,34 @@ impl Pipeline {
         let version = req.version();
         let outcome = self.phases(req, &mut log, tls).await;
         Ok(self.respond(outcome, log, version))
+    }
+}
+
+impl Pipeline {
+    /// The request path without sockets, for benchmarks: limits, the canonical target,
+    /// the decision (resumed when pending on keys or introspection, as `handle` does) and
+    /// the upstream request head, returned instead of sent. The request is recorded
+    /// (metrics, access log) as if the upstream had answered `200` with an empty body; a
+    /// refusal or denial is returned as the response `handle` would send.
+    pub async fn prepare(
+        &self,
+        req: Request<()>,
+        client: SocketAddr,
+        tls: bool,
+    ) -> Result<Request<()>, Response<ProxyBody>> {
+        let mut log = RequestLog::start(&self.metrics, &req, client);
+        let (mut head, ()) = req.into_parts();
+        let uri = std::mem::take(&mut head.uri);
+        match self.head_phases(&mut head, &uri, &mut log, tls).await {
+            Ok(_) => {
+                log.head(StatusCode::OK, Some(0));
+                Ok(Request::from_parts(head, ()))
+            }
+            Err(resp) => {
+                log.head(resp.status(), None);
+                Err(resp)
+            }
+        }
     }
 }
 
