@@ -78,10 +78,34 @@ pub struct MintArgs {
     /// Sign even with a key that is not marked dev-only.
     #[arg(long)]
     pub force: bool,
+
+    /// Mint this many tokens, one per line, for load tests with many distinct tokens. With
+    /// more than one, token i (from 1) has `sub` SUBJECT-i and `jti` ID-i (with --jti) or
+    /// its own random `jti`.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub count: u32,
 }
 
 /// Signs a token as `token mint` would, at `now` (seconds since the epoch).
+#[cfg(test)]
 pub fn mint_token(args: &MintArgs, now: i64) -> anyhow::Result<String> {
+    let key = signing_key(args)?;
+    sign(args, &key, now, None)
+}
+
+/// Signs `args.count` tokens as `token mint --count` would: the key is read once.
+pub fn mint_tokens(args: &MintArgs, now: i64) -> anyhow::Result<Vec<String>> {
+    let key = signing_key(args)?;
+    if args.count <= 1 {
+        return Ok(vec![sign(args, &key, now, None)?]);
+    }
+    (1..=args.count)
+        .map(|i| sign(args, &key, now, Some(i)))
+        .collect()
+}
+
+/// Reads the key file, refusing one not marked dev-only unless `--force`.
+fn signing_key(args: &MintArgs) -> anyhow::Result<EncodingKey> {
     let path = args.key.as_path();
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading key file {}", path.display()))?;
@@ -101,13 +125,26 @@ pub fn mint_token(args: &MintArgs, now: i64) -> anyhow::Result<String> {
             path.display()
         );
     }
-    let key = encoding_key(args.alg, &key_text, path)?;
+    encoding_key(args.alg, &key_text, path)
+}
 
+/// One token; `index` (from 1) numbers the `sub` and `jti` of one of several.
+fn sign(
+    args: &MintArgs,
+    key: &EncodingKey,
+    now: i64,
+    index: Option<u32>,
+) -> anyhow::Result<String> {
+    let path = args.key.as_path();
+    let numbered = |base: &str| match index {
+        Some(i) => format!("{base}-{i}"),
+        None => base.to_owned(),
+    };
     let issued_at = now.saturating_sub(secs(args.issued_ago.unwrap_or_default()));
     let expires_at = issued_at.saturating_add(secs(args.ttl));
     let mut claims = Map::new();
     claims.insert("iss".into(), args.iss.clone().into());
-    claims.insert("sub".into(), args.sub.clone().into());
+    claims.insert("sub".into(), numbered(&args.sub).into());
     match args.aud.as_slice() {
         [] => {}
         [one] => {
@@ -119,7 +156,7 @@ pub fn mint_token(args: &MintArgs, now: i64) -> anyhow::Result<String> {
     }
     claims.insert("iat".into(), issued_at.into());
     claims.insert("exp".into(), expires_at.into());
-    let jti = args.jti.clone().unwrap_or_else(random_jti);
+    let jti = args.jti.as_deref().map_or_else(random_jti, numbered);
     claims.insert("jti".into(), jti.into());
     let scopes: Vec<&str> = args
         .scopes
@@ -137,7 +174,7 @@ pub fn mint_token(args: &MintArgs, now: i64) -> anyhow::Result<String> {
     if !args.kid.is_empty() {
         header.kid = Some(args.kid.clone());
     }
-    jsonwebtoken::encode(&header, &claims, &key)
+    jsonwebtoken::encode(&header, &claims, key)
         .with_context(|| format!("signing with {} ({:?})", path.display(), args.alg))
 }
 

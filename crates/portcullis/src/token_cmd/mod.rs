@@ -27,7 +27,9 @@ mod tests;
 mod thumbprint;
 
 pub use inspect::{InspectArgs, inspect_token};
-pub use mint::{MintArgs, mint_token};
+#[cfg(test)]
+pub use mint::mint_token;
+pub use mint::{MintArgs, mint_tokens};
 pub use thumbprint::{ThumbprintArgs, key_thumbprints};
 
 use inspect::read_stdin;
@@ -56,8 +58,13 @@ pub enum TokenCommand {
 pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Mint(args) => {
-            let token = mint_token(&args, unix_now())?;
-            println!("{token}");
+            use std::io::Write;
+            let tokens = mint_tokens(&args, unix_now())?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for token in tokens {
+                writeln!(out, "{token}")?;
+            }
+            out.flush()?;
         }
         TokenCommand::Inspect(args) => {
             let input = match args.token.as_deref() {

@@ -165,6 +165,42 @@ fn two_mints_get_different_jtis() {
 }
 
 #[test]
+fn count_mints_distinct_numbered_tokens_that_all_verify() {
+    let tokens = mint_tokens(
+        &mint_args(&["--count", "3", "--jti", "load", "--scope", "orders:read"]),
+        unix_now(),
+    )
+    .unwrap();
+    assert_eq!(tokens.len(), 3);
+    for (i, token) in tokens.iter().enumerate() {
+        let claims = segment_json(token, 1);
+        assert_eq!(claims["sub"], format!("alice-{}", i + 1));
+        assert_eq!(claims["jti"], format!("load-{}", i + 1));
+        assert_eq!(claims["scope"], "orders:read");
+    }
+    let snapshot = quickstart_snapshot(|_| {});
+    for token in &tokens {
+        assert_eq!(decide(&snapshot, "GET", "/orders", Some(token)), Ok(()));
+    }
+    // One token: the plain `sub` and `jti`, as without --count.
+    let one = mint_tokens(&mint_args(&["--jti", "solo"]), unix_now()).unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(segment_json(&one[0], 1)["sub"], "alice");
+    assert_eq!(segment_json(&one[0], 1)["jti"], "solo");
+    let zero = Cli::try_parse_from([
+        "portcullis",
+        "mint",
+        "--key",
+        "k",
+        "--sub",
+        "s",
+        "--count",
+        "0",
+    ]);
+    assert!(zero.is_err(), "--count 0 must be refused");
+}
+
+#[test]
 fn refuses_a_key_not_marked_dev_only_without_force() {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(quickstart("dev-private.pem")).unwrap();
