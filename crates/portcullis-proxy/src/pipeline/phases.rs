@@ -19,6 +19,7 @@ use portcullis_policy::{
 
 use super::body::ResponseBodyFilter;
 use super::edge::edge_checks;
+use super::forward::Forward;
 use super::request_log::RequestLog;
 use super::{Pipeline, ProxyBody, plain, response};
 
@@ -51,30 +52,29 @@ impl Pipeline {
         let (mut head, body) = req.into_parts();
         // The target stays borrowed (canonical path) while the head is rewritten.
         let uri = std::mem::take(&mut head.uri);
-        if let Err(resp) = self.limits_phase(&head.headers, log) {
-            return Outcome::Local(resp);
+        match self.head_phases(&mut head, &uri, log, tls).await {
+            Ok(forward) => self.upstream_phase(head, body, forward, log).await,
+            Err(resp) => Outcome::Local(resp),
         }
+    }
+
+    /// The phases on the request head: limits, target, decision, and the upstream request
+    /// head (written into `head`). Holds the snapshot only until the decision is applied.
+    pub(super) async fn head_phases(
+        &self,
+        head: &mut http::request::Parts,
+        uri: &Uri,
+        log: &mut RequestLog,
+        tls: bool,
+    ) -> Result<Forward<'_>, Response<ProxyBody>> {
+        self.limits_phase(&head.headers, log)?;
         let snapshot = self.config.load();
-        let target = match self.target_phase(&snapshot, &head, &uri, log) {
-            Ok(t) => t,
-            Err(resp) => return Outcome::Local(resp),
-        };
+        let target = self.target_phase(&snapshot, head, uri, log)?;
         let mut refreshed = None;
-        let allow = match self
-            .authorize_phase(&snapshot, &mut refreshed, &head, &uri, &target, log)
-            .await
-        {
-            Ok(a) => a,
-            Err(resp) => return Outcome::Local(resp),
-        };
-        let forward = match self.forward_phase(&mut head, &uri, &target, &allow, log, tls) {
-            Ok(f) => f,
-            Err(resp) => return Outcome::Local(resp),
-        };
-        drop(allow);
-        drop(refreshed);
-        drop(snapshot);
-        self.upstream_phase(head, body, forward, log).await
+        let allow = self
+            .authorize_phase(&snapshot, &mut refreshed, head, uri, &target, log)
+            .await?;
+        self.forward_phase(head, uri, &target, &allow, log, tls)
     }
 
     /// Phase: limits on the request head (431).
