@@ -14,6 +14,9 @@ pub struct Upstream {
     /// A path prefix to put before the request path (from a `backend.url` with a path),
     /// without a trailing slash; empty for none.
     pub base_path: String,
+    /// `authority` as the `Host` header sent upstream, built once here rather than per
+    /// request.
+    pub host_header: http::HeaderValue,
 }
 
 /// The route and rule a request matched.

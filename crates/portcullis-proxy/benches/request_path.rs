@@ -23,7 +23,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Request;
 use portcullis_policy::{CompileOptions, ManualClock};
-use portcullis_proxy::{Limits, LiveConfig, Metrics, Pipeline};
+use portcullis_proxy::{Limits, LiveConfig, Metrics, Peer, Pipeline};
 use portcullis_testkit::fixtures::{PolicyBuilder, RouteBuilder};
 use serde_json::json;
 
@@ -96,27 +96,40 @@ fn request(path: &str, authorization: Option<&str>) -> Request<()> {
     b.body(()).unwrap()
 }
 
-fn run(pipeline: &Pipeline, req: Request<()>, want_ok: bool) {
-    let client: SocketAddr = ([10, 0, 0, 7], 40000).into();
-    let out = futures::executor::block_on(pipeline.prepare(req, client, false));
+fn run(pipeline: &Pipeline, peer: &Peer, req: Request<()>, want_ok: bool) {
+    let out = futures::executor::block_on(pipeline.prepare(req, peer, false));
     assert_eq!(out.is_ok(), want_ok, "unexpected outcome");
     black_box(out.ok());
 }
 
 fn request_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("request_path");
+    // Made once per connection by the server.
+    let peer = Peer::new(SocketAddr::from(([10, 0, 0, 7], 40000)));
 
     let cached = setup(10_000);
     let bearer = format!("Bearer {}", token(&cached.key, 0));
-    run(&cached.pipeline, request("/orders/42", Some(&bearer)), true);
+    run(
+        &cached.pipeline,
+        &peer,
+        request("/orders/42", Some(&bearer)),
+        true,
+    );
     group.bench_function("allow_cached", |b| {
-        b.iter(|| run(&cached.pipeline, request("/orders/42", Some(&bearer)), true))
+        b.iter(|| {
+            run(
+                &cached.pipeline,
+                &peer,
+                request("/orders/42", Some(&bearer)),
+                true,
+            )
+        })
     });
     group.bench_function("deny_no_token", |b| {
-        b.iter(|| run(&cached.pipeline, request("/orders/42", None), false))
+        b.iter(|| run(&cached.pipeline, &peer, request("/orders/42", None), false))
     });
     group.bench_function("public", |b| {
-        b.iter(|| run(&cached.pipeline, request("/health", None), true))
+        b.iter(|| run(&cached.pipeline, &peer, request("/health", None), true))
     });
 
     let uncached = setup(1);
@@ -129,6 +142,7 @@ fn request_path(c: &mut Criterion) {
             next = (next + 1) % DISTINCT;
             run(
                 &uncached.pipeline,
+                &peer,
                 request("/orders/42", Some(&bearers[next])),
                 true,
             )

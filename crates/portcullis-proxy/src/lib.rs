@@ -27,7 +27,7 @@ use std::time::Duration;
 
 pub use config::{ConfigInfo, LiveConfig};
 pub use metrics::Metrics;
-pub use pipeline::{Limits, Pipeline};
+pub use pipeline::{Limits, Peer, Pipeline};
 use tokio::sync::watch;
 
 /// How to run the gateway from a manifest directory.

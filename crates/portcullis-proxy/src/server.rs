@@ -39,7 +39,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::LiveConfig;
 use crate::metrics::Metrics;
-use crate::pipeline::{Limits, Pipeline, ProxyBody, plain, response};
+use crate::pipeline::{Limits, Peer, Pipeline, ProxyBody, plain, response};
 
 /// The TLS handshake's own bound; it counts toward no other timeout.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -300,6 +300,7 @@ where
         idle_timeout,
     } = ctx;
     let tracker = Arc::new(ConnTracker::new());
+    let client = Arc::new(Peer::new(peer));
     let service = {
         let tracker = tracker.clone();
         service_fn(move |req: Request<Incoming>| {
@@ -307,9 +308,10 @@ where
             // until its response body is done.
             let in_flight = InFlight::start(&tracker);
             let pipeline = pipeline.clone();
+            let client = client.clone();
             async move {
                 pipeline
-                    .handle(req, peer, is_tls)
+                    .handle(req, &client, is_tls)
                     .await
                     .map(|resp| resp.map(|body| TrackedBody::new(body, in_flight)))
             }

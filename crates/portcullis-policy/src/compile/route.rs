@@ -385,9 +385,12 @@ fn upstream_from_uri(uri: http::Uri) -> Result<Upstream, String> {
         return Err("the URL must not carry a query".into());
     }
     let base_path = uri.path().trim_end_matches('/').to_string();
+    let host_header = http::HeaderValue::from_str(authority.as_str())
+        .map_err(|_| format!("the host {authority} cannot be a Host header"))?;
     Ok(Upstream {
         scheme,
         authority,
         base_path,
+        host_header,
     })
 }

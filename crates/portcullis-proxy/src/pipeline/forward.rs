@@ -95,29 +95,33 @@ impl Pipeline {
         for (name, value) in allow.headers() {
             headers.insert(name.clone(), value.clone());
         }
-        let client_ip = log.client.ip().to_string();
+        // The peer's address as a header value is made once per connection.
         let xff = match headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
             .filter(|_| peer_trusted)
         {
-            Some(prev) => format!("{prev}, {client_ip}"),
-            None => client_ip,
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", log.client.ip())).ok(),
+            None => Some(log.client_ip.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        if let Some(v) = xff {
             headers.insert("x-forwarded-for", v);
         }
         headers.insert(
             "x-forwarded-proto",
             HeaderValue::from_static(if tls { "https" } else { "http" }),
         );
-        if let Ok(v) = HeaderValue::from_str(&target.host) {
+        // The client's own Host value when it is already the canonical host (the common
+        // case: no copy), else the canonical host.
+        let forwarded_host = match headers.get(header::HOST) {
+            Some(v) if v.as_bytes() == target.host.as_bytes() => Some(v.clone()),
+            _ => HeaderValue::from_str(&target.host).ok(),
+        };
+        if let Some(v) = forwarded_host {
             headers.insert("x-forwarded-host", v);
         }
         headers.insert("x-request-id", log.request_id.clone());
-        if let Ok(v) = HeaderValue::from_str(upstream.authority.as_str()) {
-            headers.insert(header::HOST, v);
-        }
+        headers.insert(header::HOST, upstream.host_header.clone());
         head.uri = upstream_uri;
         head.version = Version::HTTP_11;
         let filters = self.body_filters.as_deref();

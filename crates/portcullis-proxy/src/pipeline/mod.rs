@@ -123,6 +123,24 @@ impl Default for Limits {
     }
 }
 
+/// The client end of a connection, as the request path uses it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The peer's address.
+    pub addr: SocketAddr,
+    /// Its IP address as a header value (`X-Forwarded-For`).
+    ip_header: HeaderValue,
+}
+
+impl Peer {
+    /// The peer at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip_header = HeaderValue::from_str(&addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self { addr, ip_header }
+    }
+}
+
 /// Everything the request path needs, shared by all connections.
 pub struct Pipeline {
     config: Arc<LiveConfig>,
@@ -192,10 +210,10 @@ impl Pipeline {
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        client: SocketAddr,
+        peer: &Peer,
         tls: bool,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let mut log = RequestLog::start(&self.metrics, &req, client);
+        let mut log = RequestLog::start(&self.metrics, &req, peer);
         let version = req.version();
         let outcome = self.phases(req, &mut log, tls).await;
         Ok(self.respond(outcome, log, version))
@@ -211,10 +229,10 @@ impl Pipeline {
     pub async fn prepare(
         &self,
         req: Request<()>,
-        client: SocketAddr,
+        peer: &Peer,
         tls: bool,
     ) -> Result<Request<()>, Response<ProxyBody>> {
-        let mut log = RequestLog::start(&self.metrics, &req, client);
+        let mut log = RequestLog::start(&self.metrics, &req, peer);
         let (mut head, ()) = req.into_parts();
         let uri = std::mem::take(&mut head.uri);
         match self.head_phases(&mut head, &uri, &mut log, tls).await {

@@ -128,8 +128,9 @@ impl Pipeline {
                 ));
             }
         };
-        log.path.clear();
-        log.path.push_str(&path);
+        if let Cow::Owned(canonical) = &path {
+            log.canonical_path = Some(canonical.clone());
+        }
         Ok(Target {
             host: edge.host,
             path,

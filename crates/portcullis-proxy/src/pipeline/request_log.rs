@@ -24,6 +24,7 @@ use http_body::{Body, Frame, SizeHint};
 use portcullis_policy::Fingerprint;
 use tracing::info;
 
+use super::Peer;
 use super::error::{ErrorSource, ProxyError, client_closed_status};
 use crate::metrics::{Metrics, method_label};
 
@@ -32,9 +33,15 @@ pub(crate) struct RequestLog {
     metrics: Arc<Metrics>,
     start: Instant,
     pub(crate) method: Method,
-    pub(crate) path: String,
+    /// The request target as received (a clone shares its bytes).
+    uri: http::Uri,
+    /// The canonical path, once known, where it differs from the received one.
+    pub(crate) canonical_path: Option<String>,
     pub(crate) request_id: HeaderValue,
     pub(crate) client: SocketAddr,
+    /// The client's IP address as a header value (`X-Forwarded-For`), made once per
+    /// connection.
+    pub(crate) client_ip: HeaderValue,
     pub(crate) route: Option<Arc<str>>,
     pub(crate) decision: &'static str,
     pub(crate) reason: &'static str,
@@ -56,7 +63,7 @@ pub(crate) struct RequestLog {
 
 impl RequestLog {
     /// Starts the record of `req` (counted in flight until it is dropped).
-    pub(crate) fn start<B>(metrics: &Arc<Metrics>, req: &Request<B>, client: SocketAddr) -> Self {
+    pub(crate) fn start<B>(metrics: &Arc<Metrics>, req: &Request<B>, peer: &Peer) -> Self {
         metrics.inflight.inc();
         let request_id = req
             .headers()
@@ -68,9 +75,11 @@ impl RequestLog {
             metrics: metrics.clone(),
             start: Instant::now(),
             method: req.method().clone(),
-            path: req.uri().path().to_owned(),
+            uri: req.uri().clone(),
+            canonical_path: None,
             request_id,
-            client,
+            client: peer.addr,
+            client_ip: peer.ip_header.clone(),
             route: None,
             decision: "none",
             reason: "none",
@@ -148,7 +157,7 @@ impl RequestLog {
             request_id = self.request_id.to_str().unwrap_or("-"),
             client = %self.client.ip(),
             method = %self.method,
-            path = %self.path,
+            path = self.canonical_path.as_deref().unwrap_or(self.uri.path()),
             route,
             status = status.as_u16(),
             decision = self.decision,
@@ -259,6 +268,15 @@ fn new_request_id() -> HeaderValue {
         t ^ (std::process::id() as u64).rotate_left(32)
     });
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix:016x}-{n:08x}"))
-        .unwrap_or(HeaderValue::from_static("-"))
+    // `{prefix:016x}-{n:08x}`, written without the formatting machinery.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 25];
+    for (i, slot) in id[..16].iter_mut().enumerate() {
+        *slot = HEX[((prefix >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    id[16] = b'-';
+    for (i, slot) in id[17..].iter_mut().enumerate() {
+        *slot = HEX[((n >> (28 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
 }
