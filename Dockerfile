@@ -21,8 +21,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p portcullis \
- && cp target/release/portcullis /portcullis \
+    cargo build --profile dist --locked -p portcullis \
+ && cp target/dist/portcullis /portcullis \
  && /portcullis --version
 
 FROM gcr.io/distroless/cc-debian12:nonroot

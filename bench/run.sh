@@ -20,7 +20,7 @@
 #   TOKENS=10000                    distinct tokens for the `tokens` section
 #   REVOCATIONS=100                 revocation entries (other jtis) in the Portcullis policy
 #   PORT_BASE=18080                 ports PORT_BASE..PORT_BASE+4 on 127.0.0.1 are used
-#   PORTCULLIS_BIN=path             use this binary instead of `cargo build --release`
+#   PORTCULLIS_BIN=path             use this binary instead of `cargo build --profile dist`
 #   PORTCULLIS_ARGS="--workers 0"   extra flags for every `portcullis standalone` (A/B runs)
 #   SKIP_INSTALL=1                  do not install missing tools
 #   ONLY="direct nginx haproxy portcullis"   run a subset of targets
@@ -189,9 +189,10 @@ build_portcullis() {
         [[ -x $PORTCULLIS_BIN ]] || die "PORTCULLIS_BIN=$PORTCULLIS_BIN is not executable"
         return
     fi
-    log "building portcullis (release)"
-    (cd "$ROOT" && cargo build --release -p portcullis) >&2
-    PORTCULLIS_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis
+    # The profile the container image ships (release + fat LTO, one codegen unit).
+    log "building portcullis (--profile dist)"
+    (cd "$ROOT" && cargo build --profile dist -p portcullis) >&2
+    PORTCULLIS_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/dist/portcullis
     [[ -x $PORTCULLIS_BIN ]] || die "no binary at $PORTCULLIS_BIN after the build"
 }
 
