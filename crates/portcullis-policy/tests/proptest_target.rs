@@ -17,8 +17,8 @@
 //! - strip `;params` from each segment (Tomcat, Jetty, Spring: `/admin;x` is `/admin`).
 //!   They do it on the raw path, before decoding, so an escaped `%3B` is data to them and
 //!   the model strips raw `;` only. (Spring Security's StrictHttpFirewall refuses `%3B`
-//!   outright; the default options here keep it escaped, which no backend modelled splits
-//!   on.)
+//!   outright, and so do the default options here, with raw `;`; the options that keep
+//!   semicolons keep `%3B` escaped, which no backend modelled splits on.)
 //! - treat `\` as `/` (IIS, some Windows-hosted stacks);
 //! - merge slashes and remove dot segments, keeping a trailing slash: Go's ServeMux
 //!   `cleanPath` (`path.Clean`), nginx's `merge_slashes on` plus its `..` resolution, which
