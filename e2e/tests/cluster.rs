@@ -265,15 +265,26 @@ fn portcullis_on_a_real_api_server() {
     );
     let explain = k(&["explain", "apiroute.spec.rules.requiredScopes"]);
     assert!(explain.contains("Scopes the token must hold"), "{explain}");
-    let proxies_status = k(&[
-        "get",
-        "apiroute",
-        "orders",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.status.proxies.programmed}/{.status.proxies.connected}",
-    ]);
+    // Programmed can come first from the proxies of the leader's own replica: a proxy on
+    // the other replica is counted once that replica's acks reach the leader (through its
+    // Lease), so the count is awaited, not read once.
+    let mut proxies_status = String::new();
+    wait_until(
+        "status.proxies 3/3 on apiroute/orders",
+        Duration::from_secs(30),
+        || {
+            proxies_status = k(&[
+                "get",
+                "apiroute",
+                "orders",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.status.proxies.programmed}/{.status.proxies.connected}",
+            ]);
+            proxies_status == "3/3"
+        },
+    );
     assert_eq!(proxies_status, "3/3");
     let good = mint(&dev_key(), "basic-1", "orders:read");
     for p in p_ports {
