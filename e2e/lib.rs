@@ -27,13 +27,27 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A loopback port free right now.
+/// A loopback port free right now, never handed out before by this process, and below
+/// Linux's ephemeral range (32768-60999), so that no outgoing connection (kubectl, a proxy
+/// dialling its controller) can take it between this call and the server's bind. Port 0
+/// would pick from that very range, and could give two calls in a row the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    // A different starting point per process (two e2e runs side by side), then a walk.
+    let start = 20_000 + (std::process::id() % 1000) as u16 * 12;
+    for i in 0..12_000u16 {
+        let port = 20_000 + (start - 20_000 + i) % 12_000;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000-31999");
 }
 
 /// A child process killed when dropped.
