@@ -51,5 +51,8 @@ pub use principal::VerifiedToken;
 pub use remote::{RemoteSource, RemoteSourceKind, discovery_url, remote_sources, source_key};
 pub use snapshot::{Snapshot, SnapshotStats};
 pub use sources::{CompiledSources, PreviousCompile, SourceChanges, compile_sources};
-pub use target::{EscapedSlashes, PathOptions, Semicolons, TargetError, canonical_path};
+pub use target::{
+    EscapedSlashes, PathOptions, Semicolons, TargetError, canonical_path,
+    is_unreserved_or_sub_delim,
+};
 pub use token::{Fingerprint, TokenDigest, token_digest};

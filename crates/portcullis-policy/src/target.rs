@@ -131,10 +131,10 @@ impl TargetError {
     }
 }
 
-/// Whether a byte may stand for itself in a canonical path segment (RFC 3986 `pchar`
-/// without `%`): unreserved, sub-delims, `:` and `@`.
+/// Whether a byte is RFC 3986 `unreserved` or `sub-delims` (sections 2.3 and 2.2): what a
+/// path segment (`pchar`) and a host (`reg-name`) have in common.
 #[inline]
-fn is_pchar(b: u8) -> bool {
+pub fn is_unreserved_or_sub_delim(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
@@ -152,9 +152,14 @@ fn is_pchar(b: u8) -> bool {
                 | b','
                 | b';'
                 | b'='
-                | b':'
-                | b'@'
         )
+}
+
+/// Whether a byte may stand for itself in a canonical path segment (RFC 3986 `pchar`
+/// without `%`): unreserved, sub-delims, `:` and `@`.
+#[inline]
+fn is_pchar(b: u8) -> bool {
+    is_unreserved_or_sub_delim(b) || matches!(b, b':' | b'@')
 }
 
 #[inline]

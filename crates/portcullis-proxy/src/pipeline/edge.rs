@@ -150,27 +150,9 @@ fn valid_host(h: &str) -> bool {
         }
     };
     !host.is_empty()
-        && host.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                        | b'%'
-                )
-        })
+        && host
+            .bytes()
+            .all(|b| portcullis_policy::is_unreserved_or_sub_delim(b) || b == b'%')
         && port.len() <= 5
         && port.bytes().all(|b| b.is_ascii_digit())
 }
