@@ -157,6 +157,8 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
         Arc::new(portcullis_fetch::HttpClient::default()),
         metrics.registry(),
     );
+    // Watch before the first load, so no edit falls between the two.
+    let watch = standalone::DirWatch::new(&opts.manifests);
     // Load synchronously first so the proxy never serves before its config.
     let mut manifests = standalone::ManifestDir::new(opts.manifests.clone(), opts.compile.clone())
         .with_fetcher(fetcher.clone());
@@ -199,6 +201,7 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
     )
     .await?;
     tokio::spawn(standalone::run_watch(
+        watch,
         manifests,
         config,
         metrics,

@@ -460,34 +460,69 @@ fn same(a: &Object, b: &Object) -> bool {
     }
 }
 
-/// Watches the directory and reloads on every change (debounced by `debounce`). Runs
-/// until the process ends.
+/// An inotify (or platform) watch on the manifest directory, registered when it is
+/// created. Create it before the first load: an edit made between that load and the
+/// watch's registration would otherwise go unnoticed until the next edit.
+pub struct DirWatch {
+    // Kept alive for as long as the watch should last; dropping it ends the watch.
+    _watcher: Option<notify::RecommendedWatcher>,
+    events: mpsc::UnboundedReceiver<()>,
+}
+
+impl DirWatch {
+    /// Registers the watch on `dir` now. A directory that cannot be watched is logged
+    /// and yields a watch that never fires: the gateway keeps serving its loaded config.
+    pub fn new(dir: &Path) -> DirWatch {
+        let (tx, events) = mpsc::unbounded_channel();
+        let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            // Reads (access events) are not changes.
+            if let Ok(ev) = ev
+                && !matches!(ev.kind, notify::EventKind::Access(_))
+            {
+                let _ = tx.send(());
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                error!(error = %e, "cannot watch the manifest directory; changes will not be picked up");
+                return DirWatch {
+                    _watcher: None,
+                    events,
+                };
+            }
+        };
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            error!(error = %e, dir = %dir.display(), "cannot watch the manifest directory; changes will not be picked up");
+            return DirWatch {
+                _watcher: None,
+                events,
+            };
+        }
+        DirWatch {
+            _watcher: Some(watcher),
+            events,
+        }
+    }
+}
+
+/// Reloads on every change `watch` reports (debounced by `debounce`) and on every change
+/// of fetched keys. Runs until the process ends.
 pub async fn run_watch(
+    watch: DirWatch,
     mut manifests: ManifestDir,
     config: Arc<LiveConfig>,
     metrics: Metrics,
     debounce: Duration,
 ) {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        // Reads (access events) are not changes.
-        if let Ok(ev) = ev
-            && !matches!(ev.kind, notify::EventKind::Access(_))
-        {
-            let _ = tx.send(());
-        }
-    }) {
-        Ok(w) => w,
-        Err(e) => {
-            error!(error = %e, "cannot watch the manifest directory; changes will not be picked up");
-            return std::future::pending().await;
-        }
-    };
-    if let Err(e) = watcher.watch(manifests.dir(), RecursiveMode::NonRecursive) {
-        error!(error = %e, dir = %manifests.dir().display(), "cannot watch the manifest directory");
-        return std::future::pending().await;
-    }
+    let DirWatch {
+        _watcher: _keep,
+        events: mut rx,
+    } = watch;
     let mut keys = manifests.fetcher().map(|f| f.subscribe());
+    // False once the directory watch has ended (or never started): fetched-key changes
+    // still recompile.
+    let mut dir_open = true;
     loop {
         let key_change = async {
             match keys.as_mut() {
@@ -496,9 +531,10 @@ pub async fn run_watch(
             }
         };
         tokio::select! {
-            ev = rx.recv() => {
+            ev = rx.recv(), if dir_open => {
                 if ev.is_none() {
-                    break;
+                    dir_open = false;
+                    continue;
                 }
                 // Debounce: editors write files in several steps.
                 tokio::time::sleep(debounce).await;

@@ -704,6 +704,19 @@ async fn hot_revocation_and_broken_edits() {
     );
 }
 
+/// An edit made the instant `start_standalone` returns is picked up. On this
+/// single-threaded runtime the watch task has not run yet when the file is written, so
+/// this fails if the directory watch is registered by that task rather than before the
+/// first load (the race that once lost a reload under load in CI).
+#[tokio::test]
+async fn edit_right_after_start_is_seen() {
+    let gw = Gateway::start(None).await;
+    let v = gw.running.config.info().version;
+    gw.write("policy.yaml", &policy_yaml(&["other-0"]));
+    gw.wait_version_after(v).await;
+    assert_eq!(gw.running.config.info().errors, Vec::<String>::new());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_drops_nothing() {
     let gw = Arc::new(Gateway::start(None).await);
