@@ -14,6 +14,7 @@
 // for duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod llm;
 pub mod push;
 pub mod reason;
 pub mod route;
@@ -21,6 +22,10 @@ pub mod status;
 pub mod token_policy;
 pub mod validate;
 
+pub use llm::{
+    LlmBackend, LlmCredential, LlmKeyHeader, LlmModel, LlmProvider, ObjectType, PromptMessage,
+    PromptRole, PromptTemplate, PromptVariables, VariableSchema, VariableType,
+};
 pub use reason::{CompileReason, ConditionType};
 pub use route::{
     ApiRoute, ApiRouteSpec, AuthMode, Backend, EscapedSlashAction, PathNormalization, PolicyRef,

@@ -189,10 +189,10 @@ pub struct PolicyRef {
     pub name: String,
 }
 
-/// The backend of a route: exactly one of `service` or `url`.
+/// The backend of a route: exactly one of `service`, `url` or `llm`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(
-    validation = Rule::new("has(self.service) != has(self.url)").message("backend needs exactly one of service or url")
+    validation = Rule::new("(has(self.service) ? 1 : 0) + (has(self.url) ? 1 : 0) + (has(self.llm) ? 1 : 0) == 1").message("backend needs exactly one of service, url or llm")
 )]
 pub struct Backend {
     /// A Service in the route's namespace, reached through cluster DNS.
@@ -206,6 +206,12 @@ pub struct Backend {
     )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// An LLM provider (OpenAI, Anthropic, or OpenAI-compatible): the route becomes an AI
+    /// gateway endpoint. Its rules' paths should end in the API paths clients call
+    /// (`/v1/chat/completions`, `/v1/embeddings`, `/v1/models`, `/v1/messages`; a
+    /// `pathPrefix: /v1` covers them), or carry a `prompt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<crate::llm::LlmBackend>,
 }
 
 /// A Service and port to send traffic to.
@@ -264,6 +270,11 @@ pub struct RouteRule {
     /// out (or say `required`) to demand a valid token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthMode>,
+
+    /// Serve a prompt template as this rule's endpoint (`POST`, the variables as a JSON
+    /// object). Only on routes with an `llm` backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<crate::llm::PromptTemplate>,
 }
 
 /// The CEL rule every scope list carries (RFC 6749 scope-token characters).

@@ -113,11 +113,42 @@ fn bad_methods_paths_scopes_and_backends_rejected() {
     assert!(messages(api_route(&r)).contains("each scope must be one word"));
     let mut r = route(ROUTE);
     r.spec.backend.url = Some("http://x".into());
-    assert!(messages(api_route(&r)).contains("exactly one of service or url"));
+    assert!(messages(api_route(&r)).contains("exactly one of service, url or llm"));
     let mut r = route(ROUTE);
     r.spec.backend.service = None;
     r.spec.backend.url = Some("ftp://x".into());
     assert!(messages(api_route(&r)).contains("must start with http:// or https://"));
+}
+
+fn llm_backend() -> portcullis_api::LlmBackend {
+    serde_yaml::from_str(
+        "provider: openaiCompatible\nurl: http://vllm:8000/v1\ncredentials: [{secretRef: {name: k, key: a}}]\nmodels: [{name: m}]\n",
+    )
+    .unwrap()
+}
+
+#[test]
+fn llm_backends_are_checked_by_the_api_server_rules() {
+    // An LLM backend alone is fine.
+    let mut r = route(ROUTE);
+    r.spec.backend.service = None;
+    r.spec.backend.llm = Some(llm_backend());
+    assert_eq!(messages(api_route(&r)), "");
+    // ... but not beside a service.
+    let mut r = route(ROUTE);
+    r.spec.backend.llm = Some(llm_backend());
+    assert!(messages(api_route(&r)).contains("exactly one of service, url or llm"));
+    let mut r = route(ROUTE);
+    r.spec.backend.service = None;
+    let mut l = llm_backend();
+    l.url = Some("ftp://x".into());
+    l.models[0].scope = Some("model gpt".into());
+    l.cooldown = Some("soon".into());
+    r.spec.backend.llm = Some(l);
+    let m = messages(api_route(&r));
+    assert!(m.contains("backend.llm.url must start with http://"), "{m}");
+    assert!(m.contains("scope must be one word"), "{m}");
+    assert!(m.contains("cooldown must be a positive duration"), "{m}");
 }
 
 #[test]

@@ -22,6 +22,7 @@ mod credentials;
 mod decision;
 mod index;
 mod keys;
+pub mod llm;
 mod policy;
 mod principal;
 mod reason;

@@ -42,6 +42,9 @@ pub struct RouteInfo {
     /// What to do with request headers whose names hold `_` (or anything but letters,
     /// digits and `-`).
     pub underscore_headers: UnderscoreHeaderAction,
+    /// The LLM backend, when the route has one (`spec.backend.llm`): the proxy serves the
+    /// AI gateway's API instead of forwarding.
+    pub llm: Option<Arc<crate::llm::LlmRoute>>,
 }
 
 /// What the proxy does with a request header whose name holds characters other than

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod keywait;
+pub mod llm;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub consumer_requests: IntCounterVec,
     /// The consumer label values handed out so far.
     pub consumer_labels: std::sync::Arc<ConsumerLabels>,
+    /// The AI gateway's (`gen_ai`) metrics.
+    pub gen_ai: crate::llm::GenAiMetrics,
     /// 1 while a controller stream is up.
     pub controller_connected: IntGauge,
     /// Seconds since the controller was last heard from.
@@ -251,6 +253,7 @@ impl Metrics {
                 &["route", "kind", "consumer"]
             )),
             consumer_labels: std::sync::Arc::new(ConsumerLabels::new(MAX_CONSUMER_LABELS)),
+            gen_ai: crate::llm::GenAiMetrics::new(&registry),
             registry,
         };
         // Every reason is exported from the start, at zero, so rates and alerts see it.

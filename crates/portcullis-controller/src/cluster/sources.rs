@@ -3,7 +3,8 @@
 //! fetched key sets), the resourceVersion of each source for versioning, and the compile
 //! errors that become status.
 //!
-//! Secrets reach proxies only when a policy uses them: by `secretRef` (a JWKS, a PEM, a CA
+//! Secrets reach proxies only when a policy or route uses them: an LLM backend's
+//! `credentials`, or by `secretRef` (a JWKS, a PEM, a CA
 //! bundle), as introspection credentials, or as API keys selected by a policy's
 //! `apiKeys.selector` among the Secrets of its namespace labelled
 //! `portcullis.dev/api-key: "true"`. API-key Secrets keep their labels (the compiler
@@ -153,6 +154,13 @@ pub(crate) fn source_set(
             format!("ApiRoute/{}/{}", key.0, key.1),
             g.route_rv.get(&key).copied().unwrap_or_else(|| rv_of(r)),
         );
+        // An LLM backend's provider keys.
+        for c in r.spec.backend.llm.iter().flat_map(|l| &l.credentials) {
+            used.entry((key.0.clone(), c.secret_ref.name.clone()))
+                .or_default()
+                .keys
+                .insert(c.secret_ref.key.clone());
+        }
         let mut clean = ApiRoute::new(&r.name_any(), r.spec.clone());
         clean.metadata = slim_meta(&r.metadata);
         set.upsert(SourceObject::ApiRoute(clean));

@@ -33,6 +33,7 @@ use crate::snapshot::Snapshot;
 
 mod introspection;
 mod issuer;
+mod llm;
 pub(crate) mod objects;
 mod policy;
 mod reason;
@@ -198,7 +199,7 @@ pub fn compile_with(
     let mut index = RouteIndex::default();
     let mut route_count = 0;
     for r in sorted_routes {
-        match route::compile_route(options, r, &known, &mut index) {
+        match route::compile_route(options, r, &known, &secrets, &mut index) {
             Ok(mut warnings) => {
                 route_count += 1;
                 errors.append(&mut warnings);

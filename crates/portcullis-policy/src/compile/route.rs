@@ -50,6 +50,7 @@ pub(super) fn compile_route(
     options: &CompileOptions,
     r: &ApiRoute,
     policies: &Policies<'_>,
+    secrets: &super::objects::SecretIndex<'_>,
     index: &mut RouteIndex,
 ) -> Result<Vec<CompileError>, Vec<CompileError>> {
     let ns = r.ns();
@@ -65,17 +66,27 @@ pub(super) fn compile_route(
     }
     check_hosts(r, &mut errs);
     let policy = resolve_policy(r, policies, &mut errs);
-    let upstream = match upstream(r) {
-        Ok(u) => Some(Arc::new(u)),
-        Err(e) => {
-            errs.push(route_error(
-                r,
-                "spec.backend",
-                CompileReason::InvalidBackend,
-                e,
-            ));
-            None
-        }
+    let llm = super::llm::compile_llm(
+        r,
+        secrets,
+        &|path, reason, message| route_error(r, path, reason, message),
+        &mut errs,
+    );
+    let upstream = match &llm {
+        Some(l) => Some(l.upstream.clone()),
+        None if r.spec.backend.llm.is_some() => None,
+        None => match upstream(r) {
+            Ok(u) => Some(Arc::new(u)),
+            Err(e) => {
+                errs.push(route_error(
+                    r,
+                    "spec.backend",
+                    CompileReason::InvalidBackend,
+                    e,
+                ));
+                None
+            }
+        },
     };
     let timeout = |field: &str,
                    v: Option<&String>,
@@ -186,6 +197,15 @@ pub(super) fn compile_route(
                 any,
             },
         };
+        if rule.prompt.is_some() && r.spec.backend.llm.is_none() {
+            errs.push(route_error(
+                r,
+                format!("{at}.prompt"),
+                CompileReason::Invalid,
+                "a prompt needs an llm backend (spec.backend.llm)",
+            ));
+            continue;
+        }
         let (Some(policy), Some(upstream)) = (policy, upstream.clone()) else {
             continue;
         };
@@ -206,6 +226,7 @@ pub(super) fn compile_route(
                         .clone(),
                     path_options,
                     underscore_headers,
+                    llm: llm.clone(),
                 },
                 methods: methods.into(),
                 requirement,
@@ -371,11 +392,11 @@ fn upstream(r: &ApiRoute) -> Result<Upstream, String> {
             .parse::<http::Uri>()
             .map_err(|e| e.to_string())
             .and_then(upstream_from_uri),
-        _ => Err("exactly one of service or url is required".into()),
+        _ => Err("exactly one of service, url or llm is required".into()),
     }
 }
 
-fn upstream_from_uri(uri: http::Uri) -> Result<Upstream, String> {
+pub(super) fn upstream_from_uri(uri: http::Uri) -> Result<Upstream, String> {
     let scheme = uri.scheme().cloned().ok_or("the URL needs a scheme")?;
     if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
         return Err(format!("unsupported scheme {scheme}"));

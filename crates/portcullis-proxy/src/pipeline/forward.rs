@@ -31,6 +31,8 @@ pub(super) struct Forward<'p> {
     request_timeout: Duration,
     request_filter: Option<&'p RequestBodyFilter>,
     response_filter: Option<&'p ResponseBodyFilter>,
+    /// Set on an LLM route: the AI gateway answers instead of a plain forward.
+    pub(super) llm: Option<crate::llm::LlmCall>,
 }
 
 impl Pipeline {
@@ -47,6 +49,25 @@ impl Pipeline {
         tls: bool,
     ) -> Result<Forward<'_>, Response<ProxyBody>> {
         let route = allow.route;
+        if let Some(llm) = &route.llm {
+            // The provider request is built from scratch (no client header goes through).
+            return Ok(Forward {
+                route: route.id.clone(),
+                connect_timeout: route.connect_timeout,
+                request_timeout: route.request_timeout,
+                request_filter: None,
+                response_filter: None,
+                llm: Some(crate::llm::LlmCall {
+                    llm: llm.clone(),
+                    route_id: route.id.clone(),
+                    rule: route.rule,
+                    principal: allow.principal.clone(),
+                    path: target.path.to_string(),
+                    connect_timeout: route.connect_timeout,
+                    request_timeout: route.request_timeout,
+                }),
+            });
+        }
         let upstream = allow.upstream();
         let query = uri.query();
         let mut path_and_query = String::with_capacity(
@@ -131,6 +152,7 @@ impl Pipeline {
             request_timeout: route.request_timeout,
             request_filter: filters.and_then(|f| f.request_filter(route)),
             response_filter: filters.and_then(|f| f.response_filter(route)),
+            llm: None,
         })
     }
 
@@ -223,6 +245,12 @@ impl Pipeline {
         version: Version,
     ) -> Response<ProxyBody> {
         match outcome {
+            Outcome::Streamed(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                gateway_headers(&mut parts, &log, version);
+                log.head(parts.status, None);
+                Response::from_parts(parts, RecordedBody::new(body, log).boxed())
+            }
             Outcome::Local(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 gateway_headers(&mut parts, &log, version);

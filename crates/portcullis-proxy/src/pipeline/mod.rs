@@ -56,6 +56,7 @@ pub use body::{
 pub use error::{ErrorSource, ProxyError};
 pub use headers::strip_hop_by_hop;
 pub use sse::{SseEvent, SseObserver, SseParser};
+pub(crate) use upstream::{RequestBody, UpstreamClient, with_connect_timeout};
 
 use crate::config::LiveConfig;
 use crate::keywait::KeyWaiter;
@@ -144,12 +145,14 @@ impl Peer {
 /// Everything the request path needs, shared by all connections.
 pub struct Pipeline {
     config: Arc<LiveConfig>,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     limits: Limits,
-    client: upstream::UpstreamClient,
+    pub(crate) client: upstream::UpstreamClient,
     introspector: Arc<portcullis_fetch::Introspector>,
     keys: Arc<KeyWaiter>,
     body_filters: Option<Arc<dyn BodyFilters>>,
+    /// Provider key cooldowns of LLM routes, shared by every worker.
+    pub(crate) key_pools: Arc<crate::llm::KeyPools>,
 }
 
 impl Pipeline {
@@ -168,6 +171,7 @@ impl Pipeline {
             introspector,
             keys: Arc::new(KeyWaiter::disabled()),
             body_filters: None,
+            key_pools: Arc::default(),
         }
     }
 
@@ -183,6 +187,7 @@ impl Pipeline {
             introspector: self.introspector.clone(),
             keys: self.keys.clone(),
             body_filters: self.body_filters.clone(),
+            key_pools: self.key_pools.clone(),
         }
     }
 

@@ -28,6 +28,8 @@ use super::{Pipeline, ProxyBody, plain, response};
 pub(super) enum Outcome<'p> {
     /// Answered by the gateway (a refusal, a denial, an error).
     Local(Response<ProxyBody>),
+    /// Answered by the gateway with a body still streaming (an LLM stream).
+    Streamed(Response<ProxyBody>),
     /// The upstream's response, to pass on.
     Upstream {
         resp: Response<Incoming>,
@@ -53,7 +55,20 @@ impl Pipeline {
         // The target stays borrowed (canonical path) while the head is rewritten.
         let uri = std::mem::take(&mut head.uri);
         match self.head_phases(&mut head, &uri, log, tls).await {
-            Ok(forward) => self.upstream_phase(head, body, forward, log).await,
+            Ok(mut forward) => match forward.llm.take() {
+                Some(call) => {
+                    let started = std::time::Instant::now();
+                    let reply = self
+                        .llm_phase(head, body, call, log.request_id.clone())
+                        .await;
+                    log.upstream_time = Some(started.elapsed());
+                    match reply {
+                        crate::llm::Reply::Full(r) => Outcome::Local(r),
+                        crate::llm::Reply::Stream(r) => Outcome::Streamed(r),
+                    }
+                }
+                None => self.upstream_phase(head, body, forward, log).await,
+            },
             Err(resp) => Outcome::Local(resp),
         }
     }
