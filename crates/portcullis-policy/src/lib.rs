@@ -23,6 +23,7 @@ mod decision;
 mod index;
 mod keys;
 pub mod llm;
+pub mod openapi;
 mod policy;
 mod principal;
 mod reason;

@@ -61,6 +61,8 @@ pub struct Snapshot {
     routes: usize,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) max_token_bytes: usize,
+    /// The AI gateway's OpenAPI document ([`crate::openapi::document`]).
+    openapi: Arc<serde_json::Value>,
 }
 
 impl Snapshot {
@@ -80,7 +82,17 @@ impl Snapshot {
             routes,
             clock,
             max_token_bytes,
+            openapi: Arc::new(crate::openapi::document(&[])),
         }
+    }
+
+    /// The OpenAPI document of the LLM routes and prompt endpoints in force.
+    pub fn openapi(&self) -> &serde_json::Value {
+        &self.openapi
+    }
+
+    pub(crate) fn set_openapi(&mut self, doc: serde_json::Value) {
+        self.openapi = Arc::new(doc);
     }
 
     /// Sets the API keys of each policy (same order as the policies).
@@ -213,6 +225,7 @@ impl Snapshot {
             routes: self.routes,
             clock: self.clock.clone(),
             max_token_bytes: self.max_token_bytes,
+            openapi: self.openapi.clone(),
         })
     }
 

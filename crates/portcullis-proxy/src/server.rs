@@ -609,7 +609,8 @@ async fn accept_loop(
     let _ = all_done.recv().await;
 }
 
-/// Serves `/metrics`, `/healthz`, `/readyz` and `/config` on the admin port.
+/// Serves `/metrics`, `/healthz`, `/readyz`, `/config` and `/openapi.json` (the AI
+/// gateway's OpenAPI document) on the admin port.
 pub async fn serve_admin(
     listener: TcpListener,
     config: Arc<LiveConfig>,
@@ -653,6 +654,10 @@ fn admin(
         "/healthz" => plain(StatusCode::OK, "ok"),
         "/readyz" if config.is_loaded() => plain(StatusCode::OK, "ready"),
         "/readyz" => plain(StatusCode::SERVICE_UNAVAILABLE, "no config loaded yet"),
+        "/openapi.json" => {
+            let body = serde_json::to_string_pretty(config.load().openapi()).unwrap_or_default();
+            response(StatusCode::OK, "application/json", body)
+        }
         "/config" => {
             let body = serde_json::to_string_pretty(&*config.info()).unwrap_or_default();
             response(StatusCode::OK, "application/json", body)

@@ -42,6 +42,14 @@ enum Command {
     },
     /// Run the gateway from a directory of manifests, without a cluster.
     Standalone(StandaloneArgs),
+    /// Print the OpenAPI 3.1 document of the AI gateway (LLM routes and prompt endpoints)
+    /// that a directory of manifests serves; the admin port serves the same document as
+    /// /openapi.json. Problems in the manifests go to stderr (exit status 1).
+    Openapi {
+        /// Directory of YAML manifests (ApiRoute, TokenPolicy, Secret).
+        #[arg(long)]
+        manifests: PathBuf,
+    },
     /// Mint (dev keys only) and inspect tokens.
     Token {
         #[command(subcommand)]
@@ -223,6 +231,7 @@ fn main() -> anyhow::Result<()> {
     init_tracing(&cli.log_format, cli.access_log);
     match cli.command {
         Command::Crd { dir } => crd(dir),
+        Command::Openapi { manifests } => openapi(manifests),
         Command::Standalone(args) => runtime()?.block_on(standalone(args)),
         Command::Token { cmd } => token_cmd::run(cmd),
         Command::Echo(args) => runtime()?.block_on(echo::run(args)),
@@ -302,6 +311,29 @@ pub(crate) async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+fn openapi(dir: PathBuf) -> anyhow::Result<()> {
+    let mut manifests = portcullis_proxy::standalone::ManifestDir::new(
+        dir,
+        portcullis_policy::CompileOptions::default(),
+    );
+    let loaded = manifests.load();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(loaded.snapshot.openapi())?
+    );
+    for p in &loaded.errors {
+        eprintln!("{p}");
+    }
+    if loaded.errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} problem(s) in the manifests; routes with errors are left out of the document",
+            loaded.errors.len()
+        )
+    }
 }
 
 fn crd(dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -198,10 +198,12 @@ pub fn compile_with(
     };
     let mut index = RouteIndex::default();
     let mut route_count = 0;
+    let mut compiled_routes = Vec::new();
     for r in sorted_routes {
         match route::compile_route(options, r, &known, &secrets, &mut index) {
             Ok(mut warnings) => {
                 route_count += 1;
+                compiled_routes.push(r);
                 errors.append(&mut warnings);
             }
             Err(mut errs) => errors.append(&mut errs),
@@ -234,5 +236,6 @@ pub fn compile_with(
         options.max_token_bytes,
     );
     snapshot.set_api_keys(api_keys);
+    snapshot.set_openapi(crate::openapi::document(&compiled_routes));
     (snapshot, errors)
 }
