@@ -13,7 +13,9 @@
 #      running with the controller ServiceAccount's token (so the chart's RBAC must be
 #      enough), two `portcullis proxy` with the proxy ServiceAccount's projected-style token
 #      (audience portcullis), an echo upstream, traffic (allowed, 401, 403, 404, a
-#      revocation, a pruned revocation, a broken ApiRoute, a refused stream, a real OpenID provider (npm oidc-provider) for discovery keys and introspection), and Debian's
+#      revocation, a pruned revocation, a broken ApiRoute, a refused stream, a real OpenID provider (npm oidc-provider) for discovery keys and introspection,
+#      an LLM route on tools/llm-stub with its provider keys in a Secret: chat completions
+#      streamed and not, a provider 500, a rate-limited key), and Debian's
 #      Prometheus scraping all of it every second with the chart's alert rules loaded;
 #      then every dashboard and alert expression is evaluated through its HTTP API.
 # Needs: Go (helm, helm4, kube-apiserver, kubectl and etcd are built once into
@@ -287,7 +289,69 @@ YML
 wait_for "a Warning Event for the broken ApiRoute (events RBAC)" 30 \
   bash -c "'$KUBECTL' get events.events.k8s.io -n $app --field-selector type=Warning -o name | grep -q ."
 
-step "traffic through both proxies: 200, 401, 403, 404"
+step "an LLM ApiRoute (backend.llm) on the stub provider, its keys in a Secret (the chart's RBAC)"
+# tools/llm-stub speaks the OpenAI API. It answers the first key, sk-chart-1 (priority 0),
+# 429: each proxy takes it out of rotation for the cooldown and retries with sk-chart-2,
+# so the dashboard's key pool panel shows a cooling key. Model flaky is answered 500.
+llm_port=$(free_port)
+python3 tools/llm-stub/llm_stub.py --host 127.0.0.1 --port "$llm_port" --keys sk-chart-1,sk-chart-2 \
+  --rate-limited-keys sk-chart-1 > "$work/llm-stub.out" 2> "$work/llm-stub.log" & pids+=($!)
+wait_for "the LLM stub" 20 grep -q "listening on" "$work/llm-stub.out"
+kc apply -f - >/dev/null <<YML
+apiVersion: v1
+kind: Secret
+metadata: {name: llm-keys, namespace: $app}
+stringData: {limited: sk-chart-1, spare: sk-chart-2}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: llm, namespace: $app}
+spec:
+  hosts: [llm.test]
+  policyRef: {name: default}
+  backend:
+    llm:
+      provider: openaiCompatible
+      url: "http://127.0.0.1:$llm_port/v1"
+      credentials:
+        - secretRef: {name: llm-keys, key: limited}
+          priority: 0
+        - secretRef: {name: llm-keys, key: spare}
+          priority: 1
+      cooldown: 10m
+      models:
+        - {name: gpt-4o-mini, providerModel: stub-small}
+        - {name: flaky, providerModel: stub-500}
+  rules: [{match: {pathPrefix: /v1}}]
+YML
+kc wait --for=condition=Programmed --timeout=60s -n $app apiroute/llm >/dev/null \
+  || fail "the LLM ApiRoute is not Programmed (Secret not readable through the chart's RBAC?): $("$KUBECTL" get apiroute llm -n $app -o jsonpath='{.status.conditions}')"
+llm=$("$pc" token mint --key examples/quickstart/dev-private.pem --sub erin --scope 'model:*' --ttl 10m --jti live-llm)
+# An OpenAI chat completion through the LLM route; prints the status (000: no answer).
+chat() { # port, model, stream (true|false), [file for the body]
+  curl -s -N -m 10 -o "${4:-/dev/null}" -w '%{http_code}' -H "Host: llm.test" -H "Authorization: Bearer $llm" \
+    -H 'content-type: application/json' \
+    -d "{\"model\":\"$2\",\"messages\":[{\"role\":\"user\",\"content\":\"hi there\"}],\"stream\":$3}" \
+    "http://127.0.0.1:$1/v1/chat/completions" || true
+}
+for p in "${p_ports[@]}"; do
+  [ "$(chat "$p" gpt-4o-mini false "$work/chat.json")" = 200 ] || fail "chat completion on :$p: $(cat "$work/chat.json")"
+  python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))["choices"][0]["message"]["content"]; sys.exit(m != "echo: hi there")' \
+    "$work/chat.json" || fail "chat completion on :$p: not the stub's answer: $(cat "$work/chat.json")"
+  [ "$(chat "$p" gpt-4o-mini true "$work/chat.sse")" = 200 ] || fail "streamed chat completion on :$p: $(cat "$work/chat.sse")"
+  [ "$(grep -v '^[[:space:]]*$' "$work/chat.sse" | tail -n 1 | tr -d '\r')" = "data: [DONE]" ] \
+    || fail "the stream on :$p does not end with data: [DONE]: $(tail -c 300 "$work/chat.sse")"
+  s=$(chat "$p" flaky false "$work/chat-500.json")
+  [[ $s == 5?? ]] || fail "a provider 500 answered $s on :$p: $(cat "$work/chat-500.json")"
+done
+cooling() {
+  for a in "${a_ports[@]}"; do
+    curl -fs "http://127.0.0.1:$a/metrics" | grep -Eq '^portcullis_gen_ai_provider_keys\{[^}]*state="cooling"[^}]*\} [1-9]' || return 1
+  done
+}
+wait_for "the rate-limited key out of rotation on both proxies (portcullis_gen_ai_provider_keys)" 10 cooling
+
+step "traffic through both proxies: 200, 401, 403, 404 (and LLM calls in the steady traffic)"
 key=examples/quickstart/dev-private.pem
 good=$("$pc" token mint --key $key --sub alice --scope orders:read --ttl 10m --jti live-good)
 steady=$("$pc" token mint --key $key --sub dave --scope orders:read --ttl 10m --jti live-steady)
@@ -295,12 +359,14 @@ scoped=$("$pc" token mint --key $key --sub bob --scope profile --ttl 10m)
 expired=$("$pc" token mint --key $key --sub carol --scope orders:read --ttl 5m --issued-ago 20m)
 code() { curl -s -o /dev/null -w '%{http_code}' -H "Host: $1" ${3:+-H "Authorization: Bearer $3"} "http://127.0.0.1:$2/orders"; }
 # Light steady traffic until the checks end (at most 90 s), so the dashboard's rates and
-# ratios have something to show at query time.
+# ratios have something to show at query time (LLM ones included: tokens, time to first
+# token, provider errors).
 steady_traffic() {
   local end=$((SECONDS + 90))
   while [ $SECONDS -lt $end ]; do
     for p in "${p_ports[@]}"; do
       code $app.test "$p" "$steady"; code $app.test "$p" "$scoped"; code $app.test "$p"
+      chat "$p" gpt-4o-mini false; chat "$p" gpt-4o-mini true; chat "$p" flaky false
     done >/dev/null
     sleep 0.2
   done

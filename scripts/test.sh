@@ -6,8 +6,12 @@
 # tests, dashboard and alerts on a real Prometheus scraping real processes).
 # Between them, a short smoke run of every coverage-guided fuzz target (scripts/fuzz.sh:
 # cargo-fuzz, installed once into ~/.cache/portcullis-fuzz).
+# After the Rust tests, the AI-gateway suite (scripts/ai-tests.sh: the real openai and
+# anthropic Python SDKs through a standalone Portcullis to the LLM stub; a venv with pinned
+# packages in ~/.cache/portcullis-ai).
 # Called by .ci/run; run it yourself before sending a change. SKIP_E2E=1 skips the e2e
-# step, SKIP_FUZZ=1 the fuzz smoke and SKIP_CHART=1 the chart step (each says so).
+# step, SKIP_FUZZ=1 the fuzz smoke, SKIP_AI=1 the AI-gateway suite and SKIP_CHART=1 the
+# chart step (each says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +21,12 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+if [ "${SKIP_AI:-0}" = 1 ]; then
+  echo "== AI gateway SDK suite SKIPPED (SKIP_AI=1)"
+else
+  echo "== AI gateway: openai + anthropic SDKs through Portcullis to the LLM stub"
+  scripts/ai-tests.sh
+fi
 if [ "${SKIP_FUZZ:-0}" = 1 ]; then
   echo "== fuzz smoke SKIPPED (SKIP_FUZZ=1)"
 else
