@@ -582,6 +582,7 @@ impl Exchange {
             {
                 Ok(k) => k,
                 Err(wait) => {
+                    self.pools.report(&self.route_id, &self.llm, g);
                     let mut r = api_error(
                         self.api(),
                         StatusCode::SERVICE_UNAVAILABLE,
