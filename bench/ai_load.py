@@ -147,7 +147,6 @@ class Target:
                      "Content-Type: application/json\r\nAccept: */*\r\n"
                      + (f"Authorization: Bearer {token}\r\n" if token else ""))
         self.conns = [Conn(self.host, self.port) for _ in range(concurrency)]
-        self.reconnects = 0
 
     def request(self, body):
         return (self.head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
@@ -195,6 +194,7 @@ class Recorder:
         self.total = []
         self.ttfb = []
         self.errors = 0
+        self.reconnects = 0  # idle keep-alive connections the server had closed
         self.first_error = None
         self.elapsed = 0.0
         self.round_p50 = []  # p50 of each round's batch: shows a target drifting in a run
@@ -222,7 +222,8 @@ def one_request(target, slot, request, stream, expected, rec):
                 break
             # The server closed an idle keep-alive connection: try once more on a new one,
             # timing only that try.
-            target.reconnects += 1
+            with rec.lock:
+                rec.reconnects += 1
         except (OSError, ValueError, IndexError) as e:
             conn.close()
             problem = f"{type(e).__name__}: {e}"
@@ -264,6 +265,7 @@ def summary(rec):
         "ok": len(tot),
         "errors": rec.errors,
         "first_error": rec.first_error,
+        "reconnects": rec.reconnects,
         "rps": round(len(tot) / rec.elapsed, 1) if rec.elapsed else None,
         "p50": ms(percentile(tot, 0.50)),
         "p90": ms(percentile(tot, 0.90)),
@@ -348,7 +350,7 @@ def main():
     results = {
         "concurrency": args.concurrency, "requests": args.requests, "warmup": args.warmup,
         "rounds": args.rounds, "words": args.words, "baseline": args.baseline,
-        "targets": {t.name: {"model": t.model, "reconnects": t.reconnects} for t in targets},
+        "targets": {t.name: {"model": t.model} for t in targets},
         "modes": {m: {t.name: summary(recs[t.name, m]) for t in targets} for m in modes},
     }
     # Overheads over the baseline, and ratios to the reference's overheads.
@@ -389,8 +391,8 @@ def main():
             notes = []
             if s["errors"]:
                 notes.append(f"INVALID: {s['errors']} failed, first: {s['first_error']}")
-            if t.reconnects:
-                notes.append(f"{t.reconnects} reconnects")
+            if s["reconnects"]:
+                notes.append(f"{s['reconnects']} reconnects (idle keep-alive closed by the server)")
             if m == "plain":
                 print(f"{t.name:<12} {s['ok']:>6} {s['errors']:>4} {s['rps'] or 0:>8.1f} {fmt(s['p50'])} {fmt(s['p90'])} "
                       f"{fmt(s['p99'])} {fmt(o.get('p50'))} {fmt(o.get('p99'))}  {'; '.join(notes)}")
