@@ -7,11 +7,15 @@
 //!   answered `503` with `Retry-After: 1` and closed, a TLS client is closed;
 //! - the TLS handshake must finish within 10 s;
 //! - from then on the first complete request (an HTTP/1 head, or for HTTP/2 the preface,
-//!   SETTINGS and a first HEADERS) must arrive within `Limits::first_request_timeout`;
+//!   SETTINGS and a first HEADERS) must arrive within the smaller of
+//!   `Limits::first_request_timeout` and `Limits::header_read_timeout`;
 //! - a connection with no request in flight (its last response body finished or dropped)
-//!   is closed after `Limits::idle_timeout`; a long response stream is never idle;
-//! - hyper's own HTTP/1 `header_read_timeout` bounds every request head once its first
-//!   byte is in, and HTTP/2 PINGs detect dead peers.
+//!   is closed after `Limits::idle_timeout`, so on a keep-alive connection each next
+//!   request head must be complete within `idle_timeout` of the previous response; a long
+//!   response stream is never idle;
+//! - hyper's own HTTP/1 header read timer is a backstop behind these (it starts when a
+//!   connection goes idle, so it runs for `header_read_timeout + idle_timeout`), and
+//!   HTTP/2 PINGs detect dead peers.
 //!
 //! A connection that runs out of time is shut down gracefully (HTTP/1: closed when idle;
 //! HTTP/2: GOAWAY) and dropped, closing the socket, if it has not finished within a second.
@@ -60,7 +64,19 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.min(MAX_TIMER))
+        // hyper starts this timer when a keep-alive connection goes idle after a response,
+        // not at the next request's first byte: at the header read timeout alone, every
+        // idle connection would close after it, well before `idle_timeout`. So hyper's
+        // timer runs past `idle_timeout`, and the watchdog (which counts a request in
+        // flight only once its head is complete) decides: the first head must be complete
+        // within min(`first_request_timeout`, `header_read_timeout`) of the accept, each
+        // next one within `idle_timeout` of the previous response.
+        .header_read_timeout(
+            limits
+                .header_read_timeout
+                .saturating_add(limits.idle_timeout)
+                .min(MAX_TIMER),
+        )
         // hyper's own hard caps, above the limits the pipeline counts.
         .max_headers(limits.max_headers + 28)
         .max_buf_size((limits.max_header_bytes * 2).max(8192));
@@ -282,6 +298,9 @@ struct ConnContext {
     peer: SocketAddr,
     is_tls: bool,
     first_request_timeout: Duration,
+    /// `first_request_timeout` is the header read timeout (the smaller of the two): a
+    /// connection cut by it is counted as `header_read_timeout`.
+    first_is_header_read: bool,
     idle_timeout: Duration,
 }
 
@@ -297,6 +316,7 @@ where
         peer,
         is_tls,
         first_request_timeout,
+        first_is_header_read,
         idle_timeout,
     } = ctx;
     let tracker = Arc::new(ConnTracker::new());
@@ -328,6 +348,15 @@ where
         tokio::select! {
             r = conn.as_mut() => break Some(r),
             reason = expired.as_mut(), if cut_at.is_none() => {
+                let reason = if reason == CloseReason::FirstRequestTimeout && first_is_header_read {
+                    metrics
+                        .limit_rejections
+                        .with_label_values(&["header_read_timeout"])
+                        .inc();
+                    CloseReason::HeaderReadTimeout
+                } else {
+                    reason
+                };
                 let requests = tracker.activity().started;
                 debug!(%peer, reason = reason.label(), requests, "closing connection");
                 count_close(&metrics, reason);
@@ -413,7 +442,9 @@ pub async fn serve_proxy(
         tls,
         metrics,
         max_connections,
-        first_request_timeout: limits.first_request_timeout,
+        // hyper's header read timer starts at the accept too; it is the backstop now.
+        first_request_timeout: limits.first_request_timeout.min(limits.header_read_timeout),
+        first_is_header_read: limits.header_read_timeout < limits.first_request_timeout,
         idle_timeout: limits.idle_timeout,
     };
     if limits.workers == 0 {
@@ -494,6 +525,9 @@ struct Accepting {
     metrics: Metrics,
     max_connections: usize,
     first_request_timeout: Duration,
+    /// `first_request_timeout` is the header read timeout (the smaller of the two): a
+    /// connection cut by it is counted as `header_read_timeout`.
+    first_is_header_read: bool,
     idle_timeout: Duration,
 }
 
@@ -513,6 +547,7 @@ async fn accept_loop(
         metrics,
         max_connections,
         first_request_timeout,
+        first_is_header_read,
         idle_timeout,
     } = shared;
     // Every connection task holds a sender; the receiver sees the channel close once the
@@ -565,6 +600,7 @@ async fn accept_loop(
             peer,
             is_tls: tls.is_some(),
             first_request_timeout,
+            first_is_header_read,
             idle_timeout,
         };
         let tls = tls.clone();

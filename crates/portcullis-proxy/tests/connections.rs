@@ -365,6 +365,43 @@ async fn http1_idle_keep_alive_is_closed_but_a_slow_stream_is_not() {
     gw.wait_open(0.0).await;
 }
 
+/// (c2) The keep-alive idle timeout is `idle_timeout`, not the header read timeout: hyper
+/// starts its HTTP/1 header read timer when a connection goes idle after a response, so a
+/// shorter `header_read_timeout` used to close every idle connection early (RFC 9112
+/// section 9.3: the connection persists until the server decides to close it; that
+/// decision is `idle_timeout`).
+#[tokio::test]
+async fn http1_keep_alive_outlives_the_header_read_timeout() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(1500),
+        ..limits()
+    };
+    let gw = Gateway::start(limits.clone(), None).await;
+    let (mut send, conn) = h1_conn(gw.addr()).await;
+    let conn = tokio::spawn(conn);
+    for _ in 0..2 {
+        let resp = send.send_request(get("/public/hello")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.into_body().collect().await.unwrap();
+        // Idle well past the header read timeout, well within the idle timeout.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    let resp = send
+        .send_request(get("/public/hello"))
+        .await
+        .expect("the idle keep-alive connection was closed before idle_timeout");
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.unwrap();
+    timeout(limits.idle_timeout + CLOSE_SLACK, conn)
+        .await
+        .expect("idle keep-alive connection was not closed")
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(gw.closed("idle_timeout").await, 1.0);
+}
+
 /// (d) With `max_connections` open, the next plain-HTTP connection is answered `503`
 /// (RFC 9110 section 15.6.4: temporary overload) with `Retry-After` (section 10.2.3) and
 /// `Connection: close` (RFC 9112 section 9.6); the admin port is not counted; once a
@@ -547,11 +584,23 @@ async fn workers_serve_every_connection_and_drain_on_shutdown() {
         None,
     )
     .await;
-    let workers = thread_names()
-        .into_iter()
-        .filter(|n| n.starts_with("portcullis-work"))
-        .count();
-    assert!(workers >= 2, "no worker threads: {:?}", thread_names());
+    // A thread names itself once it runs: wait (bounded) for both to have started.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let workers = thread_names()
+            .into_iter()
+            .filter(|n| n.starts_with("portcullis-work"))
+            .count();
+        if workers >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no worker threads: {:?}",
+            thread_names()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let mut conns = Vec::new();
     for _ in 0..16 {

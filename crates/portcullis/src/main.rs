@@ -129,8 +129,9 @@ pub(crate) struct KeyRefetchArgs {
 /// Bounds on client connections to the proxy port (shared by `standalone` and `proxy`).
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct ConnectionArgs {
-    /// Once an HTTP/1 request head has started arriving, it must be complete within this
-    /// long (slowloris protection).
+    /// The first request head must be complete within this long of the accept (as with
+    /// --first-request-timeout; the smaller wins). On a keep-alive connection each next
+    /// head must be complete within --idle-timeout of the previous response.
     #[arg(long, default_value = "10s", value_parser = nonzero_duration)]
     header_read_timeout: std::time::Duration,
     /// Time from accepting a connection (after the TLS handshake, which has its own 10s

@@ -73,7 +73,10 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most request headers accepted; more gets 431.
     pub max_headers: usize,
-    /// Time allowed to receive a request's headers (HTTP/1); slower clients are cut off.
+    /// Time from the accept to the first complete request head (the smaller of this and
+    /// `first_request_timeout` applies). On a keep-alive connection each next head must be
+    /// complete within `idle_timeout` of the previous response: hyper starts its own
+    /// header timer when a connection goes idle, so it cannot bound the next head alone.
     pub header_read_timeout: Duration,
     /// HTTP/2 concurrent streams per connection.
     pub max_concurrent_streams: u32,
