@@ -44,8 +44,8 @@ OPENAI_ROUTE = "default/openai-route"
 ANTHROPIC_ROUTE = "default/anthropic-route"
 POOL_ROUTE = "default/pool-route"
 # Public model names of each route (what `models.list()` may show).
-OPENAI_MODELS = {"gpt-4o-mini", "gpt-4o", "gpt-premium", "slow", "broken", "text-embed"}
-ANTHROPIC_MODELS = {"claude-mini", "claude-big", "slow", "broken"}
+OPENAI_MODELS = {"gpt-4o-mini", "gpt-4o", "gpt-premium", "slow", "broken", "leaky", "text-embed"}
+ANTHROPIC_MODELS = {"claude-mini", "claude-big", "slow", "broken", "leaky"}
 
 # Never send loopback traffic through a proxy from the environment.
 for _var in ("NO_PROXY", "no_proxy"):
@@ -342,6 +342,7 @@ spec:
         - {{name: gpt-premium, providerModel: stub-small, scope: "model:premium"}}
         - {{name: slow, providerModel: stub-slow}}
         - {{name: broken, providerModel: stub-error}}
+        - {{name: leaky, providerModel: stub-leaky}}
         - {{name: text-embed, providerModel: stub-embed}}
   rules:
     - match: {{pathPrefix: /v1}}
@@ -374,6 +375,7 @@ spec:
         - {{name: claude-big, providerModel: stub-small}}
         - {{name: slow, providerModel: stub-slow}}
         - {{name: broken, providerModel: stub-error}}
+        - {{name: leaky, providerModel: stub-leaky}}
   rules:
     - match: {{pathPrefix: /v1}}
 ---

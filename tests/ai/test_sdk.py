@@ -347,6 +347,36 @@ def test_no_token_is_401(gw, stub):
     assert stub.requests() == [], "an unauthenticated call reached the provider"
 
 
+@pytest.mark.parametrize("path", [
+    "/v1/chat/completions/",        # a trailing slash (RFC 3986 section 6.2.3: another path)
+    "/v1/x/chat/completions",       # an extra segment under the prefix
+    "/v1/v1/chat/completions",      # a second /v1
+    "/v1/chat/completions;x=1",     # a path parameter
+])
+def test_only_the_exact_api_paths_reach_the_provider(gw, stub, path):
+    # One spelling per endpoint: a variant a provider might still route to its chat API is
+    # not served, so a rule guarding /v1/chat/completions cannot be walked around.
+    stub.reset()
+    status, _, body = gw.post(path, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    assert status in (400, 404), (status, body)
+    assert stub.requests() == [], f"{path} reached the provider"
+
+
+@pytest.mark.parametrize("host, api", [(OPENAI_HOST, "openai"), (ANTHROPIC_HOST, "openai"), (ANTHROPIC_HOST, "anthropic")])
+def test_a_provider_error_quoting_the_key_is_redacted(gw, stub, host, api):
+    # The provider key never reaches the client, even when the provider quotes it.
+    stub.reset()
+    if api == "anthropic":
+        status, _, body = gw.post("/v1/messages", {"model": "leaky", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+                                  host=host, headers={"anthropic-version": "2023-06-01"})
+    else:
+        status, _, body = gw.post("/v1/chat/completions", {"model": "leaky", "messages": [{"role": "user", "content": "x"}]}, host=host)
+    assert status == 400, body
+    text = body.decode()
+    assert len(stub.requests()) == 1
+    assert "sk-stub" not in text and "[redacted]" in text, text
+
+
 def test_unknown_model_is_404(gw, stub):
     stub.reset()
     with pytest.raises(openai.NotFoundError) as e:

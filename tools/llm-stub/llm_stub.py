@@ -37,7 +37,7 @@ TOOL_ARGUMENTS = {"city": "Paris"}
 SLOW_WORDS = 200
 SLOW_DELAY = 0.020  # seconds between two chunks of a stub-slow stream
 EMBEDDING_DIMS = 8
-MODELS = ["stub-small", "stub-slow", "stub-error", "stub-500", "stub-embed"]
+MODELS = ["stub-small", "stub-slow", "stub-error", "stub-500", "stub-leaky", "stub-embed"]
 MAX_REQUEST_LOG = 2000
 MAX_BODY = 32 * 1024 * 1024
 OPENAI_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -501,7 +501,12 @@ class Handler(BaseHTTPRequestHandler):
         return key
 
     @staticmethod
-    def _special_model(model: str, api: str):
+    def _special_model(model: str, api: str, key=None):
+        if model == "stub-leaky":
+            # Quotes the key it refuses, as some providers do: the gateway must not pass it on.
+            if api == "anthropic":
+                raise ApiError(400, "invalid_request_error", f"key {key} may not use this model")
+            raise ApiError(400, "invalid_request_error", f"key {key} may not use this model", code="model_not_allowed")
         if model == "stub-error":
             if api == "anthropic":
                 raise ApiError(400, "invalid_request_error", "stub-error: this model always refuses the request")
@@ -546,7 +551,7 @@ class Handler(BaseHTTPRequestHandler):
         if stream_options is not None and not stream:
             raise ApiError(400, "invalid_request_error", "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options")
         max_tokens = self._max_tokens(body, ("max_completion_tokens", "max_tokens"), "openai")
-        self._special_model(model, "openai")
+        self._special_model(model, "openai", key)
         include_usage = stream and isinstance(stream_options, dict) and stream_options.get("include_usage") is True
 
         input_tokens = sum(count_words(openai_content_text(m.get("content"))) for m in messages)
@@ -650,7 +655,7 @@ class Handler(BaseHTTPRequestHandler):
         dims = body.get("dimensions")
         if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= EMBEDDING_DIMS):
             raise ApiError(400, "invalid_request_error", f"Invalid 'dimensions': expected 1..{EMBEDDING_DIMS}.", param="dimensions")
-        self._special_model(model, "openai")
+        self._special_model(model, "openai", key)
         data = []
         tokens = 0
         for i, item in enumerate(items):
@@ -712,7 +717,7 @@ class Handler(BaseHTTPRequestHandler):
         system = body.get("system")
         if system is not None and not isinstance(system, (str, list)):
             raise ApiError(400, "invalid_request_error", "system: Input should be a valid string or list of text blocks")
-        self._special_model(model, "anthropic")
+        self._special_model(model, "anthropic", key)
         stream = body.get("stream") is True
 
         system_text = anthropic_content_text(system)[0] if system is not None else ""

@@ -207,9 +207,11 @@ pub struct Backend {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// An LLM provider (OpenAI, Anthropic, or OpenAI-compatible): the route becomes an AI
-    /// gateway endpoint. Its rules' paths should end in the API paths clients call
-    /// (`/v1/chat/completions`, `/v1/embeddings`, `/v1/models`, `/v1/messages`; a
-    /// `pathPrefix: /v1` covers them), or carry a `prompt`.
+    /// gateway endpoint. A rule with `pathPrefix: P` serves `P/v1/chat/completions`,
+    /// `P/v1/embeddings`, `P/v1/models` and `P/v1/messages` (without the extra `/v1` when
+    /// P ends in `/v1`: `pathPrefix: /v1` serves `/v1/chat/completions`), and no other
+    /// path; a rule with an exact `path` serves it when it ends in one of those; a rule
+    /// with a `prompt` serves the prompt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<crate::llm::LlmBackend>,
 }

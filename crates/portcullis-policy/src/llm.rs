@@ -36,6 +36,8 @@ pub struct LlmRoute {
     pub max_request_bytes: usize,
     /// Prompt templates by rule index.
     pub prompts: HashMap<usize, Arc<Prompt>>,
+    /// Each rule's canonical match path, and whether it is a prefix.
+    pub rule_paths: HashMap<usize, (String, bool)>,
 }
 
 impl std::fmt::Debug for LlmRoute {
@@ -79,7 +81,32 @@ pub struct Model {
     pub scope: String,
 }
 
+/// The API endpoints an LLM route serves, as path suffixes.
+pub const API_SUFFIXES: [&str; 4] = ["/chat/completions", "/embeddings", "/models", "/messages"];
+
 impl LlmRoute {
+    /// The API endpoint (one of [`API_SUFFIXES`]) that `path` (canonical) calls under
+    /// rule `rule`. Each rule exposes exactly one path per endpoint: an exact rule its own
+    /// path (which must end with the endpoint); a prefix rule `<prefix>/v1/<endpoint>`,
+    /// or `<prefix>/<endpoint>` when the prefix already ends in `/v1`. Nothing else is an
+    /// endpoint (not `/v1/x/chat/completions`, `/v1/chat/completions/` or
+    /// `/v1/v1/chat/completions`), so no second spelling of a path can reach the provider
+    /// under a rule with other scopes than the rule guarding the first.
+    pub fn endpoint(&self, rule: usize, path: &str) -> Option<&'static str> {
+        let (base, prefix) = self.rule_paths.get(&rule)?;
+        if !*prefix {
+            return API_SUFFIXES.into_iter().find(|s| path.ends_with(s));
+        }
+        let base = base.trim_end_matches('/');
+        let rest = path.strip_prefix(base)?;
+        let rest = if base.ends_with("/v1") {
+            rest
+        } else {
+            rest.strip_prefix("/v1")?
+        };
+        API_SUFFIXES.into_iter().find(|s| *s == rest)
+    }
+
     /// The model clients call `name`.
     pub fn model(&self, name: &str) -> Option<&Model> {
         self.models.iter().find(|m| &*m.name == name)
@@ -308,6 +335,61 @@ mod tests {
         assert!(!grants(&scopes(&["model:*"]), "tier:premium"));
         assert!(grants(&scopes(&["a", "tier:premium"]), "tier:premium"));
         assert!(!grants(&scopes(&[]), "model:gpt-4o"));
+    }
+
+    fn route(rules: &[(&str, bool)]) -> LlmRoute {
+        LlmRoute {
+            provider: portcullis_api::LlmProvider::OpenaiCompatible,
+            upstream: Arc::new(Upstream {
+                scheme: http::uri::Scheme::HTTP,
+                authority: "up:80".parse().unwrap(),
+                base_path: "/v1".into(),
+                host_header: HeaderValue::from_static("up:80"),
+            }),
+            query: None,
+            key_header: portcullis_api::LlmKeyHeader::Authorization,
+            keys: Vec::new(),
+            cooldown: Duration::from_secs(1),
+            models: Vec::new(),
+            max_request_bytes: 1024,
+            prompts: HashMap::new(),
+            rule_paths: rules
+                .iter()
+                .enumerate()
+                .map(|(i, (p, prefix))| (i, ((*p).to_owned(), *prefix)))
+                .collect(),
+        }
+    }
+
+    /// The endpoint is decided on the exact canonical path (RFC 3986 section 6.2.2): no
+    /// extra segment or trailing slash under a prefix makes a path an API endpoint, so a
+    /// path that a more specific rule guards cannot be reached by a variant of it.
+    #[test]
+    fn endpoints_are_exact_under_a_prefix() {
+        let r = route(&[
+            ("/v1", true),
+            ("/", true),
+            ("/team/v1/chat/completions", false),
+        ]);
+        assert_eq!(
+            r.endpoint(0, "/v1/chat/completions"),
+            Some("/chat/completions")
+        );
+        assert_eq!(r.endpoint(0, "/v1/models"), Some("/models"));
+        assert_eq!(r.endpoint(0, "/v1/chat/completions/"), None);
+        assert_eq!(r.endpoint(0, "/v1/x/chat/completions"), None);
+        assert_eq!(r.endpoint(0, "/v1/v1/chat/completions"), None);
+        assert_eq!(r.endpoint(0, "/v1chat/completions"), None);
+        // A root prefix serves the /v1 paths only: one spelling per endpoint.
+        assert_eq!(r.endpoint(1, "/v1/embeddings"), Some("/embeddings"));
+        assert_eq!(r.endpoint(1, "/messages"), None);
+        assert_eq!(r.endpoint(1, "/admin/v1/messages"), None);
+        // An exact rule is its own path.
+        assert_eq!(
+            r.endpoint(2, "/team/v1/chat/completions"),
+            Some("/chat/completions")
+        );
+        assert_eq!(r.endpoint(9, "/v1/models"), None);
     }
 
     #[test]

@@ -78,7 +78,13 @@ pub fn document(routes: &[&ApiRoute]) -> Value {
             }
             for (suffix, method, summary) in ops {
                 let path = if prefix {
-                    format!("{}{suffix}", base.trim_end_matches('/'))
+                    // As `LlmRoute::endpoint`: one path per endpoint.
+                    let base = base.trim_end_matches('/');
+                    if base.ends_with("/v1") {
+                        format!("{base}{suffix}")
+                    } else {
+                        format!("{base}/v1{suffix}")
+                    }
                 } else if base.ends_with(suffix) {
                     base.clone()
                 } else {

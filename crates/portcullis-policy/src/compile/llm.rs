@@ -30,6 +30,7 @@ fn default_url(p: LlmProvider) -> Option<&'static str> {
 pub(super) fn compile_llm(
     r: &ApiRoute,
     secrets: &SecretIndex<'_>,
+    path_options: &crate::target::PathOptions,
     err: &dyn Fn(String, CompileReason, String) -> CompileError,
     errs: &mut Vec<CompileError>,
 ) -> Option<Arc<LlmRoute>> {
@@ -192,6 +193,18 @@ pub(super) fn compile_llm(
             "at least one model is required".into(),
         ));
     }
+    // Each rule's match, canonical as requests are: the API paths are decided against it.
+    let mut rule_paths = HashMap::new();
+    for (i, rule) in r.spec.rules.iter().enumerate() {
+        let (path, prefix) = match (&rule.matches.path, &rule.matches.path_prefix) {
+            (Some(p), None) => (p, false),
+            (None, Some(p)) => (p, true),
+            _ => continue,
+        };
+        if let Ok(p) = crate::target::canonical_path(path, path_options) {
+            rule_paths.insert(i, (p.into_owned(), prefix));
+        }
+    }
     let mut prompts = HashMap::new();
     for (i, rule) in r.spec.rules.iter().enumerate() {
         let Some(p) = &rule.prompt else { continue };
@@ -302,5 +315,6 @@ pub(super) fn compile_llm(
             .max_request_bytes
             .map_or(DEFAULT_MAX_REQUEST_BYTES, |n| n as usize),
         prompts,
+        rule_paths,
     }))
 }

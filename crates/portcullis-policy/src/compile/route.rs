@@ -66,28 +66,6 @@ pub(super) fn compile_route(
     }
     check_hosts(r, &mut errs);
     let policy = resolve_policy(r, policies, &mut errs);
-    let llm = super::llm::compile_llm(
-        r,
-        secrets,
-        &|path, reason, message| route_error(r, path, reason, message),
-        &mut errs,
-    );
-    let upstream = match &llm {
-        Some(l) => Some(l.upstream.clone()),
-        None if r.spec.backend.llm.is_some() => None,
-        None => match upstream(r) {
-            Ok(u) => Some(Arc::new(u)),
-            Err(e) => {
-                errs.push(route_error(
-                    r,
-                    "spec.backend",
-                    CompileReason::InvalidBackend,
-                    e,
-                ));
-                None
-            }
-        },
-    };
     let timeout = |field: &str,
                    v: Option<&String>,
                    default: Duration,
@@ -135,6 +113,29 @@ pub(super) fn compile_route(
         UnderscoreHeaders::Reject => UnderscoreHeaderAction::Reject,
     };
 
+    let llm = super::llm::compile_llm(
+        r,
+        secrets,
+        &path_options,
+        &|path, reason, message| route_error(r, path, reason, message),
+        &mut errs,
+    );
+    let upstream = match &llm {
+        Some(l) => Some(l.upstream.clone()),
+        None if r.spec.backend.llm.is_some() => None,
+        None => match upstream(r) {
+            Ok(u) => Some(Arc::new(u)),
+            Err(e) => {
+                errs.push(route_error(
+                    r,
+                    "spec.backend",
+                    CompileReason::InvalidBackend,
+                    e,
+                ));
+                None
+            }
+        },
+    };
     // Rules: validate everything before touching the index.
     let mut pending = Vec::new();
     let id: Arc<str> = format!("{ns}/{}", r.name_any()).into();

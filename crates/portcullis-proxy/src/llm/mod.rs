@@ -113,16 +113,15 @@ impl Operation {
     }
 }
 
-/// The operation of a request on an LLM route: the rule's prompt, else the path's
-/// ending (so any prefix works: `/v1/chat/completions`, `/team-a/v1/chat/completions`).
-pub fn operation(method: &Method, path: &str, prompt_rule: bool) -> Option<Operation> {
-    let path = path.trim_end_matches('/');
-    match *method {
-        Method::POST if prompt_rule => Some(Operation::Prompt),
-        Method::POST if path.ends_with("/chat/completions") => Some(Operation::Chat),
-        Method::POST if path.ends_with("/embeddings") => Some(Operation::Embeddings),
-        Method::POST if path.ends_with("/messages") => Some(Operation::Messages),
-        Method::GET if path.ends_with("/models") => Some(Operation::Models),
+/// The operation of a request on an LLM route: the rule's prompt, else the API endpoint
+/// the path names (`LlmRoute::endpoint`: exact, no extra segments or trailing slash).
+pub fn operation(method: &Method, endpoint: Option<&str>, prompt_rule: bool) -> Option<Operation> {
+    match (method, endpoint) {
+        (&Method::POST, _) if prompt_rule => Some(Operation::Prompt),
+        (&Method::POST, Some("/chat/completions")) => Some(Operation::Chat),
+        (&Method::POST, Some("/embeddings")) => Some(Operation::Embeddings),
+        (&Method::POST, Some("/messages")) => Some(Operation::Messages),
+        (&Method::GET, Some("/models")) => Some(Operation::Models),
         _ => None,
     }
 }
@@ -218,7 +217,8 @@ impl crate::pipeline::Pipeline {
     ) -> Reply {
         let started = Instant::now();
         let has_prompt = call.llm.prompts.contains_key(&call.rule);
-        let Some(op) = operation(&head.method, &call.path, has_prompt) else {
+        let endpoint = call.llm.endpoint(call.rule, &call.path);
+        let Some(op) = operation(&head.method, endpoint, has_prompt) else {
             return Reply::Full(api_error(
                 Api::OpenAi,
                 StatusCode::NOT_FOUND,
@@ -545,6 +545,23 @@ impl Exchange {
         Some(req)
     }
 
+    /// `text` (a provider's error, passed on to the client) with every key of the pool
+    /// replaced: some providers quote the key they refused, and it must not reach the
+    /// client.
+    fn redact(&self, mut text: String) -> String {
+        for k in &self.llm.keys {
+            let Ok(v) = k.value.to_str() else { continue };
+            let raw = v.strip_prefix("Bearer ").unwrap_or(v);
+            // Quoted partly too: a prefix long enough to identify the key.
+            for needle in [raw, raw.get(..12).unwrap_or(raw)] {
+                if needle.len() >= 8 && text.contains(needle) {
+                    text = text.replace(needle, "[redacted]");
+                }
+            }
+        }
+        text
+    }
+
     fn count(&self, status: StatusCode) {
         self.metrics
             .gen_ai
@@ -710,11 +727,14 @@ impl Exchange {
                 (Api::OpenAi, true, Some(v)) => anthropic_error_to_openai(v),
                 (Api::OpenAi, false, Some(v)) if v.get("error").is_some() => v.clone(),
                 (Api::Anthropic, true, Some(v)) if v.get("error").is_some() => v.clone(),
-                _ => return self.error(reply, status, "provider_error", &message),
+                _ => {
+                    let message = self.redact(message);
+                    return self.error(reply, status, "provider_error", &message);
+                }
             };
             (
                 status,
-                response(status, "application/json", body.to_string()),
+                response(status, "application/json", self.redact(body.to_string())),
             )
         };
         let mut out = out;
