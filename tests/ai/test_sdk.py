@@ -377,6 +377,21 @@ def test_a_provider_error_quoting_the_key_is_redacted(gw, stub, host, api):
     assert "sk-stub" not in text and "[redacted]" in text, text
 
 
+@pytest.mark.parametrize("extra", [
+    {"fallbacks": ["gpt-4o"]},          # a router's fallback: another model than the one checked
+    {"models": ["gpt-4o"]},             # OpenRouter's model list
+    {"service_tier": "priority"},       # cost that is not counted as tokens
+    {"stream": "true"},                 # not a boolean: the gateway and provider could disagree
+])
+def test_fields_the_gateway_does_not_pass_on_are_refused(gw, stub, extra):
+    stub.reset()
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], **extra}
+    status, _, resp = gw.post("/v1/chat/completions", body)
+    assert status == 400, resp
+    assert json.loads(resp)["error"]["type"] == "invalid_request_error"
+    assert stub.requests() == [], "a refused request reached the provider"
+
+
 def test_unknown_model_is_404(gw, stub):
     stub.reset()
     with pytest.raises(openai.NotFoundError) as e:

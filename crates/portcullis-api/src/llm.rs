@@ -46,13 +46,14 @@ pub struct LlmBackend {
     pub key_header: Option<LlmKeyHeader>,
 
     /// The provider keys: a pool. The lowest `priority` is used first, keys of equal
-    /// priority in turn; a key the provider answers 401, 403 or 429 with is taken out of
-    /// rotation for `cooldown` (a 429's `Retry-After`, when longer, up to 10 minutes) and
-    /// the call is retried once with the next key. At least one.
+    /// priority in turn; a key the provider answers 401 or 429 with is taken out of
+    /// rotation for `cooldown` (for a 429's `Retry-After` when it gives one, up to 10
+    /// minutes) and the call is retried once with the next key. At least one.
     #[schemars(length(min = 1, max = 32))]
     pub credentials: Vec<LlmCredential>,
 
-    /// How long a key refused by the provider stays out of rotation (default `60s`).
+    /// How long a key refused by the provider stays out of rotation (default `60s`) when
+    /// the provider does not say (`Retry-After`).
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new(crate::token_policy::DURATION_RULE).message("cooldown must be a positive duration such as 30s or 5m"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,7 +219,7 @@ pub struct VariableSchema {
     #[schemars(length(max = 256), inner(length(max = 1024)))]
     #[serde(default, rename = "enum", skip_serializing_if = "Vec::is_empty")]
     pub enum_: Vec<String>,
-    /// Most characters of a string (default 10000).
+    /// Most characters of a string (default and upper bound 100000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_length: Option<u32>,
     /// Fewest characters of a string.

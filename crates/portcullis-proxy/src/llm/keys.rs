@@ -1,7 +1,7 @@
 //! Which provider key a call uses: the lowest priority first, keys of equal priority in
-//! turn, skipping keys out of rotation. A key the provider refuses (401, 403, 429) is
-//! taken out for the route's cooldown (a 429's `Retry-After`, when longer, up to
-//! [`MAX_COOLDOWN`]). Shared by every worker of the process.
+//! turn, skipping keys out of rotation. A key the provider refuses (401, or 429) is
+//! taken out for the route's cooldown, or for a 429's `Retry-After` when it gives one (up
+//! to [`MAX_COOLDOWN`]). Shared by every worker of the process.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,7 +18,7 @@ pub const MAX_COOLDOWN: Duration = Duration::from_secs(600);
 /// Why a key was taken out of rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CooldownReason {
-    /// 401 or 403: the provider does not accept the key.
+    /// 401: the provider does not accept the key.
     Unauthorized,
     /// 429: the key's quota or rate limit is spent.
     RateLimited,
@@ -83,8 +83,8 @@ impl KeyPools {
         Ok(same[n % same.len()])
     }
 
-    /// Takes key `index` of `llm` out of rotation for `llm.cooldown`, or `retry_after`
-    /// when longer (bounded by [`MAX_COOLDOWN`]).
+    /// Takes key `index` of `llm` out of rotation for `retry_after` when the provider gave
+    /// one, else `llm.cooldown` (bounded by [`MAX_COOLDOWN`]).
     pub fn cool_down(
         &self,
         route: &str,
@@ -95,9 +95,7 @@ impl KeyPools {
         metrics: &GenAiMetrics,
     ) {
         let key = &llm.keys[index];
-        let span = retry_after
-            .map_or(llm.cooldown, |r| r.max(llm.cooldown))
-            .min(MAX_COOLDOWN);
+        let span = retry_after.unwrap_or(llm.cooldown).min(MAX_COOLDOWN);
         self.cooling
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -61,9 +61,9 @@ const MAX_RESPONSE_BYTES: usize = 32 << 20;
 const MAX_EVENT_BYTES: usize = 1 << 20;
 /// After the client went away, how long and how many more bytes the stream is read for
 /// its usage.
-pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(30);
+pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(300);
 /// See [`DRAIN_MAX_TIME`].
-pub const DRAIN_MAX_BYTES: usize = 8 << 20;
+pub const DRAIN_MAX_BYTES: usize = 64 << 20;
 
 /// The LLM call an allowed request becomes: what the exchange needs from the decision.
 pub(crate) struct LlmCall {
@@ -124,6 +124,65 @@ pub fn operation(method: &Method, endpoint: Option<&str>, prompt_rule: bool) -> 
         (&Method::GET, Some("/models")) => Some(Operation::Models),
         _ => None,
     }
+}
+
+/// Top-level request fields passed to the provider, by operation. Anything else is
+/// refused (400): provider-specific fields can pick another model than the one whose
+/// scope was checked (a router's `models`/`fallbacks`), or add cost that is not counted
+/// as tokens (`service_tier`, built-in tools, stored conversations).
+const CHAT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stream",
+    "stream_options",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "seed",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "user",
+    "reasoning_effort",
+];
+const EMBEDDINGS_FIELDS: &[&str] = &["model", "input", "encoding_format", "dimensions", "user"];
+const MESSAGES_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "system",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop_sequences",
+    "stream",
+    "tools",
+    "tool_choice",
+    "metadata",
+    "thinking",
+];
+
+/// The first field of `req` that `op` does not pass on, if any.
+fn unknown_field(op: Operation, req: &Value) -> Option<String> {
+    let allowed = match op {
+        Operation::Chat | Operation::Prompt => CHAT_FIELDS,
+        Operation::Embeddings => EMBEDDINGS_FIELDS,
+        Operation::Messages => MESSAGES_FIELDS,
+        Operation::Models => return None,
+    };
+    req.as_object()?
+        .keys()
+        .find(|k| !allowed.contains(&k.as_str()))
+        .cloned()
 }
 
 /// The API a client called, for the format of errors.
@@ -200,7 +259,11 @@ struct Exchange {
     provider_path: &'static str,
     body: Bytes,
     request_id: HeaderValue,
+    /// The metric label of the consumer (hashed, capped).
     consumer: Arc<str>,
+    /// The consumer itself and the token's fingerprint, for the usage line.
+    consumer_id: Option<Arc<str>>,
+    token: String,
     anthropic_headers: Vec<(header::HeaderName, HeaderValue)>,
     connect_timeout: Duration,
     request_timeout: Duration,
@@ -214,6 +277,7 @@ impl crate::pipeline::Pipeline {
         body: Incoming,
         call: LlmCall,
         request_id: HeaderValue,
+        token: Option<portcullis_policy::Fingerprint>,
     ) -> Reply {
         let started = Instant::now();
         let has_prompt = call.llm.prompts.contains_key(&call.rule);
@@ -366,6 +430,23 @@ impl crate::pipeline::Pipeline {
             }
             return Reply::Full(resp);
         }
+        if req
+            .get("stream")
+            .is_some_and(|v| !v.is_boolean() && !v.is_null())
+        {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "invalid_stream",
+                "stream must be true or false",
+            );
+        }
+        if let Some(field) = unknown_field(op, &req) {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "unsupported_parameter",
+                &format!("the parameter {field:?} is not accepted by this gateway"),
+            );
+        }
         let provider_model = model.provider_model.clone();
         let public: Arc<str> = model.name.clone();
         let stream = req.get("stream").and_then(Value::as_bool) == Some(true)
@@ -433,14 +514,8 @@ impl crate::pipeline::Pipeline {
                 header::HeaderName::from_static("anthropic-version"),
                 version,
             ));
-            if op == Operation::Messages
-                && let Some(beta) = head.headers.get("anthropic-beta")
-            {
-                anthropic_headers.push((
-                    header::HeaderName::from_static("anthropic-beta"),
-                    beta.clone(),
-                ));
-            }
+            // `anthropic-beta` is not passed on: it switches on features (and costs) the
+            // route's owner has not chosen.
         }
         let exchange = Exchange {
             client: self.client.clone(),
@@ -456,6 +531,8 @@ impl crate::pipeline::Pipeline {
             body: Bytes::from(upstream_body.to_string()),
             request_id,
             consumer,
+            consumer_id: call.principal.as_ref().and_then(|p| p.consumer.clone()),
+            token: token.map_or_else(|| "-".to_owned(), |f| f.to_string()),
             anthropic_headers,
             connect_timeout: call.connect_timeout,
             request_timeout: call.request_timeout,
@@ -463,7 +540,9 @@ impl crate::pipeline::Pipeline {
         let (tx, rx) = oneshot::channel();
         // Spawned: a client that goes away does not stop the exchange, so what the
         // provider used is still metered.
-        tokio::spawn(exchange.run(tx, started));
+        // Durations count from the provider call, not from the client's upload.
+        let _ = started;
+        tokio::spawn(exchange.run(tx, Instant::now()));
         match rx.await {
             Ok(reply) => reply,
             Err(_) => Reply::Full(api_error(
@@ -649,8 +728,11 @@ impl Exchange {
                 Ok(Ok(r)) => r,
             };
             let status = resp.status();
+            // 401: the provider does not take the key. 429: the key's limit is spent (for
+            // `Retry-After` when given). A 403 is about what was asked (a model or feature
+            // the account lacks): the client's answer, no key rests for it.
             let reason = match status.as_u16() {
-                401 | 403 => Some(CooldownReason::Unauthorized),
+                401 => Some(CooldownReason::Unauthorized),
                 429 => Some(CooldownReason::RateLimited),
                 _ => None,
             };
@@ -664,7 +746,9 @@ impl Exchange {
                     retry_after(resp.headers()),
                     g,
                 );
-                if tried.len() < self.llm.keys.len() {
+                // Retried once, with the next key: a request the provider refuses for what
+                // it is (too large for any key's limit) cannot rest the whole pool.
+                if tried.len() < 2 && tried.len() < self.llm.keys.len() {
                     continue;
                 }
             } else if !status.is_success() {
@@ -871,7 +955,10 @@ impl Exchange {
             }
             if gone_at.is_none() {
                 for b in out.drain(..) {
-                    if tx.send(b).await.is_err() {
+                    // A client that stops reading is treated as gone: the stream is
+                    // drained for its usage rather than held open by the client.
+                    let sent = tokio::time::timeout(self.request_timeout, tx.send(b)).await;
+                    if !matches!(sent, Ok(Ok(()))) {
                         gone_at = Some(Instant::now());
                         break;
                     }
@@ -935,7 +1022,9 @@ impl Exchange {
             model = %self.model,
             provider = self.llm.provider_name(),
             operation = self.operation.as_str(),
-            consumer = %self.consumer,
+            consumer = self.consumer_id.as_deref().unwrap_or("-"),
+            consumer_label = %self.consumer,
+            token = %self.token,
             input_tokens = usage.input,
             output_tokens = usage.output,
             complete,

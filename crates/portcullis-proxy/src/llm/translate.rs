@@ -44,9 +44,10 @@ pub fn openai_usage(v: &Value) -> Option<Usage> {
 /// Input tokens of an Anthropic `usage` object: `input_tokens` plus the cache's
 /// `cache_creation_input_tokens` and `cache_read_input_tokens`.
 fn anthropic_input(u: &Value) -> u64 {
+    // Saturating: a provider's numbers cannot wrap (or, in debug builds, panic) the meter.
     num(u, "input_tokens")
-        + num(u, "cache_creation_input_tokens")
-        + num(u, "cache_read_input_tokens")
+        .saturating_add(num(u, "cache_creation_input_tokens"))
+        .saturating_add(num(u, "cache_read_input_tokens"))
 }
 
 /// The usage of an Anthropic message.
@@ -197,7 +198,11 @@ pub fn chat_to_messages(req: &Value, provider_model: &str) -> Result<Value, Untr
             "system" | "developer" => system.push(text_of(content)?),
             "user" => push_turn(&mut out, "user", blocks_of(content)?),
             "assistant" => {
-                let mut blocks = blocks_of(content)?;
+                // Anthropic refuses empty text blocks (`content: ""` beside tool calls).
+                let mut blocks: Vec<Value> = blocks_of(content)?
+                    .into_iter()
+                    .filter(|b| b.get("text").is_none_or(|t| t != ""))
+                    .collect();
                 for tc in m
                     .get("tool_calls")
                     .and_then(Value::as_array)
@@ -245,6 +250,7 @@ pub fn chat_to_messages(req: &Value, provider_model: &str) -> Result<Value, Untr
     }
     let max_tokens = obj
         .get("max_completion_tokens")
+        .filter(|v| !v.is_null())
         .or_else(|| obj.get("max_tokens"))
         .and_then(Value::as_u64)
         .unwrap_or(DEFAULT_MAX_TOKENS);
@@ -369,7 +375,7 @@ pub fn messages_to_chat(resp: &Value, public_model: &str, created: u64) -> Value
 }
 
 fn usage_json(u: Usage) -> Value {
-    json!({"prompt_tokens": u.input, "completion_tokens": u.output, "total_tokens": u.input + u.output})
+    json!({"prompt_tokens": u.input, "completion_tokens": u.output, "total_tokens": u.input.saturating_add(u.output)})
 }
 
 /// One SSE event, serialized: `data: <data>` (with an `event:` line when `event` is set).

@@ -59,7 +59,7 @@ impl Pipeline {
                 Some(call) => {
                     let started = std::time::Instant::now();
                     let reply = self
-                        .llm_phase(head, body, call, log.request_id.clone())
+                        .llm_phase(head, body, call, log.request_id.clone(), log.fingerprint)
                         .await;
                     log.upstream_time = Some(started.elapsed());
                     match reply {

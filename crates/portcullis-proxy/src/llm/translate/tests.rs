@@ -83,6 +83,27 @@ fn chat_request_becomes_a_messages_request() {
 }
 
 #[test]
+fn null_limits_and_empty_text_beside_tool_calls() {
+    let out = chat_to_messages(
+        &json!({"max_completion_tokens": null, "max_tokens": 33, "messages": [
+            {"role": "user", "content": "w?"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ]},
+        ]}),
+        "m",
+    )
+    .unwrap();
+    // A null max_completion_tokens does not hide max_tokens.
+    assert_eq!(out["max_tokens"], 33);
+    // Anthropic refuses empty text blocks: only the tool_use block is left.
+    assert_eq!(
+        out["messages"][1]["content"],
+        json!([{"type": "tool_use", "id": "c", "name": "f", "input": {}}])
+    );
+}
+
+#[test]
 fn untranslatable_requests_are_refused_with_the_reason() {
     let e = |v: Value| chat_to_messages(&v, "m").unwrap_err().0;
     assert!(e(json!({"messages": [{"role": "user", "content": "a"}], "n": 2})).contains("n > 1"));
