@@ -7,7 +7,7 @@
 //!                 ─▶ provider request: model mapped, translated (OpenAI -> Anthropic),
 //!                    stream_options.include_usage forced on OpenAI streams
 //!                 ─▶ exchange task (spawned: survives the client): key pool pick,
-//!                    401/403/429 -> key out of rotation, retry with the next key
+//!                    401/429 -> key out of rotation, retried once with the next key
 //!                        ├─ JSON: read, translate back, meter, answer
 //!                        └─ SSE: parse, translate event by event into a channel the
 //!                           client reads; client gone -> keep reading (bounded) to
