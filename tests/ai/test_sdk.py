@@ -392,6 +392,17 @@ def test_fields_the_gateway_does_not_pass_on_are_refused(gw, stub, extra):
     assert stub.requests() == [], "a refused request reached the provider"
 
 
+def test_models_retrieve_answers_only_for_permitted_models(gw, stub):
+    stub.reset()
+    m = gw.openai(token=gw.tokens["mini"]).models.retrieve("gpt-4o-mini")
+    assert m.id == "gpt-4o-mini"
+    # A model the token may not use looks like one that does not exist (no probing).
+    for name in ("gpt-4o", "no-such-model"):
+        with pytest.raises(openai.NotFoundError):
+            gw.openai(token=gw.tokens["mini"]).models.retrieve(name)
+    assert stub.requests() == [], "model lookups are answered by the gateway"
+
+
 def test_unknown_model_is_404(gw, stub):
     stub.reset()
     with pytest.raises(openai.NotFoundError) as e:

@@ -81,8 +81,15 @@ pub struct Model {
     pub scope: String,
 }
 
-/// The API endpoints an LLM route serves, as path suffixes.
-pub const API_SUFFIXES: [&str; 4] = ["/chat/completions", "/embeddings", "/models", "/messages"];
+/// The API endpoints an LLM route serves, as path suffixes. `/models/` is `GET
+/// .../models/{model}` (the model's name follows).
+pub const API_SUFFIXES: [&str; 5] = [
+    "/chat/completions",
+    "/embeddings",
+    "/models",
+    "/messages",
+    "/models/",
+];
 
 impl LlmRoute {
     /// The API endpoint (one of [`API_SUFFIXES`]) that `path` (canonical) calls under
@@ -95,7 +102,10 @@ impl LlmRoute {
     pub fn endpoint(&self, rule: usize, path: &str) -> Option<&'static str> {
         let (base, prefix) = self.rule_paths.get(&rule)?;
         if !*prefix {
-            return API_SUFFIXES.into_iter().find(|s| path.ends_with(s));
+            return API_SUFFIXES[..4]
+                .iter()
+                .copied()
+                .find(|s| path.ends_with(s));
         }
         let base = base.trim_end_matches('/');
         let rest = path.strip_prefix(base)?;
@@ -104,7 +114,12 @@ impl LlmRoute {
         } else {
             rest.strip_prefix("/v1")?
         };
-        API_SUFFIXES.into_iter().find(|s| *s == rest)
+        if let Some(id) = rest.strip_prefix("/models/")
+            && !id.is_empty()
+        {
+            return Some("/models/");
+        }
+        API_SUFFIXES[..4].iter().copied().find(|s| *s == rest)
     }
 
     /// The model clients call `name`.
@@ -376,6 +391,8 @@ mod tests {
             Some("/chat/completions")
         );
         assert_eq!(r.endpoint(0, "/v1/models"), Some("/models"));
+        assert_eq!(r.endpoint(0, "/v1/models/gpt-4o"), Some("/models/"));
+        assert_eq!(r.endpoint(0, "/v1/models/"), None);
         assert_eq!(r.endpoint(0, "/v1/chat/completions/"), None);
         assert_eq!(r.endpoint(0, "/v1/x/chat/completions"), None);
         assert_eq!(r.endpoint(0, "/v1/v1/chat/completions"), None);

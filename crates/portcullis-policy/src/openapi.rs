@@ -70,6 +70,11 @@ pub fn document(routes: &[&ApiRoute]) -> Value {
             let mut ops: Vec<(&str, &str, &str)> = vec![
                 ("/chat/completions", "post", "Chat completion (OpenAI API)"),
                 ("/models", "get", "Models this token may use"),
+                (
+                    "/models/{model}",
+                    "get",
+                    "One model, if this token may use it",
+                ),
             ];
             if llm.provider == LlmProvider::Anthropic {
                 ops.push(("/messages", "post", "Messages (Anthropic API)"));
@@ -255,7 +260,8 @@ spec:
                 "/prompts/sum",
                 "/v1/chat/completions",
                 "/v1/embeddings",
-                "/v1/models"
+                "/v1/models",
+                "/v1/models/{model}"
             ]
         );
         let chat = &paths["/v1/chat/completions"]["post"];

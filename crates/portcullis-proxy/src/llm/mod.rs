@@ -121,7 +121,7 @@ pub fn operation(method: &Method, endpoint: Option<&str>, prompt_rule: bool) -> 
         (&Method::POST, Some("/chat/completions")) => Some(Operation::Chat),
         (&Method::POST, Some("/embeddings")) => Some(Operation::Embeddings),
         (&Method::POST, Some("/messages")) => Some(Operation::Messages),
-        (&Method::GET, Some("/models")) => Some(Operation::Models),
+        (&Method::GET, Some("/models" | "/models/")) => Some(Operation::Models),
         _ => None,
     }
 }
@@ -306,6 +306,31 @@ impl crate::pipeline::Pipeline {
                 .with_label_values(&[&call.route_id, model, op.as_str(), status.as_str()])
                 .inc();
         };
+        if op == Operation::Models && endpoint == Some("/models/") {
+            // GET .../models/{model}: the model, if this token may use it (404 otherwise,
+            // as for a model that does not exist: no probing of what others may use).
+            let id = call.path.rsplit_once("/models/").map_or("", |(_, id)| id);
+            let found = call.llm.allowed_models(scopes).find(|m| &*m.name == id);
+            return Reply::Full(match found {
+                Some(m) => {
+                    done(&m.name, StatusCode::OK);
+                    response(
+                        StatusCode::OK,
+                        "application/json",
+                        json!({"id": &*m.name, "object": "model", "created": 0, "owned_by": call.llm.provider_name()}).to_string(),
+                    )
+                }
+                None => {
+                    done("", StatusCode::NOT_FOUND);
+                    api_error(
+                        api,
+                        StatusCode::NOT_FOUND,
+                        "model_not_found",
+                        &format!("the model {id:?} does not exist on this route"),
+                    )
+                }
+            });
+        }
         if op == Operation::Models {
             let data: Vec<Value> = call
                 .llm
