@@ -561,6 +561,11 @@ def test_key_pool_fails_over_and_cools_down(gw, limited_stub):
     assert gw.metric(COOLDOWNS, route=POOL_ROUTE, key="llm-keys/primary", reason="rate_limited") - before == 1
     assert gw.metric(PROVIDER_KEYS, route=POOL_ROUTE, state="cooling") == 1
     assert gw.metric(PROVIDER_KEYS, route=POOL_ROUTE, state="available") == 1
+    # The 429 said Retry-After: 1: the key rests that long (not the route's 30 s), and the
+    # gauge shows it back without any further traffic.
+    wait_for(lambda: gw.metric(PROVIDER_KEYS, route=POOL_ROUTE, state="cooling") == 0, timeout=5,
+             what="the rested key back in the gauge")
+    assert gw.metric(PROVIDER_KEYS, route=POOL_ROUTE, state="available") == 2
 
 
 # -------------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ impl KeyPools {
     }
 
     /// Takes key `index` of `llm` out of rotation for `retry_after` when the provider gave
-    /// one, else `llm.cooldown` (bounded by [`MAX_COOLDOWN`]).
+    /// one, else `llm.cooldown` (bounded by [`MAX_COOLDOWN`]). Returns how long.
     pub fn cool_down(
         &self,
         route: &str,
@@ -93,7 +93,7 @@ impl KeyPools {
         reason: CooldownReason,
         retry_after: Option<Duration>,
         metrics: &GenAiMetrics,
-    ) {
+    ) -> Duration {
         let key = &llm.keys[index];
         let span = retry_after.unwrap_or(llm.cooldown).min(MAX_COOLDOWN);
         self.cooling
@@ -115,6 +115,7 @@ impl KeyPools {
             "provider key taken out of rotation"
         );
         self.report(route, llm, metrics);
+        span
     }
 
     /// Sets the key-pool gauge of `route`.

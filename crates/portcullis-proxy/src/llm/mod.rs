@@ -763,7 +763,7 @@ impl Exchange {
             };
             if let Some(reason) = reason {
                 self.provider_error(status.as_str());
-                self.pools.cool_down(
+                let span = self.pools.cool_down(
                     &self.route_id,
                     &self.llm,
                     key,
@@ -771,6 +771,17 @@ impl Exchange {
                     retry_after(resp.headers()),
                     g,
                 );
+                // The gauge shows the key back once its rest is over, traffic or not.
+                let (pools, llm, route, metrics) = (
+                    self.pools.clone(),
+                    self.llm.clone(),
+                    self.route_id.clone(),
+                    self.metrics.clone(),
+                );
+                tokio::spawn(async move {
+                    tokio::time::sleep(span + Duration::from_millis(10)).await;
+                    pools.report(&route, &llm, &metrics.gen_ai);
+                });
                 // Retried once, with the next key: a request the provider refuses for what
                 // it is (too large for any key's limit) cannot rest the whole pool.
                 if tried.len() < 2 && tried.len() < self.llm.keys.len() {
