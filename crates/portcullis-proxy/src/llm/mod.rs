@@ -580,6 +580,21 @@ impl crate::pipeline::Pipeline {
     }
 }
 
+/// `text` with every key of `keys` (and a 12-character prefix of it) replaced by
+/// `[redacted]`: some providers quote the key they refuse.
+fn redact_keys(mut text: String, keys: &[portcullis_policy::llm::ProviderKey]) -> String {
+    for k in keys {
+        let Ok(v) = k.value.to_str() else { continue };
+        let raw = v.strip_prefix("Bearer ").unwrap_or(v);
+        for needle in [raw, raw.get(..12).unwrap_or(raw)] {
+            if needle.len() >= 8 && text.contains(needle) {
+                text = text.replace(needle, "[redacted]");
+            }
+        }
+    }
+    text
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -652,18 +667,17 @@ impl Exchange {
     /// `text` (a provider's error, passed on to the client) with every key of the pool
     /// replaced: some providers quote the key they refused, and it must not reach the
     /// client.
-    fn redact(&self, mut text: String) -> String {
-        for k in &self.llm.keys {
-            let Ok(v) = k.value.to_str() else { continue };
-            let raw = v.strip_prefix("Bearer ").unwrap_or(v);
-            // Quoted partly too: a prefix long enough to identify the key.
-            for needle in [raw, raw.get(..12).unwrap_or(raw)] {
-                if needle.len() >= 8 && text.contains(needle) {
-                    text = text.replace(needle, "[redacted]");
-                }
-            }
+    fn redact(&self, text: String) -> String {
+        redact_keys(text, &self.llm.keys)
+    }
+
+    /// A stream chunk on its way to the client: an error event is redacted like an error
+    /// body (other chunks are the model's output, passed as they are).
+    fn redact_chunk(&self, b: Bytes) -> Bytes {
+        if !b.windows(7).any(|w| w == b"\"error\"") {
+            return b;
         }
-        text
+        Bytes::from(self.redact(String::from_utf8_lossy(&b).into_owned()))
     }
 
     fn count(&self, status: StatusCode) {
@@ -991,6 +1005,7 @@ impl Exchange {
             }
             if gone_at.is_none() {
                 for b in out.drain(..) {
+                    let b = self.redact_chunk(b);
                     // A client that stops reading is treated as gone: the stream is
                     // drained for its usage rather than held open by the client.
                     let sent = tokio::time::timeout(self.request_timeout, tx.send(b)).await;
@@ -1024,6 +1039,7 @@ impl Exchange {
                 out.push(e);
             }
             for b in out.drain(..) {
+                let b = self.redact_chunk(b);
                 if tx.send(b).await.is_err() {
                     break;
                 }
@@ -1086,5 +1102,84 @@ impl Body for ChannelBody {
         self.rx
             .poll_recv(cx)
             .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_policy::llm::ProviderKey;
+
+    fn key(value: &str) -> ProviderKey {
+        ProviderKey {
+            name: "s/k".into(),
+            priority: 0,
+            value: HeaderValue::from_str(value).unwrap(),
+        }
+    }
+
+    #[test]
+    fn keys_quoted_by_a_provider_are_redacted() {
+        let keys = [
+            key("Bearer sk-live-0123456789abcdef"),
+            key("xk-other-secret-key"),
+        ];
+        let out = redact_keys(
+            "bad key sk-live-0123456789abcdef; also sk-live-0123 and xk-other-secret-key".into(),
+            &keys,
+        );
+        assert!(!out.contains("sk-live-0123"), "{out}");
+        assert!(!out.contains("xk-other-secret-key"), "{out}");
+        assert_eq!(out.matches("[redacted]").count(), 3, "{out}");
+        // Text without a key is left alone; short keys never redact common words.
+        let short = [key("Bearer abc")];
+        assert_eq!(redact_keys("abc def".into(), &short), "abc def");
+    }
+
+    #[test]
+    fn operations_are_decided_by_method_and_exact_endpoint() {
+        assert_eq!(
+            operation(&Method::POST, Some("/chat/completions"), false),
+            Some(Operation::Chat)
+        );
+        assert_eq!(
+            operation(&Method::GET, Some("/chat/completions"), false),
+            None
+        );
+        assert_eq!(
+            operation(&Method::GET, Some("/models/"), false),
+            Some(Operation::Models)
+        );
+        assert_eq!(
+            operation(&Method::POST, None, true),
+            Some(Operation::Prompt)
+        );
+        assert_eq!(operation(&Method::POST, None, false), None);
+    }
+
+    #[test]
+    fn only_listed_fields_go_upstream() {
+        let ok = json!({"model": "m", "messages": [], "stream": true, "tools": []});
+        assert_eq!(unknown_field(Operation::Chat, &ok), None);
+        let bad = json!({"model": "m", "messages": [], "fallbacks": ["x"]});
+        assert_eq!(
+            unknown_field(Operation::Chat, &bad).as_deref(),
+            Some("fallbacks")
+        );
+        assert_eq!(
+            unknown_field(
+                Operation::Messages,
+                &json!({"model": "m", "service_tier": "x"})
+            )
+            .as_deref(),
+            Some("service_tier")
+        );
+        assert_eq!(
+            unknown_field(
+                Operation::Embeddings,
+                &json!({"model": "m", "input": "x", "dimensions": 8})
+            ),
+            None
+        );
     }
 }
