@@ -195,7 +195,7 @@ pub fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
             .find("}}")
             .ok_or_else(|| format!("unclosed {{{{ at byte {}", text.len() - rest.len() + start))?;
         let name = after[..end].trim();
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        if !is_variable_name(name) {
             return Err(format!(
                 "{{{{{}}}}} is not a variable: names are letters, digits and _",
                 &after[..end]
@@ -208,6 +208,11 @@ pub fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
         pieces.push(Piece::Text(rest.to_owned()));
     }
     Ok(pieces)
+}
+
+/// Whether `name` can name a template variable: letters, digits and `_`.
+pub fn is_variable_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Why a prompt call's variables were refused: names the variable.

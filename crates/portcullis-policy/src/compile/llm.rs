@@ -168,11 +168,7 @@ pub(super) fn compile_llm(
             .scope
             .clone()
             .unwrap_or_else(|| format!("model:{}", m.name));
-        if scope.is_empty()
-            || !scope
-                .bytes()
-                .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\')
-        {
+        if !super::route::is_scope_token(&scope) {
             errs.push(err(
                 format!("spec.backend.llm.models[{i}].scope"),
                 CompileReason::InvalidScope,
@@ -251,7 +247,7 @@ pub(super) fn compile_llm(
             }
         }
         for name in p.variables.properties.keys() {
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            if !crate::llm::is_variable_name(name) {
                 errs.push(err(
                     format!("{at}.variables.properties"),
                     CompileReason::Invalid,

@@ -355,6 +355,14 @@ fn resolve_policy(
 
 /// A rule's `requiredScopes` or `anyScopes` (`field`), each one word of printable
 /// characters.
+/// RFC 6749 section 3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`, one word of
+/// printable characters without spaces, quotes or backslashes.
+pub(super) fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
 fn scopes(
     r: &ApiRoute,
     at: &str,
@@ -363,11 +371,7 @@ fn scopes(
     errs: &mut Vec<CompileError>,
 ) -> Box<[Box<str>]> {
     for (j, s) in list.iter().enumerate() {
-        if s.is_empty()
-            || !s
-                .bytes()
-                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-        {
+        if !is_scope_token(s) {
             errs.push(route_error(
                 r,
                 format!("{at}.{field}[{j}]"),

@@ -317,7 +317,7 @@ impl crate::pipeline::Pipeline {
                     response(
                         StatusCode::OK,
                         "application/json",
-                        json!({"id": &*m.name, "object": "model", "created": 0, "owned_by": call.llm.provider_name()}).to_string(),
+                        model_json(&call.llm, m).to_string(),
                     )
                 }
                 None => {
@@ -335,7 +335,7 @@ impl crate::pipeline::Pipeline {
             let data: Vec<Value> = call
                 .llm
                 .allowed_models(scopes)
-                .map(|m| json!({"id": &*m.name, "object": "model", "created": 0, "owned_by": call.llm.provider_name()}))
+                .map(|m| model_json(&call.llm, m))
                 .collect();
             done("", StatusCode::OK);
             return Reply::Full(response(
@@ -593,6 +593,11 @@ fn redact_keys(mut text: String, keys: &[portcullis_policy::llm::ProviderKey]) -
         }
     }
     text
+}
+
+/// An OpenAI `model` object.
+fn model_json(llm: &LlmRoute, m: &portcullis_policy::llm::Model) -> Value {
+    json!({"id": &*m.name, "object": "model", "created": 0, "owned_by": llm.provider_name()})
 }
 
 fn unix_now() -> u64 {

@@ -27,6 +27,19 @@ pub struct Usage {
     pub output: u64,
 }
 
+impl Usage {
+    /// Takes the counts of an Anthropic `message_delta` usage: they are cumulative, so
+    /// each one present replaces the last, never adds to it.
+    fn assign_delta(&mut self, u: &Value) {
+        if u.get("output_tokens").is_some() {
+            self.output = num(u, "output_tokens");
+        }
+        if u.get("input_tokens").is_some() {
+            self.input = anthropic_input(u);
+        }
+    }
+}
+
 fn num(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
@@ -582,14 +595,8 @@ impl StreamTranslator for MessagesToChat {
                 }
             }
             "message_delta" => {
-                // Cumulative counts: assign.
                 if let Some(u) = v.get("usage") {
-                    if u.get("output_tokens").is_some() {
-                        self.usage.output = num(u, "output_tokens");
-                    }
-                    if u.get("input_tokens").is_some() {
-                        self.usage.input = anthropic_input(u);
-                    }
+                    self.usage.assign_delta(u);
                 }
                 if let Some(stop) = v.pointer("/delta/stop_reason").and_then(Value::as_str) {
                     out.push(self.chunk(json!({}), Some(finish_reason(stop))));
@@ -668,12 +675,7 @@ impl StreamTranslator for MessagesStream {
             }
             Some("message_delta") => {
                 if let Some(u) = v.get("usage") {
-                    if u.get("output_tokens").is_some() {
-                        self.usage.output = num(u, "output_tokens");
-                    }
-                    if u.get("input_tokens").is_some() {
-                        self.usage.input = anthropic_input(u);
-                    }
+                    self.usage.assign_delta(u);
                 }
             }
             Some("content_block_delta") | Some("content_block_start") => self.started = true,
