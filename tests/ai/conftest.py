@@ -37,6 +37,21 @@ QUICKSTART_POLICY = REPO / "examples" / "quickstart" / "policy.yaml"
 
 PRIMARY = "sk-stub-primary"
 BACKUP = "sk-stub-backup"
+
+# The tool both APIs are asked to call, in each API's shape (the stub answers "weather" with it).
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+WEATHER_TOOL_ANTHROPIC = {
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 OPENAI_HOST = "openai.test"
 ANTHROPIC_HOST = "anthropic.test"
 POOL_HOST = "pool.test"

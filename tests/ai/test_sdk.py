@@ -25,6 +25,8 @@ from conftest import (  # noqa: I001 (tests/ai is on sys.path)
     POOL_HOST,
     POOL_ROUTE,
     PRIMARY,
+    WEATHER_TOOL,
+    WEATHER_TOOL_ANTHROPIC,
     http,
     wait_for,
 )
@@ -41,19 +43,6 @@ TTFT_COUNT = "portcullis_gen_ai_server_time_to_first_token_seconds_count"
 VIA = {
     "openaiCompatible": (OPENAI_HOST, "gpt-4o-mini", "openai"),
     "anthropic": (ANTHROPIC_HOST, "claude-mini", "anthropic"),
-}
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-WEATHER_TOOL_ANTHROPIC = {
-    "name": "get_weather",
-    "description": "Weather for a city",
-    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
 SYSTEM = "You are terse."  # 3 words
 

@@ -16,21 +16,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import BACKUP, PRIMARY, http, wait_for  # noqa: I001 (tests/ai is on sys.path)
-
-WEATHER_TOOL_OPENAI = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-WEATHER_TOOL_ANTHROPIC = {
-    "name": "get_weather",
-    "description": "Weather for a city",
-    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
+from conftest import BACKUP, PRIMARY, WEATHER_TOOL, WEATHER_TOOL_ANTHROPIC, http, wait_for  # noqa: I001 (tests/ai is on sys.path)
 
 
 @pytest.fixture
@@ -146,7 +132,7 @@ def test_openai_stream_raw_wire_format(stub):
 
 def test_openai_tool_call(oai, stub):
     r = oai.chat.completions.create(
-        model="stub-small", tools=[WEATHER_TOOL_OPENAI],
+        model="stub-small", tools=[WEATHER_TOOL],
         messages=[{"role": "user", "content": "What is the weather in Paris?"}])
     msg = r.choices[0].message
     assert r.choices[0].finish_reason == "tool_calls"
@@ -159,7 +145,7 @@ def test_openai_tool_call(oai, stub):
 
 def test_openai_tool_call_stream(oai):
     chunks = list(oai.chat.completions.create(
-        model="stub-small", tools=[WEATHER_TOOL_OPENAI], stream=True,
+        model="stub-small", tools=[WEATHER_TOOL], stream=True,
         messages=[{"role": "user", "content": "weather please"}]))
     calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert calls[0].function.name == "get_weather" and calls[0].id.startswith("call_")
@@ -169,7 +155,7 @@ def test_openai_tool_call_stream(oai):
 
 def test_openai_tool_result_round_trip(oai):
     r = oai.chat.completions.create(
-        model="stub-small", tools=[WEATHER_TOOL_OPENAI],
+        model="stub-small", tools=[WEATHER_TOOL],
         messages=[
             {"role": "user", "content": "What is the weather in Paris?"},
             {"role": "assistant", "content": None, "tool_calls": [
