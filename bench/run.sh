@@ -55,57 +55,10 @@ DEV_KEY=$ROOT/examples/quickstart/dev-private.pem
 DEV_PUB=$ROOT/examples/quickstart/dev-public.pem
 QUICKSTART_POLICY=$ROOT/examples/quickstart/policy.yaml
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
-wants() { [[ " $ONLY " == *" $1 "* ]]; }
+BENCH_TAG=bench
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 section() { [[ " $SECTIONS " == *" $1 "* ]]; }
-
-# --- processes we start, and cleanup --------------------------------------------------------
-
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    PIDS=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Starts "$@" in the background, logging to $RESULTS_DIR/$name.log; sets STARTED_PID.
-start() {
-    local name=$1
-    shift
-    "$@" >"$RESULTS_DIR/$name.log" 2>&1 &
-    STARTED_PID=$!
-    PIDS+=("$STARTED_PID")
-}
-
-# Waits until `curl URL` answers with status $2 (default 200) or the process dies.
-wait_http() {
-    local url=$1 want=${2:-200} pid=$3 name=$4 code
-    for _ in $(seq 100); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            cat "$RESULTS_DIR/$name.log" >&2 || true
-            die "$name exited during startup (log above)"
-        fi
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
-        [[ $code == "$want" ]] && return 0
-        sleep 0.1
-    done
-    cat "$RESULTS_DIR/$name.log" >&2 || true
-    die "$name did not answer $url with $want within 10s (last: ${code:-none})"
-}
 
 # Checks that `curl` with optional Authorization gets the expected status.
 expect_status() {
@@ -131,18 +84,6 @@ stop() {
     wait "$1" 2>/dev/null || true
 }
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# Peak RSS in KiB of a process and its children (nginx: master + workers), from VmHWM.
-peak_rss_kib() {
-    local total=0 pid hwm
-    for pid in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
-        hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
-        total=$((total + ${hwm:-0}))
-    done
-    echo "$total"
-}
-
 # --- tools ------------------------------------------------------------------------------------
 
 install_tools() {
@@ -161,13 +102,7 @@ install_tools() {
         log "building vegeta $VEGETA_VERSION (constant-rate load) into $BENCH_CACHE/bin"
         GOBIN=$BENCH_CACHE/bin go install "github.com/tsenart/vegeta/v12@$VEGETA_VERSION" >&2
     fi
-    ((${#missing[@]} == 0)) && return 0
-    [[ ${SKIP_INSTALL:-} == 1 ]] && die "missing: ${missing[*]} (and SKIP_INSTALL=1)"
-    local sudo=()
-    ((EUID == 0)) || sudo=(sudo)
-    log "installing ${missing[*]} from Debian"
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt_install "${missing[@]}"
 }
 
 check_haproxy_version() {
@@ -182,18 +117,6 @@ check_haproxy_version() {
     # Not `haproxy -vv | grep -q`: with pipefail, grep closing early fails the pipe.
     [[ $(haproxy -vv 2>/dev/null) == *USE_OPENSSL=1* ]] || die "HAProxy built without OpenSSL: no jwt_verify"
     log "haproxy $v, $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | awk 'NR == 1 {print $1, $2}')"
-}
-
-build_portcullis() {
-    if [[ -n ${PORTCULLIS_BIN:-} ]]; then
-        [[ -x $PORTCULLIS_BIN ]] || die "PORTCULLIS_BIN=$PORTCULLIS_BIN is not executable"
-        return
-    fi
-    # The profile the container image ships (release + fat LTO, one codegen unit).
-    log "building portcullis (--profile dist)"
-    (cd "$ROOT" && cargo build --profile dist -p portcullis) >&2
-    PORTCULLIS_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/dist/portcullis
-    [[ -x $PORTCULLIS_BIN ]] || die "no binary at $PORTCULLIS_BIN after the build"
 }
 
 # A token for the quickstart issuer: scope orders:read, one hour. `portcullis token mint`
