@@ -386,7 +386,7 @@ print_tables() {
     echo "wrk -d $DURATION -c $CONNECTIONS -t $THREADS --latency; $(nproc) CPUs. *-10k rows: $TOKENS distinct"
     echo "tokens round-robin; *-1core rows: the server pinned to CPU 0, wrk and the upstream on CPU 1."
     echo "peak-RSS: VmHWM after the row, summed over the server's processes (direct: the upstream)."
-    if [[ ${#LAT50[@]} -gt 0 ]]; then
+    if section latency && [[ -n ${LAT50[*]:-} ]]; then
         printf '\nConstant rate %s requests/s for %s (vegeta), one token:\n' "$RATE" "$LATENCY_DURATION"
         printf '%-12s %9s %9s %12s %12s  %s\n' target p50-ms p99-ms added-p50 added-p99 notes
         local name
