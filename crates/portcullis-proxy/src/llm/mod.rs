@@ -51,7 +51,9 @@ use translate::{
 };
 
 use crate::metrics::Metrics;
-use crate::pipeline::{ProxyBody, RequestBody, SseEvent, SseParser, UpstreamClient, response};
+use crate::pipeline::{
+    ProxyBody, ProxyError, RequestBody, SseEvent, SseParser, UpstreamClient, read_limited, response,
+};
 
 /// The `anthropic-version` sent when the client named none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -350,46 +352,30 @@ impl crate::pipeline::Pipeline {
         };
         // The body: bounded in size and time.
         let limit = call.llm.max_request_bytes;
-        let declared = head
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return fail(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
-                &format!("the request body is larger than {limit} bytes"),
-            );
-        }
-        let read = tokio::time::timeout(
-            call.request_timeout,
-            http_body_util::Limited::new(body, limit).collect(),
-        )
-        .await;
+        let read = read_limited(&head.headers, body, limit, call.request_timeout).await;
         let bytes = match read {
-            Err(_) => {
-                return fail(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    "the request body did not arrive in time",
-                );
-            }
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Ok(b) => b,
+            Err(ProxyError::RequestBodyTooLarge { .. }) => {
                 return fail(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "request_too_large",
                     &format!("the request body is larger than {limit} bytes"),
                 );
             }
-            Ok(Err(_)) => {
+            Err(ProxyError::RequestBodyTimeout) => {
+                return fail(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "the request body did not arrive in time",
+                );
+            }
+            Err(_) => {
                 return fail(
                     StatusCode::BAD_REQUEST,
                     "invalid_body",
                     "the request body could not be read",
                 );
             }
-            Ok(Ok(c)) => c.to_bytes(),
         };
         let mut req: Value = match serde_json::from_slice(&bytes) {
             Ok(v @ Value::Object(_)) => v,

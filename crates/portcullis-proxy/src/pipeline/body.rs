@@ -160,30 +160,41 @@ impl RequestBodyFilter {
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_bytes as u64) {
-            return Err(ProxyError::RequestBodyTooLarge {
-                limit: self.max_bytes,
-            });
-        }
-        let limited = http_body_util::Limited::new(body, self.max_bytes);
-        let read = match tokio::time::timeout(timeout, limited.collect()).await {
-            Err(_) => return Err(ProxyError::RequestBodyTimeout),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(ProxyError::RequestBodyTooLarge {
-                    limit: self.max_bytes,
-                });
-            }
-            Ok(Err(_)) => return Err(ProxyError::RequestBody),
-            Ok(Ok(collected)) => collected.to_bytes(),
-        };
+        let read = read_limited(headers, body, self.max_bytes, timeout).await?;
         let out = self.filter(read)?;
         headers.remove(header::TRANSFER_ENCODING);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
         Ok(out)
+    }
+}
+
+/// Reads a request body in full: at most `limit` bytes (a declared `content-length` over
+/// it is refused before anything is read), within `timeout`.
+pub(crate) async fn read_limited<B>(
+    headers: &HeaderMap,
+    body: B,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ProxyError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ProxyError::RequestBodyTooLarge { limit });
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(ProxyError::RequestBodyTimeout),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::RequestBodyTooLarge { limit })
+        }
+        Ok(Err(_)) => Err(ProxyError::RequestBody),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }
 

@@ -49,6 +49,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+pub(crate) use body::read_limited;
 pub use body::{
     BodyFilters, BodyRejection, JsonCheck, JsonVerdict, RequestBodyFilter, ResponseBodyFilter,
     SseBody, SseObserverFactory,
