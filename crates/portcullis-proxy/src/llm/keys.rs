@@ -4,8 +4,8 @@
 //! to [`MAX_COOLDOWN`]). Shared by every worker of the process.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis_policy::llm::LlmRoute;
@@ -37,8 +37,18 @@ impl CooldownReason {
 /// Cooldowns of every route's keys, by `(route, key name)`.
 #[derive(Default)]
 pub struct KeyPools {
-    cooling: Mutex<HashMap<(String, String), Instant>>,
+    /// Until when each key rests: route -> key name -> instant. Looked up by `&str` on
+    /// every call (no allocation); written only when a key is refused.
+    cooling: Mutex<Rests>,
     turn: AtomicUsize,
+}
+
+/// Until when each key rests, by route and key name.
+type Rests = HashMap<Arc<str>, HashMap<Arc<str>, Instant>>;
+
+/// Until when key `name` of `route` rests, if it still does at `now`.
+fn resting(cooling: &Rests, route: &str, name: &str, now: Instant) -> Option<Instant> {
+    cooling.get(route)?.get(name).copied().filter(|t| *t > now)
 }
 
 impl KeyPools {
@@ -55,12 +65,7 @@ impl KeyPools {
             .cooling
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let until = |name: &str| {
-            cooling
-                .get(&(route.to_owned(), name.to_owned()))
-                .copied()
-                .filter(|t| *t > now)
-        };
+        let until = |name: &str| resting(&cooling, route, name, now);
         let available: Vec<usize> = (0..llm.keys.len())
             .filter(|i| !tried.contains(i) && until(&llm.keys[*i].name).is_none())
             .collect();
@@ -99,10 +104,9 @@ impl KeyPools {
         self.cooling
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(
-                (route.to_owned(), key.name.to_string()),
-                Instant::now() + span,
-            );
+            .entry(Arc::from(route))
+            .or_default()
+            .insert(key.name.clone(), Instant::now() + span);
         metrics
             .key_cooldowns
             .with_label_values(&[route, &key.name, reason.as_str()])
@@ -128,11 +132,7 @@ impl KeyPools {
         let n = llm
             .keys
             .iter()
-            .filter(|k| {
-                cooling
-                    .get(&(route.to_owned(), k.name.to_string()))
-                    .is_some_and(|t| *t > now)
-            })
+            .filter(|k| resting(&cooling, route, &k.name, now).is_some())
             .count();
         metrics
             .provider_keys
