@@ -16,6 +16,7 @@
 
 pub mod llm;
 pub mod push;
+pub mod quota;
 pub mod reason;
 pub mod route;
 pub mod status;
@@ -25,6 +26,10 @@ pub mod validate;
 pub use llm::{
     LlmBackend, LlmCredential, LlmKeyHeader, LlmModel, LlmProvider, ObjectType, PromptMessage,
     PromptRole, PromptTemplate, PromptVariables, VariableSchema, VariableType,
+};
+pub use quota::{
+    BudgetCount, BudgetStatus, BudgetWindow, LlmBudgetSpec, QuotaKey, QuotaOverride, QuotaUse,
+    RateLimitSpec, RatePeriod, WhenUnreachable,
 };
 pub use reason::{CompileReason, ConditionType};
 pub use route::{

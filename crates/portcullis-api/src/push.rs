@@ -8,8 +8,16 @@
 //! controller -> proxy (response body)        proxy -> controller (request body)
 //!   {"type":"full", version, sources}          {"type":"ack", version}
 //!   {"type":"delta", from, version, ...}       {"type":"refetch", url}
-//!   {"type":"heartbeat", version}
+//!   {"type":"heartbeat", version}          {"type":"lease", id, quota, consumer,
+//!   {"type":"grant", id, granted,              window, kind, end|rate, limit, need, want}
+//!      remaining, reset}                       {"type":"release", quota, consumer, window,
+//!                                                unused, over, end, limit}
 //! ```
+//!
+//! * Quotas (LLM budgets, rate limits) are held by the controller's leader in a ledger.
+//!   A proxy leases slices (`lease` -> `grant`) and admits calls from them locally,
+//!   returning what it did not use (`release`). A replica that does not lead relays
+//!   leases to the leader; `grant` with `unavailable: true` means no ledger answered.
 //!
 //! * Key sets fetched from `jwks.uri` or OIDC discovery travel as `RemoteKeys` source
 //!   objects (kind `RemoteKeys`, name = the URL the issuer's keys come from), so every proxy
@@ -324,6 +332,96 @@ pub enum ServerMessage {
         /// Version.
         version: u64,
     },
+    /// The answer to the proxy's [`ProxyMessage::Lease`] `id`.
+    Grant {
+        /// The lease request answered.
+        id: u64,
+        /// What the ledger granted.
+        #[serde(flatten)]
+        grant: Grant,
+    },
+}
+
+/// One consumer's allowance of one quota in one window: the ledger's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct QuotaSlot {
+    /// `namespace/policy/name` of the quota.
+    pub quota: String,
+    /// The consumer (or subject).
+    pub consumer: String,
+    /// Start of the window, seconds since the epoch (0 for a rate limit's bucket).
+    pub window: i64,
+}
+
+/// How a quota renews.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum QuotaShape {
+    /// A budget: `limit` per window, ending at `end` (seconds since the epoch).
+    Budget {
+        /// End of the window.
+        end: i64,
+    },
+    /// A token bucket of `limit` refilled at `rate` per second.
+    Bucket {
+        /// Refill per second.
+        rate: f64,
+    },
+}
+
+/// A proxy asks for a slice of a quota: at least `need`, up to `want`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseAsk {
+    /// Which allowance.
+    #[serde(flatten)]
+    pub slot: QuotaSlot,
+    /// How it renews.
+    #[serde(flatten)]
+    pub shape: QuotaShape,
+    /// The consumer's allowance (budget) or bucket size.
+    pub limit: u64,
+    /// Less than this is no use: the ledger grants nothing.
+    pub need: u64,
+    /// What the proxy would like to hold.
+    pub want: u64,
+}
+
+/// What a proxy gives back: the unused part of its slices, and use beyond what it leased
+/// (a call that used more than it reserved, or calls admitted on a local allowance while
+/// the controller was unreachable).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    /// Which allowance.
+    #[serde(flatten)]
+    pub slot: QuotaSlot,
+    /// Leased and not used.
+    #[serde(default)]
+    pub unused: u64,
+    /// Used beyond what was leased.
+    #[serde(default)]
+    pub over: u64,
+    /// The window's end for a budget (so use reported for a slot the ledger no longer
+    /// holds is kept until then), 0 for a bucket.
+    #[serde(default)]
+    pub end: i64,
+    /// The allowance, as in [`LeaseAsk::limit`].
+    #[serde(default)]
+    pub limit: u64,
+}
+
+/// The ledger's answer to a [`LeaseAsk`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Granted: 0 (less than `need` was left) or between `need` and `want`.
+    pub granted: u64,
+    /// Left in the ledger after this grant (not counting slices proxies hold).
+    pub remaining: u64,
+    /// Seconds since the epoch when the ask could be granted: the window's end for a
+    /// budget, the time `need` is refilled for a bucket.
+    pub reset: i64,
+    /// The ledger could not be reached (no leader, or the leader failed): not a refusal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unavailable: bool,
 }
 
 /// Proxy -> controller.
@@ -341,6 +439,16 @@ pub enum ProxyMessage {
         /// The key source, as in [`RemoteKeys::url`].
         url: String,
     },
+    /// A slice of a quota, answered by [`ServerMessage::Grant`] with the same `id`.
+    Lease {
+        /// Chosen by the proxy, echoed in the answer.
+        id: u64,
+        /// The ask.
+        #[serde(flatten)]
+        ask: LeaseAsk,
+    },
+    /// Unused slices and overuse given back; not answered.
+    Release(Release),
 }
 
 #[cfg(test)]

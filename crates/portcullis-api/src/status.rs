@@ -22,6 +22,11 @@ pub struct ResourceStatus {
     /// How many connected proxies enforce this generation, out of how many are connected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxies: Option<ProxiesStatus>,
+
+    /// TokenPolicy only: each LLM budget's use in its current window, from the
+    /// controller's ledger.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<crate::quota::BudgetStatus>,
 }
 
 /// A status condition, as in Kubernetes `metav1.Condition`.

@@ -114,6 +114,16 @@ pub struct TokenPolicySpec {
     #[schemars(length(max = 5000))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revocations: Vec<Revocation>,
+
+    /// LLM token budgets per consumer, on the LLM routes that use this policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub llm_budgets: Vec<crate::quota::LlmBudgetSpec>,
+
+    /// Request rate limits per consumer, on every route that uses this policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub rate_limits: Vec<crate::quota::RateLimitSpec>,
 }
 
 /// A trusted issuer: its name, accepted audiences, and how its tokens are checked: signed

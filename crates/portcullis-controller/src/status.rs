@@ -194,6 +194,7 @@ pub fn desired(
             programmed: programmed_n as i32,
             connected: connected as i32,
         }),
+        budgets: Vec::new(),
     }
 }
 

@@ -146,6 +146,8 @@ pub(crate) struct PolicyTrust {
     pub(crate) cache: Arc<TokenCache>,
     /// The opaque-token issuer, if any.
     pub(crate) introspection: Option<CompiledIntrospection>,
+    /// Budgets and rate limits; `None` when the policy has none.
+    pub(crate) quotas: Option<Arc<crate::quota::Quotas>>,
 }
 
 impl PolicyTrust {

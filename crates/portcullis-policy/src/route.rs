@@ -45,6 +45,8 @@ pub struct RouteInfo {
     /// The LLM backend, when the route has one (`spec.backend.llm`): the proxy serves the
     /// AI gateway's API instead of forwarding.
     pub llm: Option<Arc<crate::llm::LlmRoute>>,
+    /// The budgets and rate limits of the route's policy, if it has any.
+    pub quotas: Option<Arc<crate::quota::Quotas>>,
 }
 
 /// What the proxy does with a request header whose name holds characters other than

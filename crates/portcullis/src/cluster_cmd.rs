@@ -298,6 +298,8 @@ fn revocation(args: &RevokeArgs, stdin: impl std::io::Read) -> anyhow::Result<Re
             forward_claims: Default::default(),
             api_keys: None,
             revocations: vec![r.clone()],
+            llm_budgets: vec![],
+            rate_limits: vec![],
         },
     )) {
         if v.path.contains("revocations") {

@@ -414,6 +414,7 @@ pub(crate) mod tests {
                 programmed: 0,
                 connected: 0,
             }),
+            budgets: Vec::new(),
         }
     }
 

@@ -183,6 +183,21 @@ pub(super) fn compile_policy(
         ));
     }
 
+    let quotas = match crate::quota::compile_quotas(
+        &format!("{}/{}", p.ns(), p.name_any()),
+        &spec.llm_budgets,
+        &spec.rate_limits,
+    ) {
+        Ok(q) if q.is_empty() => None,
+        Ok(q) => Some(Arc::new(q)),
+        Err(list) => {
+            for (path, message) in list {
+                errs.push(policy_error(p, path, CompileReason::Invalid, message));
+            }
+            None
+        }
+    };
+
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -220,6 +235,7 @@ pub(super) fn compile_policy(
             negative_ttl: parts.negative_ttl,
             cache: Arc::new(IntrospectionCache::new(options.cache_capacity)),
         }),
+        quotas,
     };
     Ok(CompiledPolicy::new(policy_trust, revocations))
 }

@@ -228,6 +228,7 @@ pub(super) fn compile_route(
                     path_options,
                     underscore_headers,
                     llm: llm.clone(),
+                    quotas: policies.compiled[policy].quotas.clone(),
                 },
                 methods: methods.into(),
                 requirement,
