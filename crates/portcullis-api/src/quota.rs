@@ -6,7 +6,9 @@ use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
 /// Whose calls a quota counts: one allowance per subject or per consumer.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum QuotaKey {
     /// The token's `sub` claim (an API key's consumer).
@@ -18,7 +20,9 @@ pub enum QuotaKey {
 }
 
 /// What a budget counts.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum BudgetCount {
     /// Prompt and completion tokens together.
@@ -47,7 +51,9 @@ pub enum BudgetWindow {
 }
 
 /// What a proxy does when it cannot reach the controller to lease more of a quota.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum WhenUnreachable {
     /// Refuse what the slices already leased cannot cover (503 with `Retry-After`).

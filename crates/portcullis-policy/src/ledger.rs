@@ -107,23 +107,31 @@ impl Ledger {
     }
 
     fn entry(&mut self, slot: &QuotaSlot, shape: QuotaShape, limit: u64, now: f64) -> &mut Entry {
-        let e = self.entries.entry(slot.clone()).or_insert_with(|| match shape {
-            QuotaShape::Budget { end } => Entry::Budget {
-                limit,
-                end,
-                used: 0,
-                high_water: 0,
-            },
-            QuotaShape::Bucket { rate } => Entry::Bucket {
-                limit,
-                rate,
-                level: limit as f64,
-                at: now,
-            },
-        });
+        let e = self
+            .entries
+            .entry(slot.clone())
+            .or_insert_with(|| match shape {
+                QuotaShape::Budget { end } => Entry::Budget {
+                    limit,
+                    end,
+                    used: 0,
+                    high_water: 0,
+                },
+                QuotaShape::Bucket { rate } => Entry::Bucket {
+                    limit,
+                    rate,
+                    level: limit as f64,
+                    at: now,
+                },
+            });
         // The allowance follows the newest config a proxy leases with.
         match (&mut *e, shape) {
-            (Entry::Budget { limit: l, end: e2, .. }, QuotaShape::Budget { end }) => {
+            (
+                Entry::Budget {
+                    limit: l, end: e2, ..
+                },
+                QuotaShape::Budget { end },
+            ) => {
                 *l = limit;
                 *e2 = end;
             }
@@ -547,7 +555,18 @@ mod tests {
             },
             200.0,
         );
-        assert_eq!(grant(&mut l, &LeaseAsk { want: 100, ..a.clone() }, 200.0).granted, 20);
+        assert_eq!(
+            grant(
+                &mut l,
+                &LeaseAsk {
+                    want: 100,
+                    ..a.clone()
+                },
+                200.0
+            )
+            .granted,
+            20
+        );
         l.prune(300.0);
         assert!(l.is_empty(), "a full bucket is forgotten");
     }
@@ -559,7 +578,10 @@ mod tests {
             ask: ask("a", 1, 2),
         };
         let line = serde_json::to_string(&msg).unwrap();
-        assert!(line.contains(r#""type":"lease""#) && line.contains(r#""kind":"budget""#), "{line}");
+        assert!(
+            line.contains(r#""type":"lease""#) && line.contains(r#""kind":"budget""#),
+            "{line}"
+        );
         assert_eq!(serde_json::from_str::<ProxyMessage>(&line).unwrap(), msg);
         let rel = ProxyMessage::Release(Release {
             slot: slot("a"),

@@ -86,7 +86,10 @@ impl Window {
     pub fn bounds(&self, now: i64) -> (i64, i64) {
         match self.unit {
             BudgetWindow::Minute => (now.div_euclid(60) * 60, now.div_euclid(60) * 60 + 60),
-            BudgetWindow::Hour => (now.div_euclid(3600) * 3600, now.div_euclid(3600) * 3600 + 3600),
+            BudgetWindow::Hour => (
+                now.div_euclid(3600) * 3600,
+                now.div_euclid(3600) * 3600 + 3600,
+            ),
             BudgetWindow::Day | BudgetWindow::Month => {
                 let Ok(ts) = Timestamp::from_second(now) else {
                     return (now, now + 86_400);
@@ -161,8 +164,7 @@ impl RateLimit {
             self.burst
         } else {
             // An override keeps the policy's burst-to-rate proportion.
-            ((self.burst as f64) * (rate as f64) / (self.common.limit.max(1) as f64)).ceil()
-                as u64
+            ((self.burst as f64) * (rate as f64) / (self.common.limit.max(1) as f64)).ceil() as u64
         };
         (capacity.max(1), rate as f64 / self.period_secs as f64)
     }
@@ -241,7 +243,10 @@ pub(crate) fn compile_quotas(
         if !names.insert(b.name.as_str()) {
             errs.push((
                 format!("{at}.name"),
-                format!("the name {:?} is used by another quota of this policy", b.name),
+                format!(
+                    "the name {:?} is used by another quota of this policy",
+                    b.name
+                ),
             ));
         }
         if b.tokens == 0 {
@@ -290,11 +295,17 @@ pub(crate) fn compile_quotas(
         if !names.insert(r.name.as_str()) {
             errs.push((
                 format!("{at}.name"),
-                format!("the name {:?} is used by another quota of this policy", r.name),
+                format!(
+                    "the name {:?} is used by another quota of this policy",
+                    r.name
+                ),
             ));
         }
         if r.requests == 0 {
-            errs.push((format!("{at}.requests"), "requests must be at least 1".into()));
+            errs.push((
+                format!("{at}.requests"),
+                "requests must be at least 1".into(),
+            ));
         }
         if r.burst == Some(0) {
             errs.push((format!("{at}.burst"), "burst must be at least 1".into()));

@@ -16,6 +16,7 @@ pub mod keywait;
 pub mod llm;
 pub mod metrics;
 pub mod pipeline;
+pub mod quota;
 pub mod server;
 pub mod standalone;
 pub mod subscriber;
@@ -192,6 +193,7 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
     if let Some(filters) = opts.body_filters.clone() {
         pipeline = pipeline.with_body_filters(filters);
     }
+    tokio::spawn(pipeline.quota_client().run());
     let running = serve(
         pipeline,
         config.clone(),
@@ -263,8 +265,10 @@ pub async fn start_proxy(opts: ProxyOptions) -> Result<Running, StartError> {
         keywait::KeyWaiter::new(Arc::new(sub.refetch_sink()), opts.unknown_kid_hold)
             .with_refetch(opts.unknown_kid_refetch),
     );
-    let pipeline =
-        Pipeline::new(config.clone(), metrics.clone(), opts.limits.clone()).with_key_waiter(keys);
+    let pipeline = Pipeline::new(config.clone(), metrics.clone(), opts.limits.clone())
+        .with_key_waiter(keys)
+        .with_lease_backend(Arc::new(sub.leases()));
+    tokio::spawn(pipeline.quota_client().run());
     let running = serve(
         pipeline,
         config,

@@ -19,6 +19,7 @@
 //! header value is marked sensitive; logs name it `secret/key`). Errors are answered in
 //! the format of the API the client called (OpenAI or Anthropic).
 
+mod budget;
 mod keys;
 mod metrics;
 pub mod translate;
@@ -76,6 +77,8 @@ pub(crate) struct LlmCall {
     pub(crate) path: String,
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
+    /// The budgets and rate limits of the route's policy.
+    pub(crate) quotas: Option<Arc<portcullis_policy::quota::Quotas>>,
 }
 
 /// What the client asked for.
@@ -269,6 +272,9 @@ struct Exchange {
     anthropic_headers: Vec<(header::HeaderName, HeaderValue)>,
     connect_timeout: Duration,
     request_timeout: Duration,
+    /// The call's budget reservations, settled by [`Exchange::meter`] (or with nothing
+    /// when the exchange ends without usage).
+    budget: std::sync::Mutex<Option<budget::BudgetHold>>,
 }
 
 impl crate::pipeline::Pipeline {
@@ -458,6 +464,85 @@ impl crate::pipeline::Pipeline {
                 &format!("the parameter {field:?} is not accepted by this gateway"),
             );
         }
+        let mut budget_hold = None;
+        let mut budget_headers = Vec::new();
+        if let Some(quotas) = call.quotas.clone().filter(|q| !q.budgets.is_empty()) {
+            let asked = match budget::asked_max_tokens(&req) {
+                Ok(n) => n,
+                Err(field) => {
+                    return fail(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_max_tokens",
+                        &format!("{field} must be a non-negative integer"),
+                    );
+                }
+            };
+            let prompt_bytes = if op == Operation::Prompt {
+                req.to_string().len()
+            } else {
+                bytes.len()
+            } as u64;
+            let admitted = budget::admit(
+                &self.quota,
+                &quotas,
+                &model.name,
+                call.principal.as_deref(),
+                &consumer,
+                prompt_bytes,
+                asked,
+                op != Operation::Embeddings,
+                unix_now() as i64,
+            )
+            .await;
+            match admitted {
+                Ok(None) => {}
+                Ok(Some(a)) => {
+                    if let Some(n) = a.max_tokens {
+                        // The Messages API and the translation read `max_tokens`; OpenAI
+                        // itself wants `max_completion_tokens` (reasoning models refuse
+                        // `max_tokens`); other OpenAI-compatible servers know `max_tokens`.
+                        let field = match call.llm.provider {
+                            LlmProvider::Openai if op != Operation::Messages => {
+                                "max_completion_tokens"
+                            }
+                            _ => "max_tokens",
+                        };
+                        req[field] = n.into();
+                    }
+                    budget_hold = Some(a.hold);
+                    budget_headers = a.headers;
+                }
+                Err(refused) => {
+                    let (status, _) = crate::pipeline::quota::refusal_status(&refused.refusal);
+                    let (code, message) = match refused.refusal.kind {
+                        crate::quota::RefusalKind::Exhausted => (
+                            "rate_limit_exceeded",
+                            format!(
+                                "the token budget {} is spent for this window: retry after {}s",
+                                refused.budget, refused.refusal.retry_after
+                            ),
+                        ),
+                        crate::quota::RefusalKind::Unreachable => (
+                            "quota_unavailable",
+                            "the budget service cannot be reached; retry shortly".to_owned(),
+                        ),
+                        crate::quota::RefusalKind::NoIdentity => (
+                            "quota_no_identity",
+                            format!(
+                                "the budget {} counts calls per consumer and this call has none",
+                                refused.budget
+                            ),
+                        ),
+                    };
+                    done(&model.name, status);
+                    let mut resp = api_error(api, status, code, &message);
+                    let mut headers = refused.headers;
+                    crate::pipeline::quota::retry_after(&mut headers, &refused.refusal);
+                    resp.headers_mut().extend(headers);
+                    return Reply::Full(resp);
+                }
+            }
+        }
         let provider_model = model.provider_model.clone();
         let public: Arc<str> = model.name.clone();
         let stream = req.get("stream").and_then(Value::as_bool) == Some(true)
@@ -547,6 +632,7 @@ impl crate::pipeline::Pipeline {
             anthropic_headers,
             connect_timeout: call.connect_timeout,
             request_timeout: call.request_timeout,
+            budget: std::sync::Mutex::new(budget_hold),
         };
         let (tx, rx) = oneshot::channel();
         // Spawned: a client that goes away does not stop the exchange, so what the
@@ -555,7 +641,13 @@ impl crate::pipeline::Pipeline {
         let _ = started;
         tokio::spawn(exchange.run(tx, Instant::now()));
         match rx.await {
-            Ok(reply) => reply,
+            Ok(mut reply) => {
+                let r = match &mut reply {
+                    Reply::Full(r) | Reply::Stream(r) => r,
+                };
+                r.headers_mut().extend(budget_headers);
+                reply
+            }
             Err(_) => Reply::Full(api_error(
                 api,
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -1049,6 +1141,9 @@ impl Exchange {
 
     /// Counts the tokens and writes the usage line of the access log.
     fn meter(&self, usage: Usage, started: Instant, complete: bool) {
+        if let Some(mut hold) = self.budget.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            hold.used(usage.input, usage.output);
+        }
         let g = &self.metrics.gen_ai;
         for (kind, n) in [("input", usage.input), ("output", usage.output)] {
             g.tokens

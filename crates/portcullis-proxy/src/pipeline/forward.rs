@@ -33,6 +33,8 @@ pub(super) struct Forward<'p> {
     response_filter: Option<&'p ResponseBodyFilter>,
     /// Set on an LLM route: the AI gateway answers instead of a plain forward.
     pub(super) llm: Option<crate::llm::LlmCall>,
+    /// Headers the gateway adds to the response (rate-limit state).
+    pub(super) response_headers: super::quota::QuotaHeaders,
 }
 
 impl Pipeline {
@@ -65,7 +67,9 @@ impl Pipeline {
                     path: target.path.to_string(),
                     connect_timeout: route.connect_timeout,
                     request_timeout: route.request_timeout,
+                    quotas: route.quotas.clone(),
                 }),
+                response_headers: Vec::new(),
             });
         }
         let upstream = allow.upstream();
@@ -153,6 +157,7 @@ impl Pipeline {
             request_filter: filters.and_then(|f| f.request_filter(route)),
             response_filter: filters.and_then(|f| f.response_filter(route)),
             llm: None,
+            response_headers: Vec::new(),
         })
     }
 

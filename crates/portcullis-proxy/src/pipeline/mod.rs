@@ -33,6 +33,7 @@ mod error;
 mod forward;
 mod headers;
 mod phases;
+pub(crate) mod quota;
 mod request_log;
 mod sse;
 mod upstream;
@@ -157,6 +158,8 @@ pub struct Pipeline {
     body_filters: Option<Arc<dyn BodyFilters>>,
     /// Provider key cooldowns of LLM routes, shared by every worker.
     pub(crate) key_pools: Arc<crate::llm::KeyPools>,
+    /// Budgets and rate limits: slices leased from the ledger, shared by every worker.
+    pub(crate) quota: Arc<crate::quota::QuotaClient>,
 }
 
 impl Pipeline {
@@ -165,6 +168,10 @@ impl Pipeline {
         let client = upstream::client(limits.connect_timeout);
         let introspector = Arc::new(portcullis_fetch::Introspector::new(
             Arc::new(portcullis_fetch::HttpClient::default()),
+            metrics.registry(),
+        ));
+        let quota = Arc::new(crate::quota::QuotaClient::new(
+            Arc::new(crate::quota::LocalLedger::default()),
             metrics.registry(),
         ));
         Self {
@@ -176,6 +183,7 @@ impl Pipeline {
             keys: Arc::new(KeyWaiter::disabled()),
             body_filters: None,
             key_pools: Arc::default(),
+            quota,
         }
     }
 
@@ -192,7 +200,23 @@ impl Pipeline {
             keys: self.keys.clone(),
             body_filters: self.body_filters.clone(),
             key_pools: self.key_pools.clone(),
+            quota: self.quota.clone(),
         }
+    }
+
+    /// Leases quota slices from `backend` (the controller) instead of an in-process
+    /// ledger.
+    pub fn with_lease_backend(mut self, backend: Arc<dyn crate::quota::LeaseBackend>) -> Self {
+        self.quota = Arc::new(crate::quota::QuotaClient::with_metrics(
+            backend,
+            self.quota.metrics.clone(),
+        ));
+        self
+    }
+
+    /// The quota client, whose idle slices [`crate::quota::QuotaClient::run`] gives back.
+    pub fn quota_client(&self) -> Arc<crate::quota::QuotaClient> {
+        self.quota.clone()
     }
 
     /// Holds requests with an unknown `kid` for refetched keys through `keys`.

@@ -55,20 +55,37 @@ impl Pipeline {
         // The target stays borrowed (canonical path) while the head is rewritten.
         let uri = std::mem::take(&mut head.uri);
         match self.head_phases(&mut head, &uri, log, tls).await {
-            Ok(mut forward) => match forward.llm.take() {
-                Some(call) => {
-                    let started = std::time::Instant::now();
-                    let reply = self
-                        .llm_phase(head, body, call, log.request_id.clone(), log.fingerprint)
-                        .await;
-                    log.upstream_time = Some(started.elapsed());
-                    match reply {
-                        crate::llm::Reply::Full(r) => Outcome::Local(r),
-                        crate::llm::Reply::Stream(r) => Outcome::Streamed(r),
+            Ok(mut forward) => {
+                let extra = std::mem::take(&mut forward.response_headers);
+                let mut outcome = match forward.llm.take() {
+                    Some(call) => {
+                        let started = std::time::Instant::now();
+                        let reply = self
+                            .llm_phase(head, body, call, log.request_id.clone(), log.fingerprint)
+                            .await;
+                        log.upstream_time = Some(started.elapsed());
+                        match reply {
+                            crate::llm::Reply::Full(r) => Outcome::Local(r),
+                            crate::llm::Reply::Stream(r) => Outcome::Streamed(r),
+                        }
+                    }
+                    None => self.upstream_phase(head, body, forward, log).await,
+                };
+                if !extra.is_empty() {
+                    let headers = match &mut outcome {
+                        Outcome::Local(r) | Outcome::Streamed(r) => r.headers_mut(),
+                        Outcome::Upstream { resp, .. } => resp.headers_mut(),
+                    };
+                    // The gateway's view replaces what a backend said under these names.
+                    for (name, _) in &extra {
+                        headers.remove(name);
+                    }
+                    for (name, value) in extra {
+                        headers.append(name, value);
                     }
                 }
-                None => self.upstream_phase(head, body, forward, log).await,
-            },
+                outcome
+            }
             Err(resp) => Outcome::Local(resp),
         }
     }
@@ -89,7 +106,10 @@ impl Pipeline {
         let allow = self
             .authorize_phase(&snapshot, &mut refreshed, head, uri, &target, log)
             .await?;
-        self.forward_phase(head, uri, &target, &allow, log, tls)
+        let quota_headers = self.rate_limit_phase(&allow, log).await?;
+        let mut forward = self.forward_phase(head, uri, &target, &allow, log, tls)?;
+        forward.response_headers = quota_headers;
+        Ok(forward)
     }
 
     /// Phase: limits on the request head (431).

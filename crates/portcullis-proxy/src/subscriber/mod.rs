@@ -88,6 +88,8 @@ pub struct Subscriber {
     state: Option<Arc<StateWriter>>,
     last_contact: Arc<std::sync::Mutex<Option<Instant>>>,
     outgoing: Arc<std::sync::Mutex<Option<mpsc::Sender<Bytes>>>>,
+    /// Quota leases waiting for the controller's grant.
+    leases: Arc<crate::quota::ControllerLeases>,
 }
 
 /// Sends refetch requests to the controller over the stream that is up, if any.
@@ -124,6 +126,7 @@ impl Subscriber {
             validate_cel: false,
             ..opts.compile.clone()
         };
+        let outgoing: Arc<std::sync::Mutex<Option<mpsc::Sender<Bytes>>>> = Default::default();
         let mut s = Self {
             opts,
             compile,
@@ -134,7 +137,8 @@ impl Subscriber {
             compiled: None,
             state: None,
             last_contact: Default::default(),
-            outgoing: Default::default(),
+            outgoing: outgoing.clone(),
+            leases: Arc::new(crate::quota::ControllerLeases::new(outgoing)),
         };
         if let Some(path) = s.opts.state_file.clone() {
             let writer = StateWriter::for_path(&path);
@@ -164,6 +168,11 @@ impl Subscriber {
         ControllerRefetch {
             outgoing: self.outgoing.clone(),
         }
+    }
+
+    /// Quota leases over the controller stream.
+    pub fn leases(&self) -> Arc<crate::quota::ControllerLeases> {
+        self.leases.clone()
     }
 
     /// The version in force.
@@ -345,7 +354,7 @@ impl Subscriber {
             sender
         };
 
-        let (ack_tx, ack_rx) = mpsc::channel::<Bytes>(16);
+        let (ack_tx, ack_rx) = mpsc::channel::<Bytes>(1024);
         let body = StreamBody::new(Box::pin(futures::stream::unfold(
             ack_rx,
             |mut rx| async move {
@@ -457,6 +466,10 @@ impl Subscriber {
                 Ok(Some(version))
             }
             ServerMessage::Heartbeat { .. } => Ok(None),
+            ServerMessage::Grant { id, grant } => {
+                self.leases.on_grant(id, grant);
+                Ok(None)
+            }
         }
     }
 

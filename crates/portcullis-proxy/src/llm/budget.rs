@@ -1,0 +1,198 @@
+//! LLM token budgets: a call reserves its worst case in every budget of its policy that
+//! applies to the model, before the provider is called; the reservations are settled
+//! from the usage the provider reports when the exchange ends (the disconnect and error
+//! paths included: [`BudgetHold`] settles on drop).
+//!
+//! The worst case is the request body's size in bytes (a tokenizer never makes more
+//! tokens than the UTF-8 bytes of the text it reads, and the JSON around the text outweighs
+//! the chat template's few tokens per message) plus `max_tokens`. A call that names no
+//! `max_tokens` gets the budget's `defaultMaxTokens`, lowered to what the consumer has
+//! left.
+
+use std::sync::Arc;
+
+use portcullis_api::BudgetCount;
+use portcullis_api::push::QuotaShape;
+use portcullis_policy::Principal;
+use portcullis_policy::quota::Quotas;
+use serde_json::Value;
+
+use crate::pipeline::quota::{QuotaHeaders, token_headers};
+use crate::quota::{QuotaClient, Refusal, Reserve, Ticket};
+
+/// The reservations of one call, settled once with its usage (or with nothing, if it
+/// never got one).
+pub(crate) struct BudgetHold {
+    client: Arc<QuotaClient>,
+    quotas: Arc<Quotas>,
+    tickets: Vec<(usize, Ticket)>,
+    usage: (u64, u64),
+}
+
+impl BudgetHold {
+    /// Records what the call used; the reservations are settled when the hold drops.
+    pub(crate) fn used(&mut self, input: u64, output: u64) {
+        self.usage = (input, output);
+    }
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        let (input, output) = self.usage;
+        for (i, t) in self.tickets.drain(..) {
+            let b = &self.quotas.budgets[i];
+            self.client
+                .settle(t, b.charge(input, output), &b.common.policy, &b.common.name);
+        }
+    }
+}
+
+/// What admission decided.
+pub(crate) struct Admitted {
+    /// Settles the reservations.
+    pub(crate) hold: BudgetHold,
+    /// The `max_tokens` to set on a call that named none.
+    pub(crate) max_tokens: Option<u64>,
+    /// `x-ratelimit-*-tokens` of the tightest budget.
+    pub(crate) headers: QuotaHeaders,
+}
+
+/// A refused call: which budget, why, and the headers to answer with.
+pub(crate) struct Refused {
+    pub(crate) budget: String,
+    pub(crate) refusal: Refusal,
+    pub(crate) headers: QuotaHeaders,
+}
+
+/// The `max_tokens` the client asked for: `Ok(None)` when it named none, `Err` with the
+/// field when one is not a non-negative integer.
+pub(crate) fn asked_max_tokens(req: &Value) -> Result<Option<u64>, &'static str> {
+    for field in ["max_completion_tokens", "max_tokens"] {
+        match req.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v) => return v.as_u64().map(Some).ok_or(field),
+        }
+    }
+    Ok(None)
+}
+
+/// Reserves the call's worst case in every budget of `quotas` that applies to `model`.
+#[allow(clippy::too_many_arguments)] // each is one fact of the call
+pub(crate) async fn admit(
+    client: &Arc<QuotaClient>,
+    quotas: &Arc<Quotas>,
+    model: &str,
+    principal: Option<&Principal>,
+    consumer_label: &str,
+    prompt_bytes: u64,
+    asked: Option<u64>,
+    has_output: bool,
+    now: i64,
+) -> Result<Option<Admitted>, Refused> {
+    let mut hold = BudgetHold {
+        client: client.clone(),
+        quotas: quotas.clone(),
+        tickets: Vec::new(),
+        usage: (0, 0),
+    };
+    let mut max_tokens: Option<u64> = None;
+    let mut tightest: Option<(u64, u64, u64)> = None;
+    for (i, b) in quotas.budgets.iter().enumerate() {
+        if !b.applies_to(model) {
+            continue;
+        }
+        let q = &b.common;
+        let Some(consumer) = q.identity(principal) else {
+            return Err(Refused {
+                budget: q.name.to_string(),
+                refusal: client.no_identity(q, "budget"),
+                headers: Vec::new(),
+            });
+        };
+        let limit = q.limit_for(consumer);
+        let (start, end) = b.window.bounds(now);
+        let input = if b.count == BudgetCount::Output {
+            0
+        } else {
+            prompt_bytes
+        };
+        let (out_min, out_max) = match (b.count, has_output, asked) {
+            (BudgetCount::Input, _, _) | (_, false, _) => (0, 0),
+            (_, true, Some(n)) => (n, n),
+            (_, true, None) => (1, max_tokens.unwrap_or(b.default_max_tokens)),
+        };
+        let reserved = client
+            .reserve(Reserve {
+                quota: q,
+                kind: "budget",
+                consumer,
+                consumer_label,
+                window: start,
+                shape: QuotaShape::Budget { end },
+                limit,
+                min: input + out_min,
+                max: input + out_max,
+            })
+            .await;
+        match reserved {
+            Ok(t) => {
+                if has_output && asked.is_none() && b.count != BudgetCount::Input {
+                    let fits = t.reserved - input;
+                    max_tokens = Some(max_tokens.map_or(fits, |m| m.min(fits)));
+                }
+                if tightest.is_none_or(|(_, r, _)| t.remaining < r) {
+                    tightest = Some((t.limit, t.remaining, t.reset_in));
+                }
+                hold.tickets.push((i, t));
+            }
+            Err(refusal) => {
+                let mut headers = QuotaHeaders::new();
+                token_headers(&mut headers, limit, refusal.remaining, refusal.retry_after);
+                // `hold` drops here: what was reserved in other budgets goes back.
+                return Err(Refused {
+                    budget: q.name.to_string(),
+                    refusal,
+                    headers,
+                });
+            }
+        }
+    }
+    if hold.tickets.is_empty() {
+        return Ok(None);
+    }
+    let mut headers = QuotaHeaders::new();
+    if let Some((limit, remaining, reset)) = tightest {
+        token_headers(&mut headers, limit, remaining, reset);
+    }
+    Ok(Some(Admitted {
+        hold,
+        max_tokens,
+        headers,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_tokens_is_read_from_either_field_and_must_be_a_count() {
+        assert_eq!(asked_max_tokens(&serde_json::json!({})), Ok(None));
+        assert_eq!(
+            asked_max_tokens(&serde_json::json!({"max_tokens": 5})),
+            Ok(Some(5))
+        );
+        assert_eq!(
+            asked_max_tokens(&serde_json::json!({"max_completion_tokens": 7, "max_tokens": 5})),
+            Ok(Some(7))
+        );
+        assert_eq!(
+            asked_max_tokens(&serde_json::json!({"max_tokens": -1})),
+            Err("max_tokens")
+        );
+        assert_eq!(
+            asked_max_tokens(&serde_json::json!({"max_completion_tokens": "9"})),
+            Err("max_completion_tokens")
+        );
+    }
+}

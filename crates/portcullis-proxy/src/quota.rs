@@ -1,0 +1,709 @@
+//! Quotas on the proxy: admission against slices leased from the ledger.
+//!
+//! A call reserves what it may use from the slice this proxy holds for its consumer's
+//! slot; when the slice is short the proxy leases more ([`LeaseBackend`]: the controller
+//! over the config stream, or an in-process ledger in standalone mode) and the call waits
+//! for the answer. The reservation is settled when the call ends: what it did not use goes
+//! back into the slice, use beyond it is reported to the ledger. Slices unused for a
+//! while are given back so other proxies can lease them.
+//!
+//! Slice sizes adapt: a slice that lasted under a second doubles the next one (up to a
+//! quarter of the allowance), one that lasted over five seconds halves it; so the lease
+//! rate stays near one per second per busy slot whatever the request rate.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use portcullis_api::push::{Grant, LeaseAsk, ProxyMessage, QuotaShape, QuotaSlot, Release};
+use portcullis_policy::ledger::{Leased, Ledger};
+use portcullis_policy::quota::{FailMode, QuotaCommon};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+/// How long a call waits for a lease before the controller counts as unreachable.
+pub const LEASE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A slice unused this long is given back.
+pub const IDLE_RETURN: Duration = Duration::from_secs(2);
+
+/// Where slices come from.
+pub trait LeaseBackend: Send + Sync {
+    /// Asks for a slice; `None` when the ledger cannot be reached.
+    fn lease(&self, ask: LeaseAsk) -> BoxFuture<'static, Option<Grant>>;
+    /// Gives back; false when it could not be sent (kept and sent again later).
+    fn release(&self, r: Release) -> bool;
+}
+
+/// Standalone mode: the ledger is in this process.
+#[derive(Default)]
+pub struct LocalLedger(Mutex<Ledger>);
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl LeaseBackend for LocalLedger {
+    fn lease(&self, ask: LeaseAsk) -> BoxFuture<'static, Option<Grant>> {
+        let mut l = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_secs();
+        l.prune(now);
+        let g = match l.lease(&ask, now) {
+            Leased::Grant(g) => Some(g),
+            Leased::NeedsCheckpoint => None,
+        };
+        Box::pin(async move { g })
+    }
+
+    fn release(&self, r: Release) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(&r, now_secs());
+        true
+    }
+}
+
+/// Cluster mode: leases travel over the config stream that is up, if any.
+pub struct ControllerLeases {
+    outgoing: Arc<Mutex<Option<mpsc::Sender<Bytes>>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Grant>>>,
+    next: AtomicU64,
+}
+
+impl ControllerLeases {
+    /// Leases over `outgoing` (set while a stream is up).
+    pub fn new(outgoing: Arc<Mutex<Option<mpsc::Sender<Bytes>>>>) -> Self {
+        Self {
+            outgoing,
+            pending: Mutex::default(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn send(&self, msg: &ProxyMessage) -> bool {
+        let Some(tx) = self
+            .outgoing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return false;
+        };
+        let mut line = serde_json::to_vec(msg).unwrap_or_default();
+        line.push(b'\n');
+        tx.try_send(Bytes::from(line)).is_ok()
+    }
+
+    /// The controller's answer to lease `id`.
+    pub fn on_grant(&self, id: u64, grant: Grant) {
+        if let Some(tx) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+        {
+            let _ = tx.send(grant);
+        }
+    }
+}
+
+impl LeaseBackend for Arc<ControllerLeases> {
+    fn lease(&self, ask: LeaseAsk) -> BoxFuture<'static, Option<Grant>> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let sent = self.send(&ProxyMessage::Lease { id, ask });
+        let me = self.clone();
+        Box::pin(async move {
+            let got = if sent {
+                tokio::time::timeout(LEASE_TIMEOUT, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            } else {
+                None
+            };
+            me.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            got
+        })
+    }
+
+    fn release(&self, r: Release) -> bool {
+        self.send(&ProxyMessage::Release(r))
+    }
+}
+
+/// The quota metrics.
+#[derive(Clone)]
+pub struct QuotaMetrics {
+    /// Decisions by policy, quota, kind (`budget`, `rate_limit`) and result.
+    pub requests: IntCounterVec,
+    /// What a consumer has left, as this proxy last learned it.
+    pub remaining: IntGaugeVec,
+    /// A consumer's allowance.
+    pub limit: IntGaugeVec,
+    /// Lease requests by result.
+    pub leases: IntCounterVec,
+    /// Budget tokens by type: `reserved`, `used`, `returned`, `over`.
+    pub tokens: IntCounterVec,
+}
+
+impl QuotaMetrics {
+    /// Creates and registers the metrics.
+    pub fn new(registry: &Registry) -> Self {
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            r.register(Box::new(c.clone()))
+                .expect("quota metrics register once");
+            c
+        }
+        Self {
+            requests: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "portcullis_quota_requests_total",
+                        "Quota decisions, by policy, quota, kind (budget, rate_limit) and result (admitted, exhausted, unreachable, no_identity, local_allowance).",
+                    ),
+                    &["policy", "quota", "kind", "result"],
+                )
+                .expect("valid metric"),
+            ),
+            remaining: reg(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "portcullis_quota_remaining",
+                        "What a consumer has left of a quota in its window (tokens or requests), as this proxy last learned it; consumer hashed and capped.",
+                    ),
+                    &["policy", "quota", "consumer"],
+                )
+                .expect("valid metric"),
+            ),
+            limit: reg(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "portcullis_quota_limit",
+                        "A consumer's allowance of a quota per window (tokens, or the bucket size of a rate limit).",
+                    ),
+                    &["policy", "quota", "consumer"],
+                )
+                .expect("valid metric"),
+            ),
+            leases: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "portcullis_quota_lease_requests_total",
+                        "Slices asked of the ledger, by result (granted, partial, denied, timeout, unreachable).",
+                    ),
+                    &["result"],
+                )
+                .expect("valid metric"),
+            ),
+            tokens: reg(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "portcullis_quota_tokens_total",
+                        "Budget tokens by policy, quota and type: reserved by calls, used, returned to the slice, over (used beyond the reservation).",
+                    ),
+                    &["policy", "quota", "type"],
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The consumer's allowance is spent (429).
+    Exhausted,
+    /// The ledger could not be reached and the quota fails closed (503).
+    Unreachable,
+    /// The call has no identity to count it under (403).
+    NoIdentity,
+}
+
+impl RefusalKind {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalKind::Exhausted => "exhausted",
+            RefusalKind::Unreachable => "unreachable",
+            RefusalKind::NoIdentity => "no_identity",
+        }
+    }
+}
+
+/// A refused call, with what the headers say.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Why.
+    pub kind: RefusalKind,
+    /// The allowance.
+    pub limit: u64,
+    /// Left (as far as this proxy knows).
+    pub remaining: u64,
+    /// Seconds until the call could succeed.
+    pub retry_after: u64,
+}
+
+/// An admitted call's hold on a slot, settled when the call ends.
+#[derive(Debug)]
+pub struct Ticket {
+    slot: QuotaSlot,
+    /// Reserved.
+    pub reserved: u64,
+    offline: bool,
+    end: i64,
+    /// The allowance.
+    pub limit: u64,
+    /// Left after this reservation (as far as this proxy knows).
+    pub remaining: u64,
+    /// Seconds until the window (or bucket) renews.
+    pub reset_in: u64,
+}
+
+#[derive(Debug)]
+struct Slice {
+    /// Leased and not reserved.
+    available: u64,
+    /// Left in the ledger at the last grant.
+    ledger_remaining: u64,
+    reset: i64,
+    /// What the next lease asks for beyond the need.
+    size: u64,
+    last_lease: Option<Instant>,
+    last_use: Instant,
+    /// Admitted on the local allowance while the ledger was unreachable.
+    offline_used: u64,
+    /// Overuse not yet reported.
+    pending_over: u64,
+    end: i64,
+    limit: u64,
+}
+
+/// Admission and settlement against leased slices.
+pub struct QuotaClient {
+    backend: Arc<dyn LeaseBackend>,
+    slices: Mutex<HashMap<QuotaSlot, Slice>>,
+    /// Metrics.
+    pub metrics: QuotaMetrics,
+}
+
+/// What to reserve in a slot.
+pub struct Reserve<'a> {
+    /// The quota.
+    pub quota: &'a QuotaCommon,
+    /// `budget` or `rate_limit`, for metrics.
+    pub kind: &'static str,
+    /// The consumer.
+    pub consumer: &'a str,
+    /// The consumer's hashed metric label.
+    pub consumer_label: &'a str,
+    /// Start of the window (0 for a bucket).
+    pub window: i64,
+    /// How it renews.
+    pub shape: QuotaShape,
+    /// The consumer's allowance (or bucket size).
+    pub limit: u64,
+    /// At least this.
+    pub min: u64,
+    /// At most this.
+    pub max: u64,
+}
+
+impl QuotaClient {
+    /// A client leasing from `backend`.
+    pub fn new(backend: Arc<dyn LeaseBackend>, registry: &Registry) -> Self {
+        Self {
+            backend,
+            slices: Mutex::default(),
+            metrics: QuotaMetrics::new(registry),
+        }
+    }
+
+    /// A client leasing from `backend`, counting on `metrics` already registered.
+    pub fn with_metrics(backend: Arc<dyn LeaseBackend>, metrics: QuotaMetrics) -> Self {
+        Self {
+            backend,
+            slices: Mutex::default(),
+            metrics,
+        }
+    }
+
+    fn count(&self, r: &Reserve<'_>, result: &str) {
+        self.metrics
+            .requests
+            .with_label_values(&[&r.quota.policy, &r.quota.name, r.kind, result])
+            .inc();
+    }
+
+    /// Counts a call refused for want of an identity.
+    pub fn no_identity(&self, quota: &QuotaCommon, kind: &'static str) -> Refusal {
+        self.metrics
+            .requests
+            .with_label_values(&[&quota.policy, &quota.name, kind, "no_identity"])
+            .inc();
+        Refusal {
+            kind: RefusalKind::NoIdentity,
+            limit: quota.limit,
+            remaining: 0,
+            retry_after: 0,
+        }
+    }
+
+    /// Reserves between `min` and `max` (as much of `max` as the slice and the ledger
+    /// allow), leasing more when the slice is short.
+    pub async fn reserve(&self, r: Reserve<'_>) -> Result<Ticket, Refusal> {
+        let slot = QuotaSlot {
+            quota: r.quota.id.to_string(),
+            consumer: r.consumer.to_owned(),
+            window: r.window,
+        };
+        let end = match r.shape {
+            QuotaShape::Budget { end } => end,
+            QuotaShape::Bucket { .. } => 0,
+        };
+        let now = now_secs();
+        let (need, want) = {
+            let mut slices = self.slices.lock().unwrap_or_else(|e| e.into_inner());
+            let s = slices.entry(slot.clone()).or_insert_with(|| Slice {
+                available: 0,
+                ledger_remaining: r.limit,
+                reset: end,
+                size: 1,
+                last_lease: None,
+                last_use: Instant::now(),
+                offline_used: 0,
+                pending_over: 0,
+                end,
+                limit: r.limit,
+            });
+            s.limit = r.limit;
+            s.last_use = Instant::now();
+            if s.available >= r.min {
+                return Ok(self.take(&r, slot, s, false, now));
+            }
+            let need = r.min - s.available;
+            (need, r.max.saturating_sub(s.available).max(need) + s.size)
+        };
+        let ask = LeaseAsk {
+            slot: slot.clone(),
+            shape: r.shape,
+            limit: r.limit,
+            need,
+            want,
+        };
+        let grant = self.backend.lease(ask).await.filter(|g| !g.unavailable);
+        let mut slices = self.slices.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = slices.get_mut(&slot) else {
+            // Pruned meanwhile (window over): give back what came, refuse.
+            if let Some(g) = grant.filter(|g| g.granted > 0) {
+                self.give_back(&slot, g.granted, 0, end, r.limit);
+            }
+            self.count(&r, "exhausted");
+            return Err(Refusal {
+                kind: RefusalKind::Exhausted,
+                limit: r.limit,
+                remaining: 0,
+                retry_after: 1,
+            });
+        };
+        let Some(g) = grant else {
+            self.metrics
+                .leases
+                .with_label_values(&["unreachable"])
+                .inc();
+            if let FailMode::Open { allowance } = r.quota.fail
+                && s.available + allowance.saturating_sub(s.offline_used) >= r.min
+            {
+                // The slice first, then the local allowance.
+                let from_slice = s.available.min(r.max);
+                s.available -= from_slice;
+                let rest = (r.max - from_slice)
+                    .min(allowance.saturating_sub(s.offline_used))
+                    .max(r.min.saturating_sub(from_slice));
+                s.offline_used += rest;
+                self.count(&r, "local_allowance");
+                return Ok(Ticket {
+                    slot,
+                    reserved: from_slice + rest,
+                    offline: rest > 0,
+                    end,
+                    limit: r.limit,
+                    remaining: allowance.saturating_sub(s.offline_used),
+                    reset_in: reset_in(s.reset, now),
+                });
+            }
+            self.count(&r, "unreachable");
+            return Err(Refusal {
+                kind: RefusalKind::Unreachable,
+                limit: r.limit,
+                remaining: s.available,
+                retry_after: 1,
+            });
+        };
+        let result = if g.granted == 0 {
+            "denied"
+        } else if g.granted < want {
+            "partial"
+        } else {
+            "granted"
+        };
+        self.metrics.leases.with_label_values(&[result]).inc();
+        s.available += g.granted;
+        s.ledger_remaining = g.remaining;
+        s.reset = g.reset;
+        if g.granted > 0 {
+            let now_i = Instant::now();
+            s.size = match s.last_lease.map(|t| now_i.duration_since(t)) {
+                Some(d) if d < Duration::from_secs(1) => (s.size * 2).min((r.limit / 4).max(1)),
+                Some(d) if d > Duration::from_secs(5) => (s.size / 2).max(1),
+                _ => s.size,
+            };
+            s.last_lease = Some(now_i);
+        }
+        if s.available >= r.min {
+            return Ok(self.take(&r, slot, s, false, now));
+        }
+        let remaining = s.ledger_remaining + s.available;
+        self.gauge(&r, remaining);
+        self.count(&r, "exhausted");
+        Err(Refusal {
+            kind: RefusalKind::Exhausted,
+            limit: r.limit,
+            remaining,
+            retry_after: reset_in(s.reset, now).max(1),
+        })
+    }
+
+    fn gauge(&self, r: &Reserve<'_>, remaining: u64) {
+        let labels = [&*r.quota.policy, &*r.quota.name, r.consumer_label];
+        self.metrics
+            .remaining
+            .with_label_values(&labels)
+            .set(remaining.min(i64::MAX as u64) as i64);
+        self.metrics
+            .limit
+            .with_label_values(&labels)
+            .set(r.limit.min(i64::MAX as u64) as i64);
+    }
+
+    fn take(
+        &self,
+        r: &Reserve<'_>,
+        slot: QuotaSlot,
+        s: &mut Slice,
+        offline: bool,
+        now: f64,
+    ) -> Ticket {
+        let n = s.available.min(r.max).max(r.min);
+        s.available -= n;
+        let remaining = s.ledger_remaining + s.available;
+        self.gauge(r, remaining);
+        self.count(r, "admitted");
+        if r.kind == "budget" {
+            self.metrics
+                .tokens
+                .with_label_values(&[&r.quota.policy, &r.quota.name, "reserved"])
+                .inc_by(n);
+        }
+        Ticket {
+            slot,
+            reserved: n,
+            offline,
+            end: s.end,
+            limit: r.limit,
+            remaining,
+            reset_in: reset_in(s.reset, now),
+        }
+    }
+
+    fn give_back(&self, slot: &QuotaSlot, unused: u64, over: u64, end: i64, limit: u64) -> bool {
+        self.backend.release(Release {
+            slot: slot.clone(),
+            unused,
+            over,
+            end,
+            limit,
+        })
+    }
+
+    /// Settles a budget reservation with what the call used.
+    pub fn settle(&self, t: Ticket, used: u64, policy: &str, quota: &str) {
+        let tokens = &self.metrics.tokens;
+        tokens
+            .with_label_values(&[policy, quota, "used"])
+            .inc_by(used);
+        let mut slices = self.slices.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = slices.get_mut(&t.slot) else {
+            // The window is over: only overuse matters, for the record.
+            if used > t.reserved {
+                self.give_back(&t.slot, 0, used - t.reserved, t.end, t.limit);
+            }
+            return;
+        };
+        if t.offline {
+            // Admitted without a lease: all of it is use the ledger has not seen.
+            s.offline_used = s.offline_used.saturating_sub(t.reserved);
+            s.pending_over += used;
+            tokens
+                .with_label_values(&[policy, quota, "over"])
+                .inc_by(used);
+        } else if used <= t.reserved {
+            s.available += t.reserved - used;
+            tokens
+                .with_label_values(&[policy, quota, "returned"])
+                .inc_by(t.reserved - used);
+        } else {
+            let over = used - t.reserved;
+            let from_slice = s.available.min(over);
+            s.available -= from_slice;
+            s.pending_over += over - from_slice;
+            tokens
+                .with_label_values(&[policy, quota, "over"])
+                .inc_by(over - from_slice);
+        }
+        if s.pending_over > 0 && self.give_back(&t.slot, 0, s.pending_over, s.end, s.limit) {
+            s.pending_over = 0;
+        }
+    }
+
+    /// Gives back idle slices, drops ended windows, reports pending overuse. Run every
+    /// half second by [`QuotaClient::run`].
+    pub fn tick(&self, idle: Duration) {
+        let now = now_secs() as i64;
+        let mut slices = self.slices.lock().unwrap_or_else(|e| e.into_inner());
+        slices.retain(|slot, s| {
+            if s.pending_over > 0 && self.give_back(slot, 0, s.pending_over, s.end, s.limit) {
+                s.pending_over = 0;
+            }
+            if s.end != 0 && now >= s.end {
+                return false;
+            }
+            if s.last_use.elapsed() >= idle {
+                if s.available > 0 && self.give_back(slot, s.available, 0, s.end, s.limit) {
+                    debug!(quota = %slot.quota, unused = s.available, "idle slice given back");
+                    s.available = 0;
+                }
+                return s.available > 0 || s.pending_over > 0 || s.offline_used > 0;
+            }
+            true
+        });
+    }
+
+    /// Runs [`QuotaClient::tick`] forever.
+    pub async fn run(self: Arc<Self>) {
+        let mut t = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            t.tick().await;
+            self.tick(IDLE_RETURN);
+        }
+    }
+}
+
+fn reset_in(reset: i64, now: f64) -> u64 {
+    (reset - now as i64).max(0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_policy::quota::FailMode;
+
+    fn common(fail: FailMode) -> QuotaCommon {
+        QuotaCommon {
+            id: "ns/p/b".into(),
+            policy: "ns/p".into(),
+            name: "b".into(),
+            key: portcullis_api::QuotaKey::Consumer,
+            limit: 1000,
+            overrides: HashMap::new(),
+            fail,
+        }
+    }
+
+    fn reserve<'a>(q: &'a QuotaCommon, min: u64, max: u64) -> Reserve<'a> {
+        Reserve {
+            quota: q,
+            kind: "budget",
+            consumer: "alice",
+            consumer_label: "c",
+            window: 1,
+            shape: QuotaShape::Budget { end: i64::MAX },
+            limit: 1000,
+            min,
+            max,
+        }
+    }
+
+    struct Down;
+    impl LeaseBackend for Down {
+        fn lease(&self, _: LeaseAsk) -> BoxFuture<'static, Option<Grant>> {
+            Box::pin(async { None })
+        }
+        fn release(&self, _: Release) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn reservations_never_exceed_the_allowance_and_refunds_are_reused() {
+        let c = QuotaClient::new(Arc::new(LocalLedger::default()), &Registry::new());
+        let q = common(FailMode::Closed);
+        let mut tickets = Vec::new();
+        while let Ok(t) = c.reserve(reserve(&q, 100, 100)).await {
+            tickets.push(t);
+        }
+        assert_eq!(tickets.len(), 10);
+        let e = c.reserve(reserve(&q, 100, 100)).await.unwrap_err();
+        assert_eq!(e.kind, RefusalKind::Exhausted);
+        // One call used 40 of its 100: 60 come back, enough for a call of 60.
+        c.settle(tickets.pop().unwrap(), 40, "ns/p", "b");
+        assert!(c.reserve(reserve(&q, 61, 61)).await.is_err());
+        let t = c.reserve(reserve(&q, 60, 60)).await.unwrap();
+        assert_eq!(t.reserved, 60);
+    }
+
+    #[tokio::test]
+    async fn a_reservation_without_max_tokens_takes_what_is_left() {
+        let c = QuotaClient::new(Arc::new(LocalLedger::default()), &Registry::new());
+        let q = common(FailMode::Closed);
+        let _t = c.reserve(reserve(&q, 900, 900)).await.unwrap();
+        let t = c.reserve(reserve(&q, 10, 500)).await.unwrap();
+        assert_eq!(t.reserved, 100);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_ledger_fails_closed_or_open_within_the_allowance() {
+        let c = QuotaClient::new(Arc::new(Down), &Registry::new());
+        let closed = common(FailMode::Closed);
+        let e = c.reserve(reserve(&closed, 1, 1)).await.unwrap_err();
+        assert_eq!(e.kind, RefusalKind::Unreachable);
+        let open = common(FailMode::Open { allowance: 150 });
+        let t = c.reserve(reserve(&open, 100, 100)).await.unwrap();
+        assert!(t.offline);
+        assert!(c.reserve(reserve(&open, 100, 100)).await.is_err());
+        // Settling frees the allowance; the use is kept to report.
+        c.settle(t, 30, "ns/p", "b");
+        assert!(c.reserve(reserve(&open, 100, 100)).await.is_ok());
+        let slices = c.slices.lock().unwrap();
+        assert_eq!(slices.values().next().unwrap().pending_over, 30);
+    }
+}
