@@ -15,7 +15,9 @@
 #      (audience portcullis), an echo upstream, traffic (allowed, 401, 403, 404, a
 #      revocation, a pruned revocation, a broken ApiRoute, a refused stream, a real OpenID provider (npm oidc-provider) for discovery keys and introspection,
 #      an LLM route on tools/llm-stub with its provider keys in a Secret: chat completions
-#      streamed and not, a provider 500, a rate-limited key), and Debian's
+#      streamed and not, a provider 500, a rate-limited key; a TokenPolicy rate limit and
+#      an LLM token budget leased from the controller, its ledger checkpointed to the
+#      chart's ConfigMap), and Debian's
 #      Prometheus scraping all of it every second with the chart's alert rules loaded;
 #      then every dashboard and alert expression is evaluated through its HTTP API.
 # Needs: Go (helm, helm4, kube-apiserver, kubectl and etcd are built once into
@@ -115,6 +117,7 @@ expect_rejected "additional properties 'replica' not allowed" --set proxy.replic
 expect_rejected "at '/logFormat'" --set logFormat=xml
 expect_rejected "at '/controller/leaseDuration'" --set controller.leaseDuration=10sec
 expect_rejected "at '/image/pullPolicy'" --set image.pullPolicy=Sometimes
+expect_rejected "at '/controller/quota/configMapName'" --set controller.quota.configMapName=Quota_Ledger
 
 step "no wildcard in the rendered RBAC"
 for f in "$work/default.yaml" "$work/all.yaml"; do
@@ -218,7 +221,8 @@ PY
 echo_port=$(free_port); c_port=$(free_port); cm_port=$(free_port)
 p_ports=("$(free_port)" "$(free_port)"); a_ports=("$(free_port)" "$(free_port)")
 "$pc" echo --listen "127.0.0.1:$echo_port" 2> "$work/echo.log" & pids+=($!)
-mapfile -t cargs < <(deploy_args controller --listen="127.0.0.1:$c_port" --metrics-listen="127.0.0.1:$cm_port" --prune-interval=1s --lease-duration=3s)
+mapfile -t cargs < <(deploy_args controller --listen="127.0.0.1:$c_port" --metrics-listen="127.0.0.1:$cm_port" --prune-interval=1s --lease-duration=3s \
+  --advertise-url="http://127.0.0.1:$c_port")
 echo "controller ${cargs[*]}"
 KUBECONFIG=$work/controller.kubeconfig POD_NAME=$release-portcullis-controller-0 POD_NAMESPACE=$ns \
   "$pc" "${cargs[@]}" 2> "$work/controller.log" & pids+=($!)
@@ -350,6 +354,88 @@ cooling() {
   done
 }
 wait_for "the rate-limited key out of rotation on both proxies (portcullis_gen_ai_provider_keys)" 10 cooling
+
+step "budgets and rate limits: a rate limit and an LLM token budget per subject, held across both proxies by leases from the controller"
+# Two copies of the quickstart policy: one with a rate limit (5 requests a minute per
+# subject) for an echo route, one with an LLM token budget (100 tokens a day per subject)
+# for an LLM route on the stub (its key that is not rate limited). The leader checkpoints
+# its ledger to the ConfigMap named by --quota-configmap, through the chart's Role.
+kc create namespace quota >/dev/null
+for pol in limited budgeted; do
+  echo "---"; sed -e "s/namespace: default/namespace: quota/" -e "s/name: default/name: $pol/" examples/quickstart/policy.yaml
+done > "$work/quota.yaml"
+kc apply -f "$work/quota.yaml" >/dev/null
+kc patch tokenpolicy limited -n quota --type merge \
+  -p '{"spec":{"rateLimits":[{"name":"per-subject","key":"subject","requests":5,"period":"minute"}]}}' >/dev/null
+kc patch tokenpolicy budgeted -n quota --type merge \
+  -p '{"spec":{"llmBudgets":[{"name":"daily-tokens","key":"subject","tokens":100,"window":"day"}]}}' >/dev/null
+kc apply -f - >/dev/null <<YML
+apiVersion: v1
+kind: Secret
+metadata: {name: llm-keys, namespace: quota}
+stringData: {spare: sk-chart-2}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: orders, namespace: quota}
+spec:
+  hosts: [quota.test]
+  policyRef: {name: limited}
+  backend: {url: "http://127.0.0.1:$echo_port"}
+  rules: [{match: {pathPrefix: /orders}, requiredScopes: ["orders:read"]}]
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: llm, namespace: quota}
+spec:
+  hosts: [quota-llm.test]
+  policyRef: {name: budgeted}
+  backend:
+    llm:
+      provider: openaiCompatible
+      url: "http://127.0.0.1:$llm_port/v1"
+      credentials: [{secretRef: {name: llm-keys, key: spare}}]
+      models: [{name: gpt-4o-mini, providerModel: stub-small}]
+  rules: [{match: {pathPrefix: /v1}}]
+YML
+kc wait --for=condition=Programmed --timeout=60s -n quota tokenpolicy/limited tokenpolicy/budgeted apiroute/orders apiroute/llm >/dev/null \
+  || fail "the quota policies and routes are not Programmed: $("$KUBECTL" get tokenpolicies,apiroutes -n quota -o jsonpath='{range .items[*]}{.metadata.name}: {.status.conditions}{"\n"}{end}')"
+quota_tok=$("$pc" token mint --key examples/quickstart/dev-private.pem --sub frank --scope orders:read --ttl 10m)
+codes=()
+for p in "${p_ports[@]}"; do
+  for _ in $(seq 1 8); do
+    codes+=("$(curl -s -o /dev/null -w '%{http_code}' -H "Host: quota.test" -H "Authorization: Bearer $quota_tok" "http://127.0.0.1:$p/orders")")
+  done
+done
+admitted=$(printf '%s\n' "${codes[@]}" | grep -c '^200$' || true)
+refused=$(printf '%s\n' "${codes[@]}" | grep -c '^429$' || true)
+# One allowance for both proxies: at most the burst (5), plus one refill (every 12 s).
+[ "$admitted" -ge 1 ] && [ "$admitted" -le 6 ] && [ $((admitted + refused)) -eq ${#codes[@]} ] \
+  || fail "rate limit of 5 a minute per subject, 16 requests over both proxies: ${codes[*]}"
+budget_chat() { # port
+  curl -s -N -m 10 -o /dev/null -w '%{http_code}' -H "Host: quota-llm.test" -H "Authorization: Bearer $llm" \
+    -H 'content-type: application/json' \
+    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi there"}],"max_tokens":8,"stream":false}' \
+    "http://127.0.0.1:$1/v1/chat/completions" || true
+}
+llm_codes=()
+for i in $(seq 0 39); do
+  s=$(budget_chat "${p_ports[$((i % 2))]}"); llm_codes+=("$s")
+  [ "$s" = 429 ] && break
+done
+[ "${llm_codes[0]}" = 200 ] && [ "${llm_codes[-1]}" = 429 ] \
+  || fail "a budget of 100 tokens a day per subject: expected 200s, then 429: ${llm_codes[*]}"
+quota_cm=$(printf '%s\n' "${cargs[@]}" | sed -n 's/^--quota-configmap=//p')
+[ -n "$quota_cm" ] || fail "the controller Deployment passes no --quota-configmap"
+wait_for "the quota ledger checkpointed to ConfigMap $ns/$quota_cm (configmaps RBAC)" 60 \
+  "$KUBECTL" get configmap "$quota_cm" -n "$ns"
+quota_metrics() {
+  for a in "${a_ports[@]}"; do
+    curl -fs "http://127.0.0.1:$a/metrics" | grep -q '^portcullis_quota_lease_requests_total{' || return 1
+  done
+  curl -fs "http://127.0.0.1:$cm_port/metrics" | grep -q '^portcullis_controller_quota_checkpoints_total{[^}]*result="ok"'
+}
+wait_for "quota metrics on both proxies and a successful checkpoint on the controller" 30 quota_metrics
 
 step "traffic through both proxies: 200, 401, 403, 404 (and LLM calls in the steady traffic)"
 key=examples/quickstart/dev-private.pem

@@ -122,6 +122,17 @@ def main():
         check(want in cargs, f"controller: {want}")
         env = {e["name"]: e for e in cpod["containers"][0].get("env", [])}
         check("POD_NAME" in env and "POD_NAMESPACE" in env, "controller: POD_NAME and POD_NAMESPACE (Lease identity and namespace)")
+        # The other replicas reach this one's push port at --advertise-url: its pod IP
+        # (Kubernetes expands $(POD_IP) in args) and the push container port, plain HTTP
+        # like the proxies' --controller.
+        pod_ip = env.get("POD_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        check(pod_ip == "status.podIP", f"controller: POD_IP from status.podIP ({pod_ip})")
+        cports = {p["name"]: p["containerPort"] for p in cpod["containers"][0].get("ports", [])}
+        cflags = dict(x.split("=", 1) for x in cargs if x.startswith("--") and "=" in x)
+        want = f"http://$(POD_IP):{cports.get('push')}"
+        check(cflags.get("--advertise-url") == want, f"controller: --advertise-url={want} ({cflags.get('--advertise-url')})")
+        quota_cm = cflags.get("--quota-configmap")
+        check(bool(quota_cm), "controller: --quota-configmap names the ledger ConfigMap the Role grants")
 
     # RBAC: no wildcards anywhere, and only the verbs the controller uses.
     allowed = {"get", "list", "watch", "create", "update", "patch", "delete"}
@@ -142,6 +153,26 @@ def main():
                     check(set(rule["verbs"]) <= {"patch"}, f"{kind}: /status is only patched")
     cluster_resources = {x for r in by_kind.get("ClusterRole", []) for rule in r["rules"] for x in rule["resources"]}
     check("leases" not in cluster_resources, "Leases only through a namespaced Role")
+    # ConfigMaps: the quota ledger's, in the controller's own namespace only: get, update
+    # and patch on its one name; create (which resourceNames cannot restrict) alone.
+    check("configmaps" not in cluster_resources, "ConfigMaps only through a namespaced Role")
+    quota_cm = None
+    if ctl:
+        cargs = ctl["spec"]["template"]["spec"]["containers"][0]["args"]
+        quota_cm = next((x.split("=", 1)[1] for x in cargs if x.startswith("--quota-configmap=")), None)
+    cm_rules = [rule for r in by_kind.get("Role", []) for rule in r["rules"] if "configmaps" in rule.get("resources", [])]
+    if by_kind.get("Role"):
+        check(any(set(rule["verbs"]) == {"get", "update", "patch"} for rule in cm_rules),
+              "Role: get, update, patch on the quota ledger ConfigMap")
+        check(any(rule["verbs"] == ["create"] for rule in cm_rules), "Role: create configmaps (the quota ledger)")
+    for rule in cm_rules:
+        check(rule["resources"] == ["configmaps"], f"Role: configmaps in a rule of their own ({rule['resources']})")
+        if rule["verbs"] == ["create"]:
+            check(not rule.get("resourceNames"), "Role: create on configmaps has no resourceNames (RBAC ignores them)")
+        else:
+            check(set(rule["verbs"]) <= {"get", "update", "patch"}, f"Role: configmaps verbs {rule['verbs']}")
+            check(rule.get("resourceNames") == [quota_cm],
+                  f"Role: configmaps {rule['verbs']} only on --quota-configmap's {quota_cm} ({rule.get('resourceNames')})")
 
     # NetworkPolicy: only the proxies (and configured metrics scrapers) reach the controller.
     for np in by_kind.get("NetworkPolicy", []):
@@ -152,10 +183,14 @@ def main():
             froms = rule.get("from", [])
             check(bool(froms), "NetworkPolicy: every ingress rule names its peers")
             ports = [p.get("port") for p in rule.get("ports", [])]
-            proxies = [f for f in froms if f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "proxy"]
+            component = [f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") for f in froms]
+            proxies = [f for f, c in zip(froms, component) if c == "proxy"]
             if ports == ["push"]:
                 push_rules += 1
-                check(proxies == froms, "NetworkPolicy: only the proxies reach the push port")
+                # The proxies (config streams, quota leases) and the other controller
+                # replicas (quota messages for the leader, at its --advertise-url).
+                check(sorted(component) == ["controller", "proxy"] and all(set(f) == {"podSelector"} for f in froms),
+                      f"NetworkPolicy: only the proxies and the controllers reach the push port ({froms})")
             else:
                 check(ports == ["metrics"], f"NetworkPolicy: a rule for ports {ports}")
                 check(not proxies, "NetworkPolicy: the metrics rule is for scrapers")

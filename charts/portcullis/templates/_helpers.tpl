@@ -21,6 +21,13 @@
 {{- printf "%s-controller" (include "portcullis.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The ConfigMap the leader checkpoints its quota ledger to (--quota-configmap): the
+     Role grants get/update/patch on this name only. With a release named portcullis it
+     is the binary's default, portcullis-quota-ledger. */}}
+{{- define "portcullis.quotaConfigMapName" -}}
+{{- default (printf "%s-quota-ledger" (include "portcullis.fullname" .)) .Values.controller.quota.configMapName }}
+{{- end }}
+
 {{- define "portcullis.proxy.fullname" -}}
 {{- printf "%s-proxy" (include "portcullis.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}

@@ -58,6 +58,9 @@ async fn run(proxies: usize, rounds: usize) {
         auth: ProxyAuth::shared("bench"),
         metrics: Metrics::new(),
         heartbeat: Duration::from_secs(5),
+        quota: Arc::new(portcullis_controller::quota::QuotaService::new(
+            Metrics::new(),
+        )),
     });
     let (_stop, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(serve(listener, state, rx));

@@ -15,6 +15,7 @@ pub mod jwks_store;
 pub mod metrics;
 pub mod publisher;
 pub mod push;
+pub mod quota;
 pub mod registry;
 pub mod status;
 

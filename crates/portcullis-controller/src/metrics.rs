@@ -29,6 +29,13 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Revocations pruned after their `expiresAt`.
     pub pruned: IntCounterVec,
+    /// Quota messages, by type: `lease` and `release` from proxies, `grant` answered,
+    /// `relayed` to the leader.
+    pub quota_messages: IntCounterVec,
+    /// Ledger checkpoints written, by result.
+    pub quota_checkpoints: IntCounterVec,
+    /// Slots in the leader's ledger.
+    pub quota_entries: IntGauge,
 }
 
 impl Metrics {
@@ -109,6 +116,24 @@ impl Metrics {
                     "Revocations pruned after expiresAt, by policy namespace."
                 ),
                 &["policy_namespace"]
+            )),
+            quota_messages: reg!(IntCounterVec::new(
+                Opts::new(
+                    "portcullis_controller_quota_messages_total",
+                    "Quota messages, by type: lease and release from proxies, grant answered, relayed to the leader."
+                ),
+                &["type"]
+            )),
+            quota_checkpoints: reg!(IntCounterVec::new(
+                Opts::new(
+                    "portcullis_controller_quota_checkpoints_total",
+                    "Quota ledger checkpoints written to the ConfigMap, by result (ok, error)."
+                ),
+                &["result"]
+            )),
+            quota_entries: reg!(IntGauge::new(
+                "portcullis_controller_quota_entries",
+                "Slots (quota, consumer, window) in this replica's ledger: 0 unless it leads."
             )),
             registry,
         }

@@ -39,6 +39,8 @@ pub struct PushState {
     pub metrics: Metrics,
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// The quota ledger (leases from proxies, relays between replicas).
+    pub quota: Arc<crate::quota::QuotaService>,
 }
 
 /// Serves the push endpoint (config streams, `/healthz`, `/readyz`) until `shutdown`
@@ -117,6 +119,7 @@ async fn route(
 ) -> Response<Body> {
     match (port, req.method().as_str(), req.uri().path()) {
         (Port::Push, "POST", STREAM_PATH) => stream(req, peer, state, shutdown).await,
+        (Port::Push, "POST", crate::quota::QUOTA_PATH) => relayed(req, peer, state).await,
         (Port::Metrics, "GET", "/metrics") => text(StatusCode::OK, state.metrics.render()),
         (_, "GET", "/healthz") => text(StatusCode::OK, "ok\n"),
         (_, "GET", "/readyz") if state.publisher.current().0 > 0 => text(StatusCode::OK, "ready\n"),
@@ -147,13 +150,13 @@ fn line(msg: &ServerMessage) -> Bytes {
     Bytes::from(v)
 }
 
-async fn stream(
-    req: Request<Incoming>,
+/// The caller's identity, or the refusal to answer with (401, 403 or 503).
+async fn authenticate(
+    req: &Request<Incoming>,
     peer: SocketAddr,
-    state: Arc<PushState>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Response<Body> {
-    let identity = match state
+    state: &PushState,
+) -> Result<String, Response<Body>> {
+    match state
         .auth
         .check(
             req.headers()
@@ -162,7 +165,7 @@ async fn stream(
         )
         .await
     {
-        Ok(id) => id,
+        Ok(id) => Ok(id),
         Err(e) => {
             state.metrics.refused.with_label_values(&[e.label()]).inc();
             warn!(%peer, reason = e.label(), "config stream refused");
@@ -177,8 +180,20 @@ async fn stream(
                     http::HeaderValue::from_static("Bearer realm=\"portcullis-controller\""),
                 );
             }
-            return r;
+            Err(r)
         }
+    }
+}
+
+async fn stream(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    state: Arc<PushState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Response<Body> {
+    let identity = match authenticate(&req, peer, &state).await {
+        Ok(id) => id,
+        Err(r) => return r,
     };
     let since = match query_param(req.uri().query(), "since").map(str::parse::<u64>) {
         None => None,
@@ -201,7 +216,10 @@ async fn stream(
             .await
             .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     }));
+    // Relayed quota messages authenticate as this proxy.
+    let proxy_auth = req.headers().get(header::AUTHORIZATION).cloned();
     let incoming = req.into_body();
+    let grants = tx.clone();
 
     // What carried each version to this proxy (full, delta, revocation), for the
     // push-latency label; filled by the sender, read when the ack comes back.
@@ -243,6 +261,19 @@ async fn stream(
                         }
                         Ok(ProxyMessage::Refetch { .. }) => {
                             debug!("refetch request with an oversized URL ignored")
+                        }
+                        Ok(ProxyMessage::Lease { id, ask }) => {
+                            let (quota, grants, auth) =
+                                (state.quota.clone(), grants.clone(), proxy_auth.clone());
+                            tokio::spawn(async move {
+                                let grant = quota.lease(ask, auth).await;
+                                let _ =
+                                    grants.send(line(&ServerMessage::Grant { id, grant })).await;
+                            });
+                        }
+                        Ok(ProxyMessage::Release(r)) => {
+                            let (quota, auth) = (state.quota.clone(), proxy_auth.clone());
+                            tokio::spawn(async move { quota.release(r, auth).await });
                         }
                         Err(e) => debug!(error = %e, "unreadable message from a proxy"),
                     }
@@ -325,4 +356,46 @@ async fn stream(
         http::HeaderValue::from_static("application/x-ndjson"),
     );
     resp
+}
+
+/// `POST /v1/quota`: a quota message relayed by a replica that does not lead,
+/// authenticated like a stream (with the proxy's token).
+async fn relayed(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    state: Arc<PushState>,
+) -> Response<Body> {
+    if let Err(r) = authenticate(&req, peer, &state).await {
+        return r;
+    }
+    let body = match tokio::time::timeout(
+        Duration::from_secs(5),
+        http_body_util::Limited::new(req.into_body(), 64 << 10).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        _ => return text(StatusCode::BAD_REQUEST, "unreadable quota message\n"),
+    };
+    let msg: crate::quota::Relayed = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad quota message: {e}\n")),
+    };
+    match state.quota.relayed(msg).await {
+        Some(grant) => {
+            let mut r = Response::new(
+                Full::new(Bytes::from(serde_json::to_vec(&grant).unwrap_or_default())).boxed(),
+            );
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        None => {
+            let mut r = text(StatusCode::NO_CONTENT, "");
+            *r.body_mut() = Full::new(Bytes::new()).boxed();
+            r
+        }
+    }
 }

@@ -31,6 +31,8 @@ pub struct ObjectReport<'a> {
     pub proxies: (usize, usize),
     /// For a TokenPolicy with fetched keys: `(ready, reason, message)` for `KeysReady`.
     pub keys: Option<(bool, &'static str, String)>,
+    /// For a TokenPolicy with LLM budgets: their use, from the leader's ledger.
+    pub budgets: Vec<portcullis_api::BudgetStatus>,
 }
 
 fn condition(
@@ -194,7 +196,7 @@ pub fn desired(
             programmed: programmed_n as i32,
             connected: connected as i32,
         }),
-        budgets: Vec::new(),
+        budgets: report.budgets.clone(),
     }
 }
 
@@ -203,6 +205,7 @@ pub fn differs(a: Option<&ResourceStatus>, b: &ResourceStatus) -> bool {
     let Some(a) = a else { return true };
     if a.observed_generation != b.observed_generation
         || a.proxies != b.proxies
+        || a.budgets != b.budgets
         || a.conditions.len() != b.conditions.len()
     {
         return true;
@@ -239,6 +242,7 @@ mod tests {
                 errors: vec![],
                 proxies: (3, 3),
                 keys: None,
+                budgets: Vec::new(),
             },
             None,
             "t0",
@@ -269,6 +273,7 @@ mod tests {
                 errors: vec![],
                 proxies: (2, 3),
                 keys: None,
+                budgets: Vec::new(),
             },
             None,
             "t0",
@@ -285,6 +290,7 @@ mod tests {
                 errors: vec![],
                 proxies: (0, 0),
                 keys: None,
+                budgets: Vec::new(),
             },
             None,
             "t0",
@@ -304,6 +310,7 @@ mod tests {
                 errors: vec![&e],
                 proxies: (1, 1),
                 keys: None,
+                budgets: Vec::new(),
             },
             None,
             "t0",
@@ -326,6 +333,7 @@ mod tests {
                 errors: vec![&e],
                 proxies: (1, 1),
                 keys: None,
+                budgets: Vec::new(),
             },
             None,
             "t0",
@@ -345,6 +353,7 @@ mod tests {
                 errors: vec![],
                 proxies: (0, 1),
                 keys: None,
+                budgets: Vec::new(),
             },
             None,
             "t0",
@@ -355,6 +364,7 @@ mod tests {
                 errors: vec![],
                 proxies: (1, 1),
                 keys: None,
+                budgets: Vec::new(),
             },
             Some(&first),
             "t1",
@@ -368,6 +378,7 @@ mod tests {
                 errors: vec![],
                 proxies: (1, 1),
                 keys: None,
+                budgets: Vec::new(),
             },
             Some(&second),
             "t2",
@@ -394,6 +405,7 @@ mod tests {
                 errors: vec![&e],
                 proxies: (1, 1),
                 keys: None,
+                budgets: Vec::new(),
             },
             None,
             "t0",
@@ -424,6 +436,7 @@ mod tests {
                 errors: vec![&e],
                 proxies: (1, 1),
                 keys: None,
+                budgets: Vec::new(),
             },
             None,
             "t0",

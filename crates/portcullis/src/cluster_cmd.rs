@@ -45,6 +45,15 @@ pub struct ControllerArgs {
     /// Heartbeat interval on config streams.
     #[arg(long, default_value = "5s", value_parser = crate::duration)]
     pub heartbeat: Duration,
+    /// This replica's push endpoint as the other replicas reach it, e.g.
+    /// http://$(POD_IP):9800: advertised in the Lease while leading, so replicas that do
+    /// not lead can relay their proxies' quota leases. Without it, only proxies connected
+    /// to the leader can lease budgets and rate limits.
+    #[arg(long, env = "PORTCULLIS_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// The ConfigMap (in the Lease's namespace) the leader checkpoints the quota ledger to.
+    #[arg(long, default_value = "portcullis-quota-ledger")]
+    pub quota_configmap: String,
 }
 
 /// `portcullis proxy`.
@@ -151,6 +160,9 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let publisher = Arc::new(Publisher::new());
     let registry = Arc::new(ProxyRegistry::default());
+    let quota = Arc::new(portcullis_controller::quota::QuotaService::new(
+        metrics.clone(),
+    ));
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -164,6 +176,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         auth,
         metrics: metrics.clone(),
         heartbeat: args.heartbeat,
+        quota: quota.clone(),
     });
     eprintln!(
         "portcullis controller {identity}: push endpoint on {}, metrics on {}",
@@ -182,10 +195,12 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         identity,
         lease_duration: args.lease_duration,
         prune_interval: args.prune_interval,
+        advertise_url: args.advertise_url,
+        quota_configmap: args.quota_configmap,
         ..Default::default()
     };
     let ctl = tokio::spawn(cluster::run(
-        client, opts, publisher, registry, metrics, shutdown,
+        client, opts, publisher, registry, metrics, quota, shutdown,
     ));
     crate::shutdown_signal().await;
     let _ = shutdown_tx.send(true);

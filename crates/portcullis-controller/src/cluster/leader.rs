@@ -20,7 +20,14 @@ pub struct LeaderElection {
     identity: String,
     duration: Duration,
     is_leader: watch::Sender<bool>,
+    /// Written in the Lease while leading: where the other replicas relay quota leases.
+    advertise_url: Option<String>,
+    /// The current leader's advertised URL, as last read from the Lease.
+    leader_url: std::sync::Mutex<Option<String>>,
 }
+
+/// The Lease annotation holding the leader's push endpoint URL.
+pub const ADVERTISE_ANNOTATION: &str = "portcullis.dev/advertise-url";
 
 impl LeaderElection {
     /// Elects among the replicas sharing the Lease `name` in `api`'s namespace; this one
@@ -32,6 +39,39 @@ impl LeaderElection {
             identity,
             duration,
             is_leader: watch::channel(false).0,
+            advertise_url: None,
+            leader_url: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Advertises `url` (this replica's push endpoint) in the Lease while leading.
+    pub fn with_advertise_url(mut self, url: Option<String>) -> Self {
+        self.advertise_url = url;
+        self
+    }
+
+    /// The leader's push endpoint, as advertised in the Lease (None when unknown or
+    /// expired).
+    pub fn leader_url(&self) -> Option<String> {
+        self.leader_url
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_leader_url(&self, url: Option<String>) {
+        *self.leader_url.lock().unwrap_or_else(|e| e.into_inner()) = url;
+    }
+
+    fn annotate(&self, meta: &mut ObjectMeta) {
+        let annotations = meta.annotations.get_or_insert_with(Default::default);
+        match &self.advertise_url {
+            Some(u) => {
+                annotations.insert(ADVERTISE_ANNOTATION.into(), u.clone());
+            }
+            None => {
+                annotations.remove(ADVERTISE_ANNOTATION);
+            }
         }
     }
 
@@ -50,11 +90,13 @@ impl LeaderElection {
         let secs = self.duration.as_secs() as i32;
         match self.api.get_opt(&self.name).await? {
             None => {
+                let mut metadata = ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..Default::default()
+                };
+                self.annotate(&mut metadata);
                 let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(self.name.clone()),
-                        ..Default::default()
-                    },
+                    metadata,
                     spec: Some(LeaseSpec {
                         holder_identity: Some(self.identity.clone()),
                         lease_duration_seconds: Some(secs),
@@ -65,7 +107,10 @@ impl LeaderElection {
                     }),
                 };
                 match self.api.create(&PostParams::default(), &lease).await {
-                    Ok(_) => Ok(true),
+                    Ok(_) => {
+                        self.set_leader_url(self.advertise_url.clone());
+                        Ok(true)
+                    }
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                     Err(e) => Err(e),
                 }
@@ -82,8 +127,21 @@ impl LeaderElection {
                     })
                     .unwrap_or(true);
                 if holder != self.identity && !holder.is_empty() && !expired {
+                    self.set_leader_url(
+                        lease
+                            .metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get(ADVERTISE_ANNOTATION))
+                            .cloned(),
+                    );
                     return Ok(false);
                 }
+                if holder != self.identity {
+                    // Nobody leads (or the leader is gone) until this replica takes it.
+                    self.set_leader_url(None);
+                }
+                self.annotate(&mut lease.metadata);
                 if holder != self.identity {
                     spec.acquire_time = Some(now.clone());
                     spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
@@ -97,7 +155,10 @@ impl LeaderElection {
                     .replace(&self.name, &PostParams::default(), &lease)
                     .await
                 {
-                    Ok(_) => Ok(true),
+                    Ok(_) => {
+                        self.set_leader_url(self.advertise_url.clone());
+                        Ok(true)
+                    }
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                     Err(e) => Err(e),
                 }

@@ -76,6 +76,11 @@ pub struct ControllerOptions {
     pub write_timeout: Duration,
     /// How often the leader looks for expired revocations.
     pub prune_interval: Duration,
+    /// This replica's push endpoint as the other replicas reach it (advertised in the
+    /// Lease while leading, for relayed quota leases).
+    pub advertise_url: Option<String>,
+    /// The ConfigMap (in the Lease's namespace) the quota ledger is checkpointed to.
+    pub quota_configmap: String,
 }
 
 impl Default for ControllerOptions {
@@ -88,6 +93,8 @@ impl Default for ControllerOptions {
             debounce: Duration::from_millis(5),
             write_timeout: Duration::from_secs(5),
             prune_interval: Duration::from_secs(10),
+            advertise_url: None,
+            quota_configmap: "portcullis-quota-ledger".into(),
         }
     }
 }
@@ -99,18 +106,34 @@ pub async fn run(
     publisher: Arc<Publisher>,
     registry: Arc<ProxyRegistry>,
     metrics: Metrics,
+    quota: Arc<crate::quota::QuotaService>,
     shutdown: watch::Receiver<bool>,
 ) {
     let store = Arc::new(Store::default());
     store::spawn_watchers(&client, &store);
 
-    let leader = Arc::new(LeaderElection::new(
-        Api::namespaced(client.clone(), &opts.lease_namespace),
-        opts.lease_name.clone(),
-        opts.identity.clone(),
-        opts.lease_duration,
-    ));
+    let leader = Arc::new(
+        LeaderElection::new(
+            Api::namespaced(client.clone(), &opts.lease_namespace),
+            opts.lease_name.clone(),
+            opts.identity.clone(),
+            opts.lease_duration,
+        )
+        .with_advertise_url(opts.advertise_url.clone()),
+    );
     tokio::spawn(leader.clone().run(metrics.clone(), shutdown.clone()));
+    {
+        let l = leader.clone();
+        quota.attach(
+            leader.subscribe(),
+            Arc::new(move || l.leader_url()),
+            Arc::new(crate::quota::ConfigMapStore::new(
+                Api::namespaced(client.clone(), &opts.lease_namespace),
+                opts.quota_configmap.clone(),
+            )),
+        );
+        tokio::spawn(quota.clone().run(shutdown.clone()));
+    }
 
     let (remote_acks_tx, remote_acks) = watch::channel(None);
     tokio::spawn(acks::share_acks(
@@ -167,6 +190,7 @@ pub async fn run(
         keys,
         remote_sources: sources_tx,
         statuses,
+        quota: Some(quota),
         planner: StatusPlanner::default(),
         programmed: Programmed::new(),
         errors: Vec::new(),
@@ -196,6 +220,8 @@ struct Controller {
     /// The remote key sources of the last compile, for the remote-keys task.
     remote_sources: watch::Sender<Vec<RemoteSource>>,
     statuses: Arc<StatusQueue>,
+    /// The quota ledger, whose budget use goes into TokenPolicy status.
+    quota: Option<Arc<crate::quota::QuotaService>>,
     planner: StatusPlanner,
     programmed: Programmed,
     /// The last compile's errors.
@@ -307,6 +333,10 @@ impl Controller {
             &self.programmed,
             &self.errors,
             &self.keys.borrow(),
+            &|policy: &str| match &self.quota {
+                Some(q) => q.budget_status(policy),
+                None => Vec::new(),
+            },
             &now,
         );
         self.statuses.offer(pass);

@@ -56,6 +56,7 @@ impl StatusPlanner {
         programmed: &Programmed,
         errors: &[CompileError],
         keys: &KeysReports,
+        budgets: &dyn Fn(&str) -> Vec<portcullis_api::BudgetStatus>,
         now: &str,
     ) -> Vec<StatusUpdate> {
         let targets: Vec<Target> = {
@@ -94,7 +95,7 @@ impl StatusPlanner {
                     .get(&(t.kind, t.key.0.as_str(), t.key.1.as_str()))
                     .cloned()
                     .unwrap_or_default();
-                self.plan_one(t, errs, acks, programmed, keys, now)
+                self.plan_one(t, errs, acks, programmed, keys, budgets, now)
             })
             .collect()
     }
@@ -106,6 +107,7 @@ impl StatusPlanner {
         acks: &Acks<'_>,
         programmed: &Programmed,
         keys: &KeysReports,
+        budgets: &dyn Fn(&str) -> Vec<portcullis_api::BudgetStatus>,
         now: &str,
     ) -> StatusUpdate {
         let Target {
@@ -163,6 +165,11 @@ impl StatusPlanner {
             errors: errs.clone(),
             proxies,
             keys: keys_report,
+            budgets: if kind == "TokenPolicy" {
+                budgets(&format!("{}/{}", key.0, key.1))
+            } else {
+                Vec::new()
+            },
         };
         let desired = status::desired(&report, current.as_ref(), now);
         let status = if status::differs(current.as_ref(), &desired) {

@@ -81,6 +81,7 @@ fn harness(fake: FakeApi) -> Harness {
         keys,
         remote_sources,
         statuses: queue.clone(),
+        quota: None,
         planner: StatusPlanner::default(),
         programmed: Programmed::new(),
         errors: Vec::new(),

@@ -120,6 +120,9 @@ pub async fn controller_on(addr: SocketAddr, publisher: Arc<Publisher>) -> Contr
         auth: ProxyAuth::shared(SHARED),
         metrics: metrics.clone(),
         heartbeat: Duration::from_millis(200),
+        quota: Arc::new(portcullis_controller::quota::QuotaService::new(
+            Metrics::new(),
+        )),
     });
     let (stop, rx) = watch::channel(false);
     tokio::spawn(serve(listener, state, rx));
