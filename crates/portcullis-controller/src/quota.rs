@@ -113,6 +113,9 @@ impl CheckpointStore for ConfigMapStore {
     }
 }
 
+/// Where the current leader's push endpoint is, if known.
+pub type LeaderUrl = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// A relayed message.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -132,12 +135,7 @@ struct Leading {
 /// The ledger service of one controller replica.
 pub struct QuotaService {
     state: tokio::sync::Mutex<Leading>,
-    leader: Mutex<
-        Option<(
-            watch::Receiver<bool>,
-            Arc<dyn Fn() -> Option<String> + Send + Sync>,
-        )>,
-    >,
+    leader: Mutex<Option<(watch::Receiver<bool>, LeaderUrl)>>,
     store: Mutex<Option<Arc<dyn CheckpointStore>>>,
     http: HttpClient<HttpConnector, Full<Bytes>>,
     metrics: Metrics,
@@ -184,7 +182,7 @@ impl QuotaService {
     pub fn attach(
         &self,
         leader: watch::Receiver<bool>,
-        leader_url: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+        leader_url: LeaderUrl,
         store: Arc<dyn CheckpointStore>,
     ) {
         *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = Some((leader, leader_url));
@@ -232,14 +230,12 @@ impl QuotaService {
             .inc();
         match self.leading() {
             Some(true) => self.release_here(&r).await,
-            Some(false) => {
-                if self.relay(Relayed::Release(r), auth).await.is_none() {
-                    warn!(
-                        "a quota release could not be relayed to the leader; its slice stays counted as used"
-                    );
-                }
+            Some(false) if self.relay(Relayed::Release(r), auth).await.is_none() => {
+                warn!(
+                    "a quota release could not be relayed to the leader; its slice stays counted as used"
+                );
             }
-            None => {}
+            _ => {}
         }
     }
 

@@ -281,10 +281,10 @@ impl Ledger {
             None => {
                 // Overuse reported for a slot not held (a new leader, a proxy that was cut
                 // off): kept, so the window's total stays true.
-                if let (Some(shape), true) = (shape, r.over > 0 && (now as i64) < r.end) {
-                    if let Entry::Budget { used, .. } = self.entry(&r.slot, shape, r.limit, now) {
-                        *used = used.saturating_add(r.over);
-                    }
+                if let (Some(shape), true) = (shape, r.over > 0 && (now as i64) < r.end)
+                    && let Entry::Budget { used, .. } = self.entry(&r.slot, shape, r.limit, now)
+                {
+                    *used = used.saturating_add(r.over);
                 }
             }
         }
@@ -421,7 +421,7 @@ mod tests {
             assert!(g.granted == 0 || (30..=70).contains(&g.granted), "{g:?}");
             total += g.granted;
         }
-        assert!(total <= 1000 && total >= 1000 - 30, "{total}");
+        assert!((1000 - 30..=1000).contains(&total), "{total}");
         // Another consumer has an allowance of their own.
         assert_eq!(grant(&mut l, &ask("bob", 30, 70), 1100.0).granted, 70);
     }

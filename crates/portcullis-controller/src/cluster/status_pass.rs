@@ -49,6 +49,7 @@ struct Target {
 
 impl StatusPlanner {
     /// One update per ApiRoute and TokenPolicy in the store.
+    #[allow(clippy::too_many_arguments)] // each is one input of the status pass
     pub(crate) fn plan(
         &mut self,
         store: &Store,
@@ -100,6 +101,7 @@ impl StatusPlanner {
             .collect()
     }
 
+    #[allow(clippy::too_many_arguments)] // each is one input of the status pass
     fn plan_one(
         &mut self,
         t: Target,
