@@ -55,6 +55,10 @@ WEATHER_TOOL_ANTHROPIC = {
 OPENAI_HOST = "openai.test"
 ANTHROPIC_HOST = "anthropic.test"
 POOL_HOST = "pool.test"
+BUDGET_HOST = "budget.test"
+RATE_HOST = "rate.test"
+# Each subject's daily token budget on budget.test (policy budget-tokens).
+BUDGET_TOKENS = 3000
 OPENAI_ROUTE = "default/openai-route"
 ANTHROPIC_ROUTE = "default/anthropic-route"
 POOL_ROUTE = "default/pool-route"
@@ -336,6 +340,59 @@ spec:
   clockSkew: 30s
   maxTokenLifetime: 1h
 ---
+# Budgets and rate limits (test_quota.py): each test mints tokens for subjects of its own.
+apiVersion: portcullis.dev/v1alpha1
+kind: TokenPolicy
+metadata: {{name: budget-tokens, namespace: default}}
+spec:
+  issuers:
+    - issuer: https://issuer.portcullis.local
+      audiences: [quickstart]
+      algorithms: [RS256]
+      jwks:
+        inline:
+          keys:
+            - {{kty: RSA, kid: dev-1, alg: RS256, use: sig, "n": {modulus}, e: AQAB}}
+  llmBudgets:
+    - name: daily
+      key: subject
+      tokens: {BUDGET_TOKENS}
+      window: day
+      timeZone: Europe/Paris
+      defaultMaxTokens: 64
+      overrides:
+        - {{consumer: budget-vip, limit: 1000000}}
+    - name: premium-monthly
+      key: subject
+      tokens: 50
+      count: output
+      window: month
+      models: [gpt-premium]
+    - name: per-client
+      key: consumer
+      tokens: 100000
+      window: hour
+      models: [per-client]
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: TokenPolicy
+metadata: {{name: rate-tokens, namespace: default}}
+spec:
+  issuers:
+    - issuer: https://issuer.portcullis.local
+      audiences: [quickstart]
+      algorithms: [RS256]
+      jwks:
+        inline:
+          keys:
+            - {{kty: RSA, kid: dev-1, alg: RS256, use: sig, "n": {modulus}, e: AQAB}}
+  rateLimits:
+    - name: per-subject
+      key: subject
+      requests: 1
+      period: second
+      burst: 1
+---
 apiVersion: v1
 kind: Secret
 metadata: {{name: llm-keys, namespace: default}}
@@ -404,6 +461,39 @@ spec:
     llm:
       provider: openaiCompatible
       url: {limited_base}{credentials}
+      models:
+        - {{name: gpt-4o-mini, providerModel: stub-small}}
+  rules:
+    - match: {{pathPrefix: /v1}}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: budget-route, namespace: default}}
+spec:
+  hosts: [{BUDGET_HOST}]
+  policyRef: {{name: budget-tokens}}
+  backend:
+    llm:
+      provider: openaiCompatible
+      url: {api_base}{credentials}
+      models:
+        - {{name: gpt-4o-mini, providerModel: stub-small}}
+        - {{name: gpt-premium, providerModel: stub-small}}
+        - {{name: per-client, providerModel: stub-small}}
+        - {{name: slow, providerModel: stub-slow}}
+  rules:
+    - match: {{pathPrefix: /v1}}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: rate-route, namespace: default}}
+spec:
+  hosts: [{RATE_HOST}]
+  policyRef: {{name: rate-tokens}}
+  backend:
+    llm:
+      provider: openaiCompatible
+      url: {api_base}{credentials}
       models:
         - {{name: gpt-4o-mini, providerModel: stub-small}}
   rules:
