@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod kubectl;
 pub mod oidc;
 
 /// The `portcullis` binary under test (`PORTCULLIS_BIN`, set by `e2e/run.sh`).
@@ -59,15 +60,20 @@ pub struct Proc {
 impl Proc {
     /// Starts `portcullis ARGS`, logging to `$TMPDIR/portcullis-e2e-NAME.log`.
     pub fn start(name: &str, args: &[&str]) -> Proc {
+        Self::spawn(name, &bin(), args)
+    }
+
+    /// Starts `program ARGS`, logging to `$TMPDIR/portcullis-e2e-NAME.log`.
+    pub fn spawn(name: &str, program: &str, args: &[&str]) -> Proc {
         let log =
             std::fs::File::create(std::env::temp_dir().join(format!("portcullis-e2e-{name}.log")))
                 .unwrap();
-        let child = Command::new(bin())
+        let child = Command::new(program)
             .args(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("portcullis starts");
+            .unwrap_or_else(|e| panic!("{program} starts: {e}"));
         Proc {
             name: name.into(),
             child,

@@ -11,53 +11,15 @@ use std::time::{Duration, Instant};
 
 // === helpers ===
 
+use portcullis_e2e::kubectl::{apply, k, kubectl, namespace};
 use portcullis_e2e::oidc::{API, OidcProvider};
 use portcullis_e2e::{Proc, bin, free_port, http_get, pct, repo, status, wait_until};
-
-fn kubectl_cmd() -> Command {
-    Command::new(std::env::var("KUBECTL").expect("KUBECTL is set by e2e/cluster.sh"))
-}
-
-/// Runs kubectl; returns (success, stdout, stderr).
-fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut c = kubectl_cmd();
-    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    if stdin.is_some() {
-        c.stdin(Stdio::piped());
-    }
-    let mut child = c.spawn().expect("kubectl runs");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn k(args: &[&str]) -> String {
-    let (ok, out, err) = kubectl(args, None);
-    assert!(ok, "kubectl {args:?} failed: {err}");
-    out
-}
 
 /// `kubectl patch KIND NAME -n NS --type TYPE -p BODY`.
 fn patch(kind: &str, name: &str, ns: &str, patch_type: &str, body: &str) {
     k(&[
         "patch", kind, name, "-n", ns, "--type", patch_type, "-p", body,
     ]);
-}
-
-fn apply(yaml: &str) {
-    let (ok, _, err) = kubectl(&["apply", "-f", "-"], Some(yaml));
-    assert!(ok, "kubectl apply failed: {err}\n{yaml}");
 }
 
 fn mint(key: &Path, jti: &str, scope: &str) -> String {
@@ -88,10 +50,6 @@ fn mint(key: &Path, jti: &str, scope: &str) -> String {
 
 fn dev_key() -> PathBuf {
     repo().join("examples/quickstart/dev-private.pem")
-}
-
-fn namespace(ns: &str) {
-    let _ = kubectl(&["create", "namespace", ns], None);
 }
 
 /// The quickstart policy and route, moved into `ns`, on host `<ns>.test`, to `upstream`.

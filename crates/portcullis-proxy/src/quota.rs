@@ -294,6 +294,8 @@ struct Slice {
     offline_used: u64,
     /// Overuse not yet reported.
     pending_over: u64,
+    /// Reserved by calls still running: refunds may come soon.
+    in_flight: u64,
     end: i64,
     limit: u64,
 }
@@ -392,6 +394,7 @@ impl QuotaClient {
                 last_use: Instant::now(),
                 offline_used: 0,
                 pending_over: 0,
+                in_flight: 0,
                 end,
                 limit: r.limit,
             });
@@ -489,7 +492,13 @@ impl QuotaClient {
             kind: RefusalKind::Exhausted,
             limit: r.limit,
             remaining,
-            retry_after: reset_in(s.reset, now).max(1),
+            // Calls still running here will give back what they did not use: worth
+            // trying again soon rather than at the window's end.
+            retry_after: if s.in_flight > 0 {
+                1
+            } else {
+                reset_in(s.reset, now).max(1)
+            },
         })
     }
 
@@ -515,6 +524,9 @@ impl QuotaClient {
     ) -> Ticket {
         let n = s.available.min(r.max).max(r.min);
         s.available -= n;
+        if r.kind == "budget" {
+            s.in_flight += n;
+        }
         let remaining = s.ledger_remaining + s.available;
         self.gauge(r, remaining);
         self.count(r, "admitted");
@@ -559,6 +571,9 @@ impl QuotaClient {
             }
             return;
         };
+        if !t.offline {
+            s.in_flight = s.in_flight.saturating_sub(t.reserved);
+        }
         if t.offline {
             // Admitted without a lease: all of it is use the ledger has not seen.
             s.offline_used = s.offline_used.saturating_sub(t.reserved);
@@ -674,6 +689,8 @@ mod tests {
         assert_eq!(tickets.len(), 10);
         let e = c.reserve(reserve(&q, 100, 100)).await.unwrap_err();
         assert_eq!(e.kind, RefusalKind::Exhausted);
+        // Calls in flight will give back what they do not use: retry soon.
+        assert_eq!(e.retry_after, 1);
         // One call used 40 of its 100: 60 come back, enough for a call of 60.
         c.settle(tickets.pop().unwrap(), 40, "ns/p", "b");
         assert!(c.reserve(reserve(&q, 61, 61)).await.is_err());
