@@ -11,7 +11,9 @@
 //! - `request_path/allow_uncached`: distinct valid tokens cycled through a one-entry cache:
 //!   every request verifies an RS256 signature;
 //! - `request_path/deny_no_token`: no credentials (401);
-//! - `request_path/public`: an `auth: none` rule (no credential step at all).
+//! - `request_path/public`: an `auth: none` rule (no credential step at all);
+//! - `request_path/allow_cached_rate_limited`: `allow_cached` under a per-subject rate
+//!   limit it never reaches: the difference is what quota admission adds.
 //!
 //! Results: `benches/RESULTS.md`.
 #![allow(missing_docs)]
@@ -40,6 +42,10 @@ struct Bench {
 }
 
 fn setup(cache_capacity: usize) -> Bench {
+    setup_with(cache_capacity, None)
+}
+
+fn setup_with(cache_capacity: usize, rate_limits: Option<serde_json::Value>) -> Bench {
     let key = portcullis_testkit::rsa("bench-1");
     let mut policy = PolicyBuilder::new("default", "bench")
         .issuer(
@@ -51,6 +57,9 @@ fn setup(cache_capacity: usize) -> Bench {
         .forward("sub", "x-user-id");
     for i in 0..100 {
         policy = policy.revoke(json!({"jti": format!("revoked-{i:03}")}));
+    }
+    if let Some(limits) = rate_limits {
+        policy = policy.spec("rateLimits", limits);
     }
     let route = RouteBuilder::new("default", "orders")
         .host(HOST)
@@ -130,6 +139,27 @@ fn request_path(c: &mut Criterion) {
     });
     group.bench_function("public", |b| {
         b.iter(|| run(&cached.pipeline, &peer, request("/health", None), true))
+    });
+
+    // The same, under a per-subject rate limit it never reaches: the admission's cost
+    // (a slot lookup and a reservation from the slice leased from the in-process ledger;
+    // a lease now and then).
+    let limited = setup_with(
+        10_000,
+        Some(
+            json!([{"name": "per-subject", "key": "subject", "requests": 1_000_000_000u64, "period": "second"}]),
+        ),
+    );
+    let limited_bearer = format!("Bearer {}", token(&limited.key, 0));
+    group.bench_function("allow_cached_rate_limited", |b| {
+        b.iter(|| {
+            run(
+                &limited.pipeline,
+                &peer,
+                request("/orders/42", Some(&limited_bearer)),
+                true,
+            )
+        })
     });
 
     let uncached = setup(1);

@@ -168,6 +168,12 @@ impl PolicyBuilder {
         self
     }
 
+    /// Sets a spec field as written in YAML, e.g. `("rateLimits", json!([...]))`.
+    pub fn spec(mut self, field: &str, value: Value) -> Self {
+        self.doc["spec"][field] = value;
+        self
+    }
+
     /// The policy.
     pub fn build(self) -> TokenPolicy {
         serde_json::from_value(self.doc).expect("a valid TokenPolicy")
