@@ -200,3 +200,18 @@ def test_a_budget_without_the_identity_it_counts_refuses(gw, stub):
         c.chat.completions.create(model="per-client", messages=[{"role": "user", "content": "x"}], max_tokens=4)
     assert e.value.response.json()["error"]["code"] == "quota_no_identity"
     assert not stub.requests()
+
+
+def test_n_choices_reserve_max_tokens_each(gw):
+    """`n` choices may each use max_tokens: the reservation counts them all, so `n` cannot
+    multiply what a budget admits."""
+    one = client(gw, "budget-n1").chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=500)
+    three = client(gw, "budget-n3").chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=500, n=3)
+    left_one = int(one.headers["x-ratelimit-remaining-tokens"])
+    left_three = int(three.headers["x-ratelimit-remaining-tokens"])
+    assert left_one - left_three >= 1000, (left_one, left_three)
+    with pytest.raises(openai.BadRequestError):
+        client(gw, "budget-n0").chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=5, n=0)

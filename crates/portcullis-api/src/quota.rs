@@ -34,9 +34,10 @@ pub enum BudgetCount {
     Output,
 }
 
-/// The window a budget's allowance renews in. Windows are calendar-aligned in `timeZone`:
-/// a `day` starts at local midnight (so it lasts 23 or 25 hours on a daylight-saving
-/// change), a `month` on the 1st at midnight.
+/// The window a budget's allowance renews in. `minute` and `hour` are UTC clock minutes
+/// and hours. `day` and `month` are calendar units of `timeZone`: a `day` starts at local
+/// midnight (so it lasts 23 or 25 hours on a daylight-saving change), a `month` on the 1st
+/// at midnight.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub enum BudgetWindow {
@@ -105,7 +106,8 @@ pub struct LlmBudgetSpec {
     /// The window: `minute`, `hour`, `day` or `month`.
     pub window: BudgetWindow,
 
-    /// The IANA time zone calendar windows follow (e.g. `Europe/Paris`). Default `UTC`.
+    /// The IANA time zone `day` and `month` windows follow (e.g. `Europe/Paris`). Default
+    /// `UTC`.
     #[schemars(length(max = 64))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<String>,

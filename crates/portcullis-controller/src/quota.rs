@@ -9,8 +9,10 @@
 //!   high-water mark, the mark is raised and the whole ledger is written to a ConfigMap
 //!   (`--quota-configmap`, key `ledger.json`). A new leader restores it before it answers
 //!   any lease, every slot counted as used up to its mark: a failover never lets a budget
-//!   be granted twice, and withholds at most the marks' headroom (the slice asked for plus
-//!   1/16th of the allowance, per consumer and window) until the window renews.
+//!   be granted twice, and withholds at most the marks' headroom until the window renews.
+//!   Every 2 s the marks are lowered to use + 1/16th of the allowance and written, so the
+//!   headroom is 1/16th of the allowance plus what was leased or given back in the last
+//!   2 s, per consumer and window.
 //! * Rate-limit buckets are not checkpointed: a new leader starts them full, so a failover
 //!   can admit at most one extra burst per consumer.
 //! * A replica that does not lead relays leases and releases to the leader's advertised
@@ -391,6 +393,7 @@ impl QuotaService {
                     info!("no longer leading: quota leases are relayed");
                 } else if leading && st.ready {
                     st.ledger.prune(now());
+                    st.ledger.tighten();
                     let cp = st.ledger.checkpoint();
                     if last_written.as_ref() != Some(&cp) && self.write(&st.ledger).await {
                         last_written = Some(cp);

@@ -258,6 +258,27 @@ impl Ledger {
         }
     }
 
+    /// Lowers each budget slot's high-water mark to its use plus 1/16th of the allowance
+    /// (never below its use): slices given back since the mark was raised are no longer
+    /// withheld by a failover once the lowered marks are written. Safe whatever happens to
+    /// that write: a stored mark higher than the one held only withholds more.
+    pub fn tighten(&mut self) {
+        for e in self.entries.values_mut() {
+            if let Entry::Budget {
+                limit,
+                used,
+                high_water,
+                ..
+            } = e
+            {
+                let floor = (*used + *limit / HIGH_WATER_STEP_DIVISOR).min(*limit);
+                if *high_water > floor {
+                    *high_water = floor.max(*used);
+                }
+            }
+        }
+    }
+
     /// Takes back what a proxy did not use, and counts use beyond what it leased.
     pub fn release(&mut self, r: &Release, now: f64) {
         let shape = if r.slot.window == 0 && r.end == 0 {
@@ -521,6 +542,44 @@ mod tests {
             withheld <= 60 + 1000 / HIGH_WATER_STEP_DIVISOR,
             "withheld {withheld}"
         );
+    }
+
+    /// Found in review: marks were never lowered, so after slices came back a failover
+    /// withheld up to the window's peak grant (here 8,900 of 16,000) instead of 1/16th.
+    #[test]
+    fn given_back_slices_are_not_withheld_after_the_marks_are_tightened() {
+        let mut l = Ledger::durable();
+        let a = LeaseAsk {
+            limit: 16_000,
+            ..ask("a", 4_000, 4_000)
+        };
+        grant(&mut l, &a, 1000.0);
+        grant(&mut l, &a, 1000.0);
+        l.release(
+            &Release {
+                slot: slot("a"),
+                unused: 7_900,
+                over: 0,
+                end: 2000,
+                limit: 16_000,
+            },
+            1000.0,
+        );
+        assert!(l.checkpoint()[0].high_water >= 9_000);
+        l.tighten();
+        let cp = l.checkpoint();
+        assert_eq!(cp[0].high_water, 100 + 16_000 / HIGH_WATER_STEP_DIVISOR);
+        let mut new = Ledger::durable();
+        new.restore(&cp, 1001.0);
+        let left = grant(
+            &mut new,
+            &LeaseAsk {
+                limit: 16_000,
+                ..ask("a", 1, 16_000)
+            },
+            1001.0,
+        );
+        assert_eq!(left.granted, 16_000 - 100 - 1_000);
     }
 
     #[test]

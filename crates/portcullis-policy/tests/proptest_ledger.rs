@@ -19,6 +19,8 @@ enum Op {
     Use(usize, u64),
     /// Proxy `p` gives back `n` of what it holds unused.
     Release(usize, u64),
+    /// The leader's periodic pass: marks lowered, the ledger written.
+    Tick,
     /// The leader dies; a new one restores the last checkpoint.
     Failover,
 }
@@ -28,6 +30,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..3usize, 1..200u64, 0..300u64).prop_map(|(p, n, w)| Op::Lease(p, n, n + w)),
         3 => (0..3usize, 0..300u64).prop_map(|(p, n)| Op::Use(p, n)),
         2 => (0..3usize, 0..300u64).prop_map(|(p, n)| Op::Release(p, n)),
+        1 => Just(Op::Tick),
         1 => Just(Op::Failover),
     ]
 }
@@ -79,6 +82,10 @@ proptest! {
                     let n = n.min(held[p]);
                     held[p] -= n;
                     ledger.release(&Release { slot: slot(), unused: n, over: 0, end: END, limit: LIMIT }, 100.0);
+                }
+                Op::Tick => {
+                    ledger.tighten();
+                    durable = ledger.checkpoint();
                 }
                 Op::Failover => {
                     // Releases the old leader took after its last checkpoint are lost

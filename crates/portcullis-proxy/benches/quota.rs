@@ -20,6 +20,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis_api::QuotaKey;
 use portcullis_api::push::QuotaShape;
 use portcullis_policy::quota::{FailMode, QuotaCommon};
+use portcullis_proxy::metrics::ConsumerLabels;
 use portcullis_proxy::quota::{LocalLedger, QuotaClient, Reserve};
 
 fn common(limit: u64) -> QuotaCommon {
@@ -38,14 +39,20 @@ fn quota(c: &mut Criterion) {
     let mut group = c.benchmark_group("quota");
     let registry = prometheus::Registry::new();
     let client = QuotaClient::new(Arc::new(LocalLedger::default()), &registry);
+    let labels = ConsumerLabels::new(10_000);
     let budget = common(u64::MAX / 4);
     let end = i64::MAX;
-    fn reserve<'a>(budget: &'a QuotaCommon, consumer: &'a str, end: i64) -> Reserve<'a> {
+    fn reserve<'a>(
+        budget: &'a QuotaCommon,
+        consumer: &'a str,
+        labels: &'a ConsumerLabels,
+        end: i64,
+    ) -> Reserve<'a> {
         Reserve {
             quota: budget,
             kind: "budget",
             consumer,
-            consumer_label: "c",
+            labels,
             window: 1,
             shape: QuotaShape::Budget { end },
             limit: u64::MAX / 4,
@@ -55,8 +62,10 @@ fn quota(c: &mut Criterion) {
     }
     group.bench_function("budget_reserve_settle", |b| {
         b.iter(|| {
-            let t = futures::executor::block_on(client.reserve(reserve(&budget, "alice", end)))
-                .unwrap();
+            let t = futures::executor::block_on(
+                client.reserve(reserve(&budget, "alice", &labels, end)),
+            )
+            .unwrap();
             client.settle(black_box(t), 180, "ns/p", "q");
         })
     });
@@ -65,9 +74,13 @@ fn quota(c: &mut Criterion) {
     group.bench_function("budget_reserve_settle_1000_consumers", |b| {
         b.iter(|| {
             i = (i + 1) % consumers.len();
-            let t =
-                futures::executor::block_on(client.reserve(reserve(&budget, &consumers[i], end)))
-                    .unwrap();
+            let t = futures::executor::block_on(client.reserve(reserve(
+                &budget,
+                &consumers[i],
+                &labels,
+                end,
+            )))
+            .unwrap();
             client.settle(black_box(t), 180, "ns/p", "q");
         })
     });
@@ -78,7 +91,7 @@ fn quota(c: &mut Criterion) {
                 quota: &rate,
                 kind: "rate_limit",
                 consumer: "alice",
-                consumer_label: "c",
+                labels: &labels,
                 window: 0,
                 shape: QuotaShape::Bucket { rate: 1e9 },
                 limit: 1_000_000_000,

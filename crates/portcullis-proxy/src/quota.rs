@@ -21,7 +21,9 @@ use futures::future::BoxFuture;
 use portcullis_api::push::{Grant, LeaseAsk, ProxyMessage, QuotaShape, QuotaSlot, Release};
 use portcullis_policy::ledger::{Leased, Ledger};
 use portcullis_policy::quota::{FailMode, QuotaCommon};
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::metrics::ConsumerLabels;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
@@ -266,10 +268,13 @@ pub struct Refusal {
 /// An admitted call's hold on a slot, settled when the call ends.
 #[derive(Debug)]
 pub struct Ticket {
-    slot: QuotaSlot,
+    quota: Arc<str>,
+    consumer: Arc<str>,
+    window: i64,
     /// Reserved.
     pub reserved: u64,
-    offline: bool,
+    /// Of `reserved`, what came from the local allowance (the ledger was unreachable).
+    offline: u64,
     end: i64,
     /// The allowance.
     pub limit: u64,
@@ -279,8 +284,18 @@ pub struct Ticket {
     pub reset_in: u64,
 }
 
-#[derive(Debug)]
+impl Ticket {
+    fn slot(&self) -> QuotaSlot {
+        QuotaSlot {
+            quota: self.quota.to_string(),
+            consumer: self.consumer.to_string(),
+            window: self.window,
+        }
+    }
+}
+
 struct Slice {
+    window: i64,
     /// Leased and not reserved.
     available: u64,
     /// Left in the ledger at the last grant.
@@ -290,20 +305,29 @@ struct Slice {
     size: u64,
     last_lease: Option<Instant>,
     last_use: Instant,
-    /// Admitted on the local allowance while the ledger was unreachable.
+    /// Admitted on the local allowance while the ledger was unreachable, this window
+    /// (for a bucket: since `offline_since`, reset after a refill period).
     offline_used: u64,
-    /// Overuse not yet reported.
+    offline_since: Option<Instant>,
+    /// A bucket's refill period (limit / rate), seconds.
+    refill_secs: f64,
+    /// Use not yet reported (beyond reservations, or on the local allowance).
     pending_over: u64,
-    /// Reserved by calls still running: refunds may come soon.
+    /// Reserved from leased slices by calls still running: refunds may come soon.
     in_flight: u64,
     end: i64,
     limit: u64,
+    admitted: IntCounter,
+    remaining_gauge: IntGauge,
+    limit_gauge: IntGauge,
 }
+
+type Slices = HashMap<Arc<str>, HashMap<Arc<str>, Slice>>;
 
 /// Admission and settlement against leased slices.
 pub struct QuotaClient {
     backend: Arc<dyn LeaseBackend>,
-    slices: Mutex<HashMap<QuotaSlot, Slice>>,
+    slices: Mutex<Slices>,
     /// Metrics.
     pub metrics: QuotaMetrics,
 }
@@ -316,8 +340,8 @@ pub struct Reserve<'a> {
     pub kind: &'static str,
     /// The consumer.
     pub consumer: &'a str,
-    /// The consumer's hashed metric label.
-    pub consumer_label: &'a str,
+    /// Hashed, capped metric labels of consumers.
+    pub labels: &'a ConsumerLabels,
     /// Start of the window (0 for a bucket).
     pub window: i64,
     /// How it renews.
@@ -333,11 +357,7 @@ pub struct Reserve<'a> {
 impl QuotaClient {
     /// A client leasing from `backend`.
     pub fn new(backend: Arc<dyn LeaseBackend>, registry: &Registry) -> Self {
-        Self {
-            backend,
-            slices: Mutex::default(),
-            metrics: QuotaMetrics::new(registry),
-        }
+        Self::with_metrics(backend, QuotaMetrics::new(registry))
     }
 
     /// A client leasing from `backend`, counting on `metrics` already registered.
@@ -370,14 +390,62 @@ impl QuotaClient {
         }
     }
 
+    /// The slice of `r`'s slot, made (or renewed for a new window) when needed.
+    fn slice<'s>(&self, slices: &'s mut Slices, r: &Reserve<'_>, end: i64) -> &'s mut Slice {
+        if !slices.contains_key(&*r.quota.id) {
+            slices.insert(r.quota.id.clone(), HashMap::new());
+        }
+        let by_consumer = slices.get_mut(&*r.quota.id).expect("just inserted");
+        if by_consumer
+            .get(r.consumer)
+            .is_some_and(|s| s.window != r.window)
+        {
+            // A new window: what was held of the old one is void there.
+            by_consumer.remove(r.consumer);
+        }
+        if !by_consumer.contains_key(r.consumer) {
+            let label = r.labels.label(r.consumer);
+            let labels = [&*r.quota.policy, &*r.quota.name, &*label];
+            let refill_secs = match r.shape {
+                QuotaShape::Bucket { rate } if rate > 0.0 => r.limit as f64 / rate,
+                _ => 0.0,
+            };
+            by_consumer.insert(
+                r.consumer.into(),
+                Slice {
+                    window: r.window,
+                    available: 0,
+                    ledger_remaining: r.limit,
+                    reset: end,
+                    size: 1,
+                    last_lease: None,
+                    last_use: Instant::now(),
+                    offline_used: 0,
+                    offline_since: None,
+                    refill_secs,
+                    pending_over: 0,
+                    in_flight: 0,
+                    end,
+                    limit: r.limit,
+                    admitted: self.metrics.requests.with_label_values(&[
+                        &*r.quota.policy,
+                        &*r.quota.name,
+                        r.kind,
+                        "admitted",
+                    ]),
+                    remaining_gauge: self.metrics.remaining.with_label_values(&labels),
+                    limit_gauge: self.metrics.limit.with_label_values(&labels),
+                },
+            );
+        }
+        by_consumer
+            .get_mut(r.consumer)
+            .expect("the slice was just made")
+    }
+
     /// Reserves between `min` and `max` (as much of `max` as the slice and the ledger
-    /// allow), leasing more when the slice is short.
+    /// allow), leasing more when the slice holds less than `max`.
     pub async fn reserve(&self, r: Reserve<'_>) -> Result<Ticket, Refusal> {
-        let slot = QuotaSlot {
-            quota: r.quota.id.to_string(),
-            consumer: r.consumer.to_owned(),
-            window: r.window,
-        };
         let end = match r.shape {
             QuotaShape::Budget { end } => end,
             QuotaShape::Bucket { .. } => 0,
@@ -385,29 +453,23 @@ impl QuotaClient {
         let now = now_secs();
         let (need, want) = {
             let mut slices = self.slices.lock().unwrap_or_else(|e| e.into_inner());
-            let s = slices.entry(slot.clone()).or_insert_with(|| Slice {
-                available: 0,
-                ledger_remaining: r.limit,
-                reset: end,
-                size: 1,
-                last_lease: None,
-                last_use: Instant::now(),
-                offline_used: 0,
-                pending_over: 0,
-                in_flight: 0,
-                end,
-                limit: r.limit,
-            });
+            let s = self.slice(&mut slices, &r, end);
             s.limit = r.limit;
             s.last_use = Instant::now();
-            if s.available >= r.min {
-                return Ok(self.take(&r, slot, s, false, now));
+            if s.available >= r.max {
+                return Ok(self.take(&r, &mut slices, end, now));
             }
-            let need = r.min - s.available;
-            (need, r.max.saturating_sub(s.available).max(need) + s.size)
+            (
+                r.min.saturating_sub(s.available),
+                r.max - s.available + s.size,
+            )
         };
         let ask = LeaseAsk {
-            slot: slot.clone(),
+            slot: QuotaSlot {
+                quota: r.quota.id.to_string(),
+                consumer: r.consumer.to_owned(),
+                window: r.window,
+            },
             shape: r.shape,
             limit: r.limit,
             need,
@@ -415,44 +477,56 @@ impl QuotaClient {
         };
         let grant = self.backend.lease(ask).await.filter(|g| !g.unavailable);
         let mut slices = self.slices.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(s) = slices.get_mut(&slot) else {
-            // Pruned meanwhile (window over): give back what came, refuse.
-            if let Some(g) = grant.filter(|g| g.granted > 0) {
-                self.give_back(&slot, g.granted, 0, end, r.limit);
-            }
-            self.count(&r, "exhausted");
-            return Err(Refusal {
-                kind: RefusalKind::Exhausted,
-                limit: r.limit,
-                remaining: 0,
-                retry_after: 1,
-            });
-        };
+        let s = self.slice(&mut slices, &r, end);
         let Some(g) = grant else {
             self.metrics
                 .leases
                 .with_label_values(&["unreachable"])
                 .inc();
-            if let FailMode::Open { allowance } = r.quota.fail
-                && s.available + allowance.saturating_sub(s.offline_used) >= r.min
-            {
-                // The slice first, then the local allowance.
-                let from_slice = s.available.min(r.max);
-                s.available -= from_slice;
-                let rest = (r.max - from_slice)
-                    .min(allowance.saturating_sub(s.offline_used))
-                    .max(r.min.saturating_sub(from_slice));
-                s.offline_used += rest;
-                self.count(&r, "local_allowance");
-                return Ok(Ticket {
-                    slot,
-                    reserved: from_slice + rest,
-                    offline: rest > 0,
-                    end,
-                    limit: r.limit,
-                    remaining: allowance.saturating_sub(s.offline_used),
-                    reset_in: reset_in(s.reset, now),
-                });
+            if s.available >= r.min {
+                return Ok(self.take(&r, &mut slices, end, now));
+            }
+            if let FailMode::Open { allowance } = r.quota.fail {
+                if s.offline_since
+                    .is_some_and(|t| end == 0 && t.elapsed().as_secs_f64() >= s.refill_secs)
+                {
+                    // A bucket's allowance renews with each refill period.
+                    s.offline_used = 0;
+                    s.offline_since = None;
+                }
+                let room = allowance.saturating_sub(s.offline_used);
+                if s.available + room >= r.min {
+                    let from_slice = s.available.min(r.max);
+                    let off = (r.max - from_slice)
+                        .min(room)
+                        .max(r.min.saturating_sub(from_slice));
+                    s.available -= from_slice;
+                    s.offline_used += off;
+                    s.offline_since.get_or_insert_with(Instant::now);
+                    if r.kind == "rate_limit" {
+                        // Used at once: reported when the ledger is back.
+                        s.pending_over += off;
+                    } else {
+                        s.in_flight += from_slice;
+                    }
+                    let remaining = room - off;
+                    let reset_in = reset_in(s.reset, now);
+                    self.count(&r, "local_allowance");
+                    return Ok(Ticket {
+                        quota: r.quota.id.clone(),
+                        consumer: slices[&*r.quota.id]
+                            .get_key_value(r.consumer)
+                            .map(|(k, _)| k.clone())
+                            .unwrap_or_else(|| r.consumer.into()),
+                        window: r.window,
+                        reserved: from_slice + off,
+                        offline: off,
+                        end,
+                        limit: r.limit,
+                        remaining,
+                        reset_in,
+                    });
+                }
             }
             self.count(&r, "unreachable");
             return Err(Refusal {
@@ -483,73 +557,63 @@ impl QuotaClient {
             s.last_lease = Some(now_i);
         }
         if s.available >= r.min {
-            return Ok(self.take(&r, slot, s, false, now));
+            return Ok(self.take(&r, &mut slices, end, now));
         }
         let remaining = s.ledger_remaining + s.available;
-        self.gauge(&r, remaining);
+        s.remaining_gauge.set(saturate(remaining));
+        let retry_after = if s.in_flight > 0 {
+            // Calls still running here will give back what they do not use: worth
+            // trying again soon rather than at the window's end.
+            1
+        } else {
+            reset_in(s.reset, now).max(1)
+        };
         self.count(&r, "exhausted");
         Err(Refusal {
             kind: RefusalKind::Exhausted,
             limit: r.limit,
             remaining,
-            // Calls still running here will give back what they did not use: worth
-            // trying again soon rather than at the window's end.
-            retry_after: if s.in_flight > 0 {
-                1
-            } else {
-                reset_in(s.reset, now).max(1)
-            },
+            retry_after,
         })
     }
 
-    fn gauge(&self, r: &Reserve<'_>, remaining: u64) {
-        let labels = [&*r.quota.policy, &*r.quota.name, r.consumer_label];
-        self.metrics
-            .remaining
-            .with_label_values(&labels)
-            .set(remaining.min(i64::MAX as u64) as i64);
-        self.metrics
-            .limit
-            .with_label_values(&labels)
-            .set(r.limit.min(i64::MAX as u64) as i64);
-    }
-
-    fn take(
-        &self,
-        r: &Reserve<'_>,
-        slot: QuotaSlot,
-        s: &mut Slice,
-        offline: bool,
-        now: f64,
-    ) -> Ticket {
-        let n = s.available.min(r.max).max(r.min);
+    /// Takes what `r` may have of its slice (which holds at least `r.min`).
+    fn take(&self, r: &Reserve<'_>, slices: &mut Slices, end: i64, now: f64) -> Ticket {
+        let by_consumer = slices.get_mut(&*r.quota.id).expect("the slice exists");
+        let consumer = by_consumer
+            .get_key_value(r.consumer)
+            .map(|(k, _)| k.clone())
+            .expect("the slice exists");
+        let s = by_consumer.get_mut(r.consumer).expect("the slice exists");
+        let n = s.available.min(r.max);
         s.available -= n;
         if r.kind == "budget" {
             s.in_flight += n;
-        }
-        let remaining = s.ledger_remaining + s.available;
-        self.gauge(r, remaining);
-        self.count(r, "admitted");
-        if r.kind == "budget" {
             self.metrics
                 .tokens
                 .with_label_values(&[&r.quota.policy, &r.quota.name, "reserved"])
                 .inc_by(n);
         }
+        let remaining = s.ledger_remaining + s.available;
+        s.remaining_gauge.set(saturate(remaining));
+        s.limit_gauge.set(saturate(r.limit));
+        s.admitted.inc();
         Ticket {
-            slot,
+            quota: r.quota.id.clone(),
+            consumer,
+            window: r.window,
             reserved: n,
-            offline,
-            end: s.end,
+            offline: 0,
+            end,
             limit: r.limit,
             remaining,
             reset_in: reset_in(s.reset, now),
         }
     }
 
-    fn give_back(&self, slot: &QuotaSlot, unused: u64, over: u64, end: i64, limit: u64) -> bool {
+    fn give_back(&self, slot: QuotaSlot, unused: u64, over: u64, end: i64, limit: u64) -> bool {
         self.backend.release(Release {
-            slot: slot.clone(),
+            slot,
             unused,
             over,
             end,
@@ -564,63 +628,80 @@ impl QuotaClient {
             .with_label_values(&[policy, quota, "used"])
             .inc_by(used);
         let mut slices = self.slices.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(s) = slices.get_mut(&t.slot) else {
-            // The window is over: only overuse matters, for the record.
-            if used > t.reserved {
-                self.give_back(&t.slot, 0, used - t.reserved, t.end, t.limit);
+        let Some(s) = slices
+            .get_mut(&*t.quota)
+            .and_then(|m| m.get_mut(&*t.consumer))
+            .filter(|s| s.window == t.window)
+        else {
+            // The window is over: only use beyond what was leased matters, for the record.
+            let leased = t.reserved - t.offline;
+            if used > leased {
+                self.give_back(t.slot(), 0, used - leased, t.end, t.limit);
             }
             return;
         };
-        if !t.offline {
-            s.in_flight = s.in_flight.saturating_sub(t.reserved);
+        let from_slice = t.reserved - t.offline;
+        s.in_flight = s.in_flight.saturating_sub(from_slice);
+        let used_slice = used.min(from_slice);
+        let beyond = used - used_slice;
+        s.available += from_slice - used_slice;
+        tokens
+            .with_label_values(&[policy, quota, "returned"])
+            .inc_by(from_slice - used_slice);
+        if t.offline > 0 {
+            // The local allowance counts what was used on it, not what was reserved.
+            s.offline_used = s.offline_used.saturating_sub(t.offline) + beyond;
+            s.pending_over += beyond;
+        } else if beyond > 0 {
+            let from_refunds = s.available.min(beyond);
+            s.available -= from_refunds;
+            s.pending_over += beyond - from_refunds;
         }
-        if t.offline {
-            // Admitted without a lease: all of it is use the ledger has not seen.
-            s.offline_used = s.offline_used.saturating_sub(t.reserved);
-            s.pending_over += used;
+        if beyond > 0 {
             tokens
                 .with_label_values(&[policy, quota, "over"])
-                .inc_by(used);
-        } else if used <= t.reserved {
-            s.available += t.reserved - used;
-            tokens
-                .with_label_values(&[policy, quota, "returned"])
-                .inc_by(t.reserved - used);
-        } else {
-            let over = used - t.reserved;
-            let from_slice = s.available.min(over);
-            s.available -= from_slice;
-            s.pending_over += over - from_slice;
-            tokens
-                .with_label_values(&[policy, quota, "over"])
-                .inc_by(over - from_slice);
+                .inc_by(beyond);
         }
-        if s.pending_over > 0 && self.give_back(&t.slot, 0, s.pending_over, s.end, s.limit) {
-            s.pending_over = 0;
+        if s.pending_over > 0 {
+            let slot = t.slot();
+            if self.give_back(slot, 0, s.pending_over, s.end, s.limit) {
+                s.pending_over = 0;
+            }
         }
     }
 
-    /// Gives back idle slices, drops ended windows, reports pending overuse. Run every
-    /// half second by [`QuotaClient::run`].
+    /// Gives back idle slices, drops ended windows, reports pending use. Run every half
+    /// second by [`QuotaClient::run`].
     pub fn tick(&self, idle: Duration) {
         let now = now_secs() as i64;
         let mut slices = self.slices.lock().unwrap_or_else(|e| e.into_inner());
-        slices.retain(|slot, s| {
-            if s.pending_over > 0 && self.give_back(slot, 0, s.pending_over, s.end, s.limit) {
-                s.pending_over = 0;
-            }
-            if s.end != 0 && now >= s.end {
-                return false;
-            }
-            if s.last_use.elapsed() >= idle {
-                if s.available > 0 && self.give_back(slot, s.available, 0, s.end, s.limit) {
-                    debug!(quota = %slot.quota, unused = s.available, "idle slice given back");
-                    s.available = 0;
+        for (quota, by_consumer) in slices.iter_mut() {
+            by_consumer.retain(|consumer, s| {
+                let slot = || QuotaSlot {
+                    quota: quota.to_string(),
+                    consumer: consumer.to_string(),
+                    window: s.window,
+                };
+                if s.pending_over > 0 && self.give_back(slot(), 0, s.pending_over, s.end, s.limit) {
+                    s.pending_over = 0;
                 }
-                return s.available > 0 || s.pending_over > 0 || s.offline_used > 0;
-            }
-            true
-        });
+                if s.end != 0 && now >= s.end {
+                    return false;
+                }
+                if s.last_use.elapsed() >= idle {
+                    if s.available > 0 && self.give_back(slot(), s.available, 0, s.end, s.limit) {
+                        debug!(%quota, unused = s.available, "idle slice given back");
+                        s.available = 0;
+                    }
+                    return s.available > 0
+                        || s.pending_over > 0
+                        || s.offline_used > 0
+                        || s.in_flight > 0;
+                }
+                true
+            });
+        }
+        slices.retain(|_, m| !m.is_empty());
     }
 
     /// Runs [`QuotaClient::tick`] forever.
@@ -631,6 +712,10 @@ impl QuotaClient {
             self.tick(IDLE_RETURN);
         }
     }
+}
+
+fn saturate(n: u64) -> i64 {
+    n.min(i64::MAX as u64) as i64
 }
 
 fn reset_in(reset: i64, now: f64) -> u64 {
@@ -654,12 +739,17 @@ mod tests {
         }
     }
 
+    fn labels() -> &'static ConsumerLabels {
+        static LABELS: std::sync::OnceLock<ConsumerLabels> = std::sync::OnceLock::new();
+        LABELS.get_or_init(|| ConsumerLabels::new(16))
+    }
+
     fn reserve<'a>(q: &'a QuotaCommon, min: u64, max: u64) -> Reserve<'a> {
         Reserve {
             quota: q,
             kind: "budget",
             consumer: "alice",
-            consumer_label: "c",
+            labels: labels(),
             window: 1,
             shape: QuotaShape::Budget { end: i64::MAX },
             limit: 1000,
@@ -698,6 +788,18 @@ mod tests {
         assert_eq!(t.reserved, 60);
     }
 
+    /// Found in review: the slice's remainder was taken as "what is left", so calls
+    /// without max_tokens were cut short long before the budget was spent.
+    #[tokio::test]
+    async fn a_range_is_filled_from_the_ledger_not_just_the_slice() {
+        let c = QuotaClient::new(Arc::new(LocalLedger::default()), &Registry::new());
+        let q = common(FailMode::Closed);
+        let t = c.reserve(reserve(&q, 10, 10)).await.unwrap();
+        c.settle(t, 10, "ns/p", "b");
+        let t = c.reserve(reserve(&q, 10, 500)).await.unwrap();
+        assert_eq!(t.reserved, 500);
+    }
+
     #[tokio::test]
     async fn a_reservation_without_max_tokens_takes_what_is_left() {
         let c = QuotaClient::new(Arc::new(LocalLedger::default()), &Registry::new());
@@ -715,12 +817,17 @@ mod tests {
         assert_eq!(e.kind, RefusalKind::Unreachable);
         let open = common(FailMode::Open { allowance: 150 });
         let t = c.reserve(reserve(&open, 100, 100)).await.unwrap();
-        assert!(t.offline);
+        assert_eq!(t.offline, 100);
         assert!(c.reserve(reserve(&open, 100, 100)).await.is_err());
-        // Settling frees the allowance; the use is kept to report.
+        // Settling frees what was not used; the use is kept to report.
         c.settle(t, 30, "ns/p", "b");
-        assert!(c.reserve(reserve(&open, 100, 100)).await.is_ok());
+        let t = c.reserve(reserve(&open, 100, 100)).await.unwrap();
+        // The allowance bounds what is used in the window, not what is reserved at once:
+        // calls one after another during a long outage stop at it.
+        c.settle(t, 100, "ns/p", "b");
+        assert!(c.reserve(reserve(&open, 21, 21)).await.is_err());
+        assert!(c.reserve(reserve(&open, 20, 20)).await.is_ok());
         let slices = c.slices.lock().unwrap();
-        assert_eq!(slices.values().next().unwrap().pending_over, 30);
+        assert_eq!(slices["ns/p/b"]["alice"].pending_over, 130);
     }
 }

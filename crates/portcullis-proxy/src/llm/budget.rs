@@ -76,6 +76,15 @@ pub(crate) fn asked_max_tokens(req: &Value) -> Result<Option<u64>, &'static str>
     Ok(None)
 }
 
+/// `n`, the number of choices asked for: 1 when absent; `Err` unless an integer from 1 to
+/// 128 (OpenAI's bounds).
+pub(crate) fn choices(req: &Value) -> Result<u64, &'static str> {
+    match req.get("n") {
+        None | Some(Value::Null) => Ok(1),
+        Some(v) => v.as_u64().filter(|n| (1..=128).contains(n)).ok_or("n"),
+    }
+}
+
 /// Reserves the call's worst case in every budget of `quotas` that applies to `model`.
 #[allow(clippy::too_many_arguments)] // each is one fact of the call
 pub(crate) async fn admit(
@@ -83,9 +92,10 @@ pub(crate) async fn admit(
     quotas: &Arc<Quotas>,
     model: &str,
     principal: Option<&Principal>,
-    consumer_label: &str,
+    labels: &crate::metrics::ConsumerLabels,
     prompt_bytes: u64,
     asked: Option<u64>,
+    choices: u64,
     has_output: bool,
     now: i64,
 ) -> Result<Option<Admitted>, Refused> {
@@ -116,17 +126,23 @@ pub(crate) async fn admit(
         } else {
             prompt_bytes
         };
+        // `n` choices each up to max_tokens.
         let (out_min, out_max) = match (b.count, has_output, asked) {
             (BudgetCount::Input, _, _) | (_, false, _) => (0, 0),
-            (_, true, Some(n)) => (n, n),
-            (_, true, None) => (1, max_tokens.unwrap_or(b.default_max_tokens)),
+            (_, true, Some(n)) => (n.saturating_mul(choices), n.saturating_mul(choices)),
+            (_, true, None) => (
+                choices,
+                max_tokens
+                    .unwrap_or(b.default_max_tokens)
+                    .saturating_mul(choices),
+            ),
         };
         let reserved = client
             .reserve(Reserve {
                 quota: q,
                 kind: "budget",
                 consumer,
-                consumer_label,
+                labels,
                 window: start,
                 shape: QuotaShape::Budget { end },
                 limit,
@@ -137,7 +153,7 @@ pub(crate) async fn admit(
         match reserved {
             Ok(t) => {
                 if has_output && asked.is_none() && b.count != BudgetCount::Input {
-                    let fits = t.reserved - input;
+                    let fits = (t.reserved - input) / choices;
                     max_tokens = Some(max_tokens.map_or(fits, |m| m.min(fits)));
                 }
                 if tightest.is_none_or(|(_, r, _)| t.remaining < r) {

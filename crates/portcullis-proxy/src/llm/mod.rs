@@ -477,6 +477,13 @@ impl crate::pipeline::Pipeline {
                     );
                 }
             };
+            let Ok(choices) = budget::choices(&req) else {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_n",
+                    "n must be an integer from 1 to 128",
+                );
+            };
             let prompt_bytes = if op == Operation::Prompt {
                 req.to_string().len()
             } else {
@@ -487,9 +494,10 @@ impl crate::pipeline::Pipeline {
                 &quotas,
                 &model.name,
                 call.principal.as_deref(),
-                &consumer,
+                &self.metrics.consumer_labels,
                 prompt_bytes,
                 asked,
+                choices,
                 op != Operation::Embeddings,
                 unix_now() as i64,
             )

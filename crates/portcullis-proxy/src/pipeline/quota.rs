@@ -101,7 +101,6 @@ impl Pipeline {
                     "no identity to count the request under",
                 ));
             };
-            let label = self.metrics.consumer_labels.label(consumer);
             let (capacity, rate) = rl.bucket_for(consumer);
             let window = (capacity as f64 / rate).ceil() as u64;
             let admitted = self
@@ -110,7 +109,7 @@ impl Pipeline {
                     quota: q,
                     kind: "rate_limit",
                     consumer,
-                    consumer_label: &label,
+                    labels: &self.metrics.consumer_labels,
                     window: 0,
                     shape: QuotaShape::Bucket { rate },
                     limit: capacity,
