@@ -154,6 +154,8 @@ pub struct RateLimit {
     pub period_secs: u64,
     /// The bucket's size, for a consumer without an override (an override scales it).
     pub burst: u64,
+    /// `RateLimit-Policy` for a consumer without an override, made once.
+    pub policy_header: http::HeaderValue,
 }
 
 impl RateLimit {
@@ -168,6 +170,18 @@ impl RateLimit {
         };
         (capacity.max(1), rate as f64 / self.period_secs as f64)
     }
+}
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers) of a bucket: its size as the
+/// quota `q` and the seconds it takes to refill as the window `w`.
+pub fn rate_limit_policy_header(name: &str, capacity: u64, rate: f64) -> http::HeaderValue {
+    let window = if rate > 0.0 {
+        ((capacity as f64 / rate).ceil() as u64).max(1)
+    } else {
+        1
+    };
+    http::HeaderValue::from_str(&format!("\"{name}\";q={capacity};w={window}"))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("\"quota\""))
 }
 
 /// Every quota of a policy.
@@ -326,7 +340,14 @@ pub(crate) fn compile_quotas(
                 RatePeriod::Hour => 3600,
             },
             burst: r.burst.unwrap_or(r.requests),
+            policy_header: http::HeaderValue::from_static(""),
         });
+        let rl = out.rate_limits.last_mut().expect("just pushed");
+        let (capacity, rate) = (
+            rl.burst.max(1),
+            rl.common.limit as f64 / rl.period_secs as f64,
+        );
+        rl.policy_header = rate_limit_policy_header(&rl.common.name, capacity, rate);
     }
     if errs.is_empty() { Ok(out) } else { Err(errs) }
 }

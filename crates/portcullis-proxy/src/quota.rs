@@ -320,6 +320,8 @@ struct Slice {
     admitted: IntCounter,
     remaining_gauge: IntGauge,
     limit_gauge: IntGauge,
+    /// `portcullis_quota_tokens_total` by type: reserved, used, returned, over.
+    tokens: [IntCounter; 4],
 }
 
 type Slices = HashMap<Arc<str>, HashMap<Arc<str>, Slice>>;
@@ -435,6 +437,13 @@ impl QuotaClient {
                     ]),
                     remaining_gauge: self.metrics.remaining.with_label_values(&labels),
                     limit_gauge: self.metrics.limit.with_label_values(&labels),
+                    tokens: ["reserved", "used", "returned", "over"].map(|t| {
+                        self.metrics.tokens.with_label_values(&[
+                            &*r.quota.policy,
+                            &*r.quota.name,
+                            t,
+                        ])
+                    }),
                 },
             );
         }
@@ -589,10 +598,7 @@ impl QuotaClient {
         s.available -= n;
         if r.kind == "budget" {
             s.in_flight += n;
-            self.metrics
-                .tokens
-                .with_label_values(&[&r.quota.policy, &r.quota.name, "reserved"])
-                .inc_by(n);
+            s.tokens[0].inc_by(n);
         }
         let remaining = s.ledger_remaining + s.available;
         s.remaining_gauge.set(saturate(remaining));
@@ -623,16 +629,16 @@ impl QuotaClient {
 
     /// Settles a budget reservation with what the call used.
     pub fn settle(&self, t: Ticket, used: u64, policy: &str, quota: &str) {
-        let tokens = &self.metrics.tokens;
-        tokens
-            .with_label_values(&[policy, quota, "used"])
-            .inc_by(used);
         let mut slices = self.slices.lock().unwrap_or_else(|e| e.into_inner());
         let Some(s) = slices
             .get_mut(&*t.quota)
             .and_then(|m| m.get_mut(&*t.consumer))
             .filter(|s| s.window == t.window)
         else {
+            self.metrics
+                .tokens
+                .with_label_values(&[policy, quota, "used"])
+                .inc_by(used);
             // The window is over: only use beyond what was leased matters, for the record.
             let leased = t.reserved - t.offline;
             if used > leased {
@@ -645,9 +651,8 @@ impl QuotaClient {
         let used_slice = used.min(from_slice);
         let beyond = used - used_slice;
         s.available += from_slice - used_slice;
-        tokens
-            .with_label_values(&[policy, quota, "returned"])
-            .inc_by(from_slice - used_slice);
+        s.tokens[1].inc_by(used);
+        s.tokens[2].inc_by(from_slice - used_slice);
         if t.offline > 0 {
             // The local allowance counts what was used on it, not what was reserved.
             s.offline_used = s.offline_used.saturating_sub(t.offline) + beyond;
@@ -658,9 +663,7 @@ impl QuotaClient {
             s.pending_over += beyond - from_refunds;
         }
         if beyond > 0 {
-            tokens
-                .with_label_values(&[policy, quota, "over"])
-                .inc_by(beyond);
+            s.tokens[3].inc_by(beyond);
         }
         if s.pending_over > 0 {
             let slot = t.slot();

@@ -20,14 +20,11 @@ pub(crate) type QuotaHeaders = Vec<(HeaderName, HeaderValue)>;
 pub(crate) fn ratelimit_headers(
     out: &mut QuotaHeaders,
     name: &str,
-    quota: u64,
-    window: u64,
+    policy: HeaderValue,
     remaining: u64,
     reset: u64,
 ) {
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";q={quota};w={}", window.max(1))) {
-        out.push((HeaderName::from_static("ratelimit-policy"), v));
-    }
+    out.push((HeaderName::from_static("ratelimit-policy"), policy));
     if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";r={remaining};t={reset}")) {
         out.push((HeaderName::from_static("ratelimit"), v));
     }
@@ -102,7 +99,11 @@ impl Pipeline {
                 ));
             };
             let (capacity, rate) = rl.bucket_for(consumer);
-            let window = (capacity as f64 / rate).ceil() as u64;
+            let policy = if q.limit_for(consumer) == q.limit {
+                rl.policy_header.clone()
+            } else {
+                portcullis_policy::quota::rate_limit_policy_header(&q.name, capacity, rate)
+            };
             let admitted = self
                 .quota
                 .reserve(Reserve {
@@ -118,22 +119,14 @@ impl Pipeline {
                 })
                 .await;
             match admitted {
-                Ok(t) => ratelimit_headers(
-                    &mut headers,
-                    &q.name,
-                    capacity,
-                    window,
-                    t.remaining,
-                    t.reset_in,
-                ),
+                Ok(t) => ratelimit_headers(&mut headers, &q.name, policy, t.remaining, t.reset_in),
                 Err(refusal) => {
                     let (_, reason) = refusal_status(&refusal);
                     log.reason = reason;
                     ratelimit_headers(
                         &mut headers,
                         &q.name,
-                        capacity,
-                        window,
+                        policy,
                         refusal.remaining,
                         refusal.retry_after,
                     );
@@ -175,7 +168,9 @@ mod tests {
     #[test]
     fn ratelimit_headers_follow_the_httpapi_draft() {
         let mut h = QuotaHeaders::new();
-        ratelimit_headers(&mut h, "per-client", 100, 60, 42, 7);
+        let policy =
+            portcullis_policy::quota::rate_limit_policy_header("per-client", 100, 100.0 / 60.0);
+        ratelimit_headers(&mut h, "per-client", policy, 42, 7);
         assert_eq!(h[0].0, "ratelimit-policy");
         assert_eq!(h[0].1, "\"per-client\";q=100;w=60");
         assert_eq!(h[1].1, "\"per-client\";r=42;t=7");
