@@ -295,6 +295,8 @@ impl Ticket {
 }
 
 struct Slice {
+    /// The consumer, shared with the map key and the tickets.
+    consumer: Arc<str>,
     window: i64,
     /// Leased and not reserved.
     available: u64,
@@ -324,7 +326,10 @@ struct Slice {
     tokens: [IntCounter; 4],
 }
 
-type Slices = HashMap<Arc<str>, HashMap<Arc<str>, Slice>>;
+/// Fast, DoS-resistant hashing (foldhash, seeded per process): slots are looked up on
+/// every admitted call.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Slices = Map<Arc<str>, Map<Arc<str>, Slice>>;
 
 /// Admission and settlement against leased slices.
 pub struct QuotaClient {
@@ -395,17 +400,15 @@ impl QuotaClient {
     /// The slice of `r`'s slot, made (or renewed for a new window) when needed.
     fn slice<'s>(&self, slices: &'s mut Slices, r: &Reserve<'_>, end: i64) -> &'s mut Slice {
         if !slices.contains_key(&*r.quota.id) {
-            slices.insert(r.quota.id.clone(), HashMap::new());
+            slices.insert(r.quota.id.clone(), Map::default());
         }
         let by_consumer = slices.get_mut(&*r.quota.id).expect("just inserted");
+        // Absent, or of an old window (what was held of it is void in the new one).
         if by_consumer
             .get(r.consumer)
-            .is_some_and(|s| s.window != r.window)
+            .is_none_or(|s| s.window != r.window)
         {
-            // A new window: what was held of the old one is void there.
-            by_consumer.remove(r.consumer);
-        }
-        if !by_consumer.contains_key(r.consumer) {
+            let consumer: Arc<str> = r.consumer.into();
             let label = r.labels.label(r.consumer);
             let labels = [&*r.quota.policy, &*r.quota.name, &*label];
             let refill_secs = match r.shape {
@@ -413,8 +416,9 @@ impl QuotaClient {
                 _ => 0.0,
             };
             by_consumer.insert(
-                r.consumer.into(),
+                consumer.clone(),
                 Slice {
+                    consumer,
                     window: r.window,
                     available: 0,
                     ledger_remaining: r.limit,
@@ -466,7 +470,7 @@ impl QuotaClient {
             s.limit = r.limit;
             s.last_use = Instant::now();
             if s.available >= r.max {
-                return Ok(self.take(&r, &mut slices, end, now));
+                return Ok(self.take(&r, s, end, now));
             }
             (
                 r.min.saturating_sub(s.available),
@@ -493,7 +497,7 @@ impl QuotaClient {
                 .with_label_values(&["unreachable"])
                 .inc();
             if s.available >= r.min {
-                return Ok(self.take(&r, &mut slices, end, now));
+                return Ok(self.take(&r, s, end, now));
             }
             if let FailMode::Open { allowance } = r.quota.fail {
                 if s.offline_since
@@ -523,10 +527,7 @@ impl QuotaClient {
                     self.count(&r, "local_allowance");
                     return Ok(Ticket {
                         quota: r.quota.id.clone(),
-                        consumer: slices[&*r.quota.id]
-                            .get_key_value(r.consumer)
-                            .map(|(k, _)| k.clone())
-                            .unwrap_or_else(|| r.consumer.into()),
+                        consumer: s.consumer.clone(),
                         window: r.window,
                         reserved: from_slice + off,
                         offline: off,
@@ -566,7 +567,7 @@ impl QuotaClient {
             s.last_lease = Some(now_i);
         }
         if s.available >= r.min {
-            return Ok(self.take(&r, &mut slices, end, now));
+            return Ok(self.take(&r, s, end, now));
         }
         let remaining = s.ledger_remaining + s.available;
         s.remaining_gauge.set(saturate(remaining));
@@ -587,13 +588,7 @@ impl QuotaClient {
     }
 
     /// Takes what `r` may have of its slice (which holds at least `r.min`).
-    fn take(&self, r: &Reserve<'_>, slices: &mut Slices, end: i64, now: f64) -> Ticket {
-        let by_consumer = slices.get_mut(&*r.quota.id).expect("the slice exists");
-        let consumer = by_consumer
-            .get_key_value(r.consumer)
-            .map(|(k, _)| k.clone())
-            .expect("the slice exists");
-        let s = by_consumer.get_mut(r.consumer).expect("the slice exists");
+    fn take(&self, r: &Reserve<'_>, s: &mut Slice, end: i64, now: f64) -> Ticket {
         let n = s.available.min(r.max);
         s.available -= n;
         if r.kind == "budget" {
@@ -606,7 +601,7 @@ impl QuotaClient {
         s.admitted.inc();
         Ticket {
             quota: r.quota.id.clone(),
-            consumer,
+            consumer: s.consumer.clone(),
             window: r.window,
             reserved: n,
             offline: 0,
