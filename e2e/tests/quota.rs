@@ -268,7 +268,10 @@ fn budgets_hold_across_proxies_and_a_leader_failover() {
     let _proxies: Vec<Proc> = (0..3).map(|i| proxy(i, &token_file)).collect();
     apply(&manifests(stub_port, echo_port));
 
-    let racer = mint("racer", "model:*");
+    // A subject of this run's own: the ledger of an earlier run on the same control plane
+    // (same day) is restored by design.
+    let subject = format!("racer-{}", std::process::id());
+    let racer = mint(&subject, "model:*");
     let auth = format!("Bearer {racer}");
     wait_until(
         "every proxy serves the LLM route",
@@ -405,7 +408,10 @@ fn budgets_hold_across_proxies_and_a_leader_failover() {
         "-o",
         "jsonpath={.data.ledger\\.json}",
     ]);
-    assert!(ledger.contains("\"consumer\":\"racer\""), "{ledger}");
+    assert!(
+        ledger.contains(&format!("\"consumer\":\"{subject}\"")),
+        "{ledger}"
+    );
     wait_until(
         "budget use in the TokenPolicy's status",
         Duration::from_secs(30),
@@ -417,8 +423,10 @@ fn budgets_hold_across_proxies_and_a_leader_failover() {
                 "-n",
                 NS,
                 "-o",
-                "jsonpath={.status.budgets[0].top[0].consumer}",
-            ]) == "racer"
+                "jsonpath={.status.budgets[0].top[*].consumer}",
+            ])
+            .split_whitespace()
+            .any(|c| c == subject)
         },
     );
 
