@@ -220,6 +220,7 @@ async fn stream(
     let proxy_auth = req.headers().get(header::AUTHORIZATION).cloned();
     let incoming = req.into_body();
     let grants = tx.clone();
+    let (reconnect, mut reconnect_rx) = watch::channel(false);
 
     // What carried each version to this proxy (full, delta, revocation), for the
     // push-latency label; filled by the sender, read when the ack comes back.
@@ -263,12 +264,21 @@ async fn stream(
                             debug!("refetch request with an oversized URL ignored")
                         }
                         Ok(ProxyMessage::Lease { id, ask }) => {
-                            let (quota, grants, auth) =
-                                (state.quota.clone(), grants.clone(), proxy_auth.clone());
+                            let (quota, grants, auth, reconnect) = (
+                                state.quota.clone(),
+                                grants.clone(),
+                                proxy_auth.clone(),
+                                reconnect.clone(),
+                            );
                             tokio::spawn(async move {
-                                let grant = quota.lease(ask, auth).await;
+                                let (grant, refused) = quota.lease(ask, auth).await;
                                 let _ =
                                     grants.send(line(&ServerMessage::Grant { id, grant })).await;
+                                if refused {
+                                    // Its token expired under the open stream: end the
+                                    // stream, the proxy reconnects with its current one.
+                                    reconnect.send_replace(true);
+                                }
                             });
                         }
                         Ok(ProxyMessage::Release(r)) => {
@@ -339,6 +349,10 @@ async fn stream(
                 }
                 _ = tx.closed() => break,
                 _ = shutdown.changed() => break,
+                _ = reconnect_rx.changed() => {
+                    info!(proxy = %proxy_name, "the leader refused this proxy's credentials: ending its stream");
+                    break;
+                }
             }
         }
         ack_task.abort();

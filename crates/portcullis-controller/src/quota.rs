@@ -118,6 +118,15 @@ impl CheckpointStore for ConfigMapStore {
 /// Where the current leader's push endpoint is, if known.
 pub type LeaderUrl = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
+/// Why a relay failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RelayFailure {
+    /// No leader known, or it did not answer.
+    Unreachable,
+    /// The leader refused the proxy's credentials (401/403).
+    CredentialsRefused,
+}
+
 /// A relayed message.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -203,25 +212,29 @@ impl QuotaService {
         self.store.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Answers a proxy's lease: from the ledger when leading, relayed otherwise.
-    pub async fn lease(&self, ask: LeaseAsk, auth: Option<HeaderValue>) -> Grant {
+    /// Answers a proxy's lease: from the ledger when leading, relayed otherwise. The
+    /// flag says the leader refused the proxy's credentials (a projected token that
+    /// expired while its stream stayed open): the stream should end so that the proxy
+    /// reconnects with the token it holds now.
+    pub async fn lease(&self, ask: LeaseAsk, auth: Option<HeaderValue>) -> (Grant, bool) {
         self.metrics
             .quota_messages
             .with_label_values(&["lease"])
             .inc();
-        let g = match self.leading() {
-            Some(true) => self.lease_here(&ask).await,
-            Some(false) => self
-                .relay(Relayed::Lease(ask), auth)
-                .await
-                .unwrap_or_else(unavailable),
-            None => unavailable(),
+        let answer = match self.leading() {
+            Some(true) => (self.lease_here(&ask).await, false),
+            Some(false) => match self.relay(Relayed::Lease(ask), auth).await {
+                Ok(g) => (g, false),
+                Err(RelayFailure::CredentialsRefused) => (unavailable(), true),
+                Err(RelayFailure::Unreachable) => (unavailable(), false),
+            },
+            None => (unavailable(), false),
         };
         self.metrics
             .quota_messages
             .with_label_values(&["grant"])
             .inc();
-        g
+        answer
     }
 
     /// Takes back a proxy's release.
@@ -232,7 +245,7 @@ impl QuotaService {
             .inc();
         match self.leading() {
             Some(true) => self.release_here(&r).await,
-            Some(false) if self.relay(Relayed::Release(r), auth).await.is_none() => {
+            Some(false) if self.relay(Relayed::Release(r), auth).await.is_err() => {
                 warn!(
                     "a quota release could not be relayed to the leader; its slice stays counted as used"
                 );
@@ -309,40 +322,48 @@ impl QuotaService {
         ok
     }
 
-    async fn relay(&self, msg: Relayed, auth: Option<HeaderValue>) -> Option<Grant> {
+    async fn relay(&self, msg: Relayed, auth: Option<HeaderValue>) -> Result<Grant, RelayFailure> {
+        use RelayFailure::Unreachable;
         let url = {
             let g = self.leader.lock().unwrap_or_else(|e| e.into_inner());
-            g.as_ref().and_then(|(_, url)| url())?
+            g.as_ref().and_then(|(_, url)| url()).ok_or(Unreachable)?
         };
         self.metrics
             .quota_messages
             .with_label_values(&["relayed"])
             .inc();
         let is_lease = matches!(msg, Relayed::Lease(_));
-        let body = serde_json::to_vec(&msg).ok()?;
+        let body = serde_json::to_vec(&msg).map_err(|_| Unreachable)?;
         let mut req = Request::post(format!("{}{QUOTA_PATH}", url.trim_end_matches('/')))
             .header(header::CONTENT_TYPE, "application/json");
         if let Some(a) = auth {
             req = req.header(header::AUTHORIZATION, a);
         }
-        let req = req.body(Full::new(Bytes::from(body))).ok()?;
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|_| Unreachable)?;
         let resp = tokio::time::timeout(Duration::from_secs(2), self.http.request(req))
             .await
-            .ok()?
-            .ok()?;
-        if !resp.status().is_success() {
-            warn!(status = %resp.status(), "the leader refused a relayed quota message");
-            return None;
+            .map_err(|_| Unreachable)?
+            .map_err(|_| Unreachable)?;
+        let status = resp.status();
+        if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
+            warn!(%status, "the leader refused the proxy's credentials on a relayed quota message");
+            return Err(RelayFailure::CredentialsRefused);
+        }
+        if !status.is_success() {
+            warn!(%status, "the leader refused a relayed quota message");
+            return Err(Unreachable);
         }
         let bytes = tokio::time::timeout(Duration::from_secs(2), resp.into_body().collect())
             .await
-            .ok()?
-            .ok()?
+            .map_err(|_| Unreachable)?
+            .map_err(|_| Unreachable)?
             .to_bytes();
         if !is_lease {
-            return Some(unavailable());
+            return Ok(unavailable());
         }
-        serde_json::from_slice(&bytes).ok()
+        serde_json::from_slice(&bytes).map_err(|_| Unreachable)
     }
 
     /// Budget use for the status of the policy `namespace/name`.
@@ -525,7 +546,7 @@ mod tests {
         let (a, _a_lead) = leader(store.clone()).await;
         let mut granted = 0;
         for _ in 0..5 {
-            granted += a.lease(ask(100), None).await.granted;
+            granted += a.lease(ask(100), None).await.0.granted;
         }
         assert_eq!(granted, 500);
         let saved: u64 = store.saved.lock().unwrap()[0].high_water;
@@ -534,7 +555,7 @@ mod tests {
         let (b, _b_lead) = leader(store.clone()).await;
         let mut after = 0;
         loop {
-            let g = b.lease(ask(100), None).await;
+            let (g, _) = b.lease(ask(100), None).await;
             assert!(!g.unavailable);
             if g.granted == 0 {
                 break;
@@ -554,17 +575,47 @@ mod tests {
         let store = Arc::new(MemStore::default());
         let (a, _lead) = leader(store.clone()).await;
         store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
-        let g = a.lease(ask(100), None).await;
+        let (g, _) = a.lease(ask(100), None).await;
         assert!(g.unavailable && g.granted == 0, "{g:?}");
+    }
+
+    /// A proxy's projected token can expire while its stream stays open; the leader then
+    /// refuses the relayed lease. The replica says so, and its stream ends so that the
+    /// proxy reconnects with the token it holds now.
+    #[tokio::test]
+    async fn a_relay_refused_for_credentials_asks_the_proxy_to_reconnect() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let leader = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", leader.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = leader.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let svc = QuotaService::new(Metrics::new());
+        let (_tx, rx) = watch::channel(false);
+        svc.attach(
+            rx,
+            Arc::new(move || Some(url.clone())),
+            Arc::new(MemStore::default()),
+        );
+        let (g, reconnect) = svc
+            .lease(ask(1), Some(HeaderValue::from_static("Bearer expired")))
+            .await;
+        assert!(g.unavailable && reconnect);
     }
 
     #[tokio::test]
     async fn a_replica_without_a_leader_to_relay_to_is_unavailable() {
         let svc = QuotaService::new(Metrics::new());
-        assert!(svc.lease(ask(1), None).await.unavailable);
+        assert!(svc.lease(ask(1), None).await.0.unavailable);
         let (_tx, rx) = watch::channel(false);
         svc.attach(rx, Arc::new(|| None), Arc::new(MemStore::default()));
-        assert!(svc.lease(ask(1), None).await.unavailable);
+        assert!(svc.lease(ask(1), None).await.0.unavailable);
         assert!(
             svc.relayed(Relayed::Lease(ask(1)))
                 .await
