@@ -87,6 +87,12 @@ impl Pipeline {
         let Some(quotas) = allow.route.quotas.as_deref() else {
             return Ok(headers);
         };
+        if allow.principal.is_none() {
+            // A public (`auth: none`) rule: no caller to count, and the route's owner
+            // asked for no credential. Refusing it would take public endpoints (health
+            // checks) down with the policy's limits.
+            return Ok(headers);
+        }
         for rl in &quotas.rate_limits {
             let q = &rl.common;
             let Some(consumer) = q.identity(allow.principal.as_deref()) else {
