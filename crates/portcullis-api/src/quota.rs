@@ -147,7 +147,8 @@ pub enum RatePeriod {
 }
 
 /// A request rate limit per consumer on every route that uses this policy, whatever the
-/// credential (JWT, introspected token, API key): a token bucket that refills at
+/// credential (JWT, introspected token, API key; `auth: none` rules have no caller to count
+/// and are not limited): a token bucket that refills at
 /// `requests` per `period` and holds at most `burst`. Over the limit: 429 with
 /// `Retry-After`, `RateLimit` and `RateLimit-Policy` headers.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
