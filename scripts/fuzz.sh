@@ -34,7 +34,7 @@ CACHE=${PORTCULLIS_FUZZ_CACHE:-$HOME/.cache/portcullis-fuzz}
 TARGET_DIR=target/fuzz
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 BIN_DIR=$TARGET_DIR/$TRIPLE/release
-ALL_TARGETS=(path bearer jwt jwks route manifest push_frame)
+ALL_TARGETS=(path bearer jwt jwks route manifest push_frame quota_ledger)
 export PATH="$CACHE/bin:$PATH"
 export RUSTC_BOOTSTRAP=1
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
@@ -69,7 +69,7 @@ dict_for() {
   case "$1" in
     path|route) echo "-dict=fuzz/dicts/path.dict" ;;
     jwt|bearer) echo "-dict=fuzz/dicts/jwt.dict" ;;
-    jwks|push_frame|manifest) echo "-dict=fuzz/dicts/json.dict" ;;
+    jwks|push_frame|manifest|quota_ledger) echo "-dict=fuzz/dicts/json.dict" ;;
   esac
 }
 
@@ -81,7 +81,7 @@ smoke_runs() {
   local n
   case "$1" in
     path) n=600000 ;; bearer) n=4000000 ;; jwt) n=50000 ;; jwks) n=300000 ;;
-    route) n=500000 ;; manifest) n=30000 ;; push_frame) n=150000 ;; *) n=100000 ;;
+    route) n=500000 ;; manifest) n=30000 ;; push_frame) n=150000 ;; quota_ledger) n=200000 ;; *) n=100000 ;;
   esac
   awk -v n="$n" -v s="${FUZZ_SMOKE_SCALE:-1}" 'BEGIN { printf "%.0f", n * s }'
 }

@@ -466,5 +466,41 @@ fn main() {
     t.add("heartbeat", &heartbeat);
     t.add("partial-line", &full[..full.len() / 2]);
 
+    // === quota_ledger ===
+    let mut t = corpus.target("quota_ledger");
+    let lease = |id: u64, consumer: &str, shape: &str, limit: u64, need: u64, want: u64| {
+        format!(
+            "{{\"type\":\"lease\",\"id\":{id},\"quota\":\"shop/llm/daily\",\"consumer\":\"{consumer}\",\"window\":1799990000,{shape},\"limit\":{limit},\"need\":{need},\"want\":{want}}}\n"
+        )
+    };
+    let budget = "\"kind\":\"budget\",\"end\":1800086400";
+    let bucket = "\"kind\":\"bucket\",\"rate\":10.0";
+    let release = |consumer: &str, unused: u64, over: u64| {
+        format!(
+            "{{\"type\":\"release\",\"quota\":\"shop/llm/daily\",\"consumer\":\"{consumer}\",\"window\":1799990000,\"unused\":{unused},\"over\":{over},\"end\":1800086400,\"limit\":1000}}\n"
+        )
+    };
+    let mut race = String::new();
+    for i in 0..12 {
+        race.push_str(&lease(i, "alice", budget, 1000, 60, 200));
+        if i % 3 == 2 {
+            race.push_str(&release("alice", 50, 0));
+        }
+    }
+    t.add("budget-race", &race);
+    t.add(
+        "bucket",
+        [lease(1, "bob", bucket, 20, 1, 15), lease(2, "bob", bucket, 20, 1, 15)].concat(),
+    );
+    t.add(
+        "extremes",
+        [
+            lease(1, "x", budget, u64::MAX, u64::MAX, u64::MAX),
+            lease(2, "x", budget, u64::MAX, 1, u64::MAX),
+            release("x", u64::MAX, u64::MAX),
+        ]
+        .concat(),
+    );
+
     println!("seeds written under {}", corpus.root.display());
 }

@@ -71,6 +71,8 @@ impl Proxy {
                 Outcome::Ack(version)
             }
             ServerMessage::Heartbeat { .. } => Outcome::Nothing,
+            // A quota grant changes no config; the proxy hands it to the waiting lease.
+            ServerMessage::Grant { .. } => Outcome::Nothing,
         }
     }
 

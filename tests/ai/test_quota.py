@@ -215,3 +215,17 @@ def test_n_choices_reserve_max_tokens_each(gw):
     with pytest.raises(openai.BadRequestError):
         client(gw, "budget-n0").chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=5, n=0)
+
+
+def test_a_huge_max_tokens_is_refused_not_wrapped_around(gw, stub):
+    """max_tokens of 2**64-1 (the largest integer the gateway reads) must reserve more than
+    any budget holds, never wrap around to a small reservation."""
+    token = gw.mint("budget-huge", ["model:*"])
+    stub.reset()
+    for field in ("max_tokens", "max_completion_tokens"):
+        status, headers, body = gw.post("/v1/chat/completions",
+                                        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
+                                         field: 2**64 - 1},
+                                        host=BUDGET_HOST, token=token)
+        assert status == 429, body
+    assert not stub.requests()

@@ -133,7 +133,10 @@ impl Ledger {
                 QuotaShape::Budget { end },
             ) => {
                 *l = limit;
-                *e2 = end;
+                // Never shortened: an ask with an earlier end (a proxy on an older config,
+                // or a confused one) must not get the slot pruned, and its use forgotten,
+                // before the window really ends. Found by the quota_ledger fuzz target.
+                *e2 = (*e2).max(end);
             }
             (
                 Entry::Bucket {
@@ -191,10 +194,10 @@ impl Ledger {
                     });
                 }
                 let granted = want.min(left);
-                if durable && *used + granted > *high_water {
+                if durable && used.saturating_add(granted) > *high_water {
                     return Leased::NeedsCheckpoint;
                 }
-                *used += granted;
+                *used = used.saturating_add(granted);
                 Leased::Grant(Grant {
                     granted,
                     remaining: limit.saturating_sub(*used),
@@ -220,7 +223,7 @@ impl Ledger {
                     return Leased::Grant(Grant {
                         granted: 0,
                         remaining: have,
-                        reset: now as i64 + wait as i64,
+                        reset: (now as i64).saturating_add(wait as i64),
                         unavailable: false,
                     });
                 }
@@ -235,7 +238,7 @@ impl Ledger {
                 Leased::Grant(Grant {
                     granted,
                     remaining: after,
-                    reset: now as i64 + full,
+                    reset: (now as i64).saturating_add(full),
                     unavailable: false,
                 })
             }
@@ -253,8 +256,11 @@ impl Ledger {
             ..
         } = self.entry(&ask.slot, ask.shape, ask.limit, now)
         {
-            let step = ask.want.max(ask.need) + *limit / HIGH_WATER_STEP_DIVISOR;
-            *high_water = (*used + step).min(*limit).max(*high_water);
+            let step = ask
+                .want
+                .max(ask.need)
+                .saturating_add(*limit / HIGH_WATER_STEP_DIVISOR);
+            *high_water = used.saturating_add(step).min(*limit).max(*high_water);
         }
     }
 
@@ -271,7 +277,9 @@ impl Ledger {
                 ..
             } = e
             {
-                let floor = (*used + *limit / HIGH_WATER_STEP_DIVISOR).min(*limit);
+                let floor = used
+                    .saturating_add(*limit / HIGH_WATER_STEP_DIVISOR)
+                    .min(*limit);
                 if *high_water > floor {
                     *high_water = floor.max(*used);
                 }
@@ -580,6 +588,21 @@ mod tests {
             1001.0,
         );
         assert_eq!(left.granted, 16_000 - 100 - 1_000);
+    }
+
+    /// Found by the quota_ledger fuzz target: an ask for the same slot with an end in the
+    /// past moved the slot's end, the slot was pruned, and its use was granted again.
+    #[test]
+    fn an_ask_with_an_earlier_end_does_not_forget_the_slot() {
+        let mut l = Ledger::new();
+        assert_eq!(grant(&mut l, &ask("a", 1000, 1000), 1000.0).granted, 1000);
+        let stale = LeaseAsk {
+            shape: QuotaShape::Budget { end: 500 },
+            ..ask("a", 1, 1)
+        };
+        assert_eq!(grant(&mut l, &stale, 1000.0).granted, 0);
+        l.prune(1000.0);
+        assert_eq!(grant(&mut l, &ask("a", 1, 1), 1000.0).granted, 0);
     }
 
     #[test]

@@ -474,7 +474,7 @@ impl QuotaClient {
             }
             (
                 r.min.saturating_sub(s.available),
-                r.max - s.available + s.size,
+                (r.max - s.available).saturating_add(s.size),
             )
         };
         let ask = LeaseAsk {
@@ -508,19 +508,19 @@ impl QuotaClient {
                     s.offline_since = None;
                 }
                 let room = allowance.saturating_sub(s.offline_used);
-                if s.available + room >= r.min {
+                if s.available.saturating_add(room) >= r.min {
                     let from_slice = s.available.min(r.max);
                     let off = (r.max - from_slice)
                         .min(room)
                         .max(r.min.saturating_sub(from_slice));
                     s.available -= from_slice;
-                    s.offline_used += off;
+                    s.offline_used = s.offline_used.saturating_add(off);
                     s.offline_since.get_or_insert_with(Instant::now);
                     if r.kind == "rate_limit" {
                         // Used at once: reported when the ledger is back.
-                        s.pending_over += off;
+                        s.pending_over = s.pending_over.saturating_add(off);
                     } else {
-                        s.in_flight += from_slice;
+                        s.in_flight = s.in_flight.saturating_add(from_slice);
                     }
                     let remaining = room - off;
                     let reset_in = reset_in(s.reset, now);
@@ -529,7 +529,7 @@ impl QuotaClient {
                         quota: r.quota.id.clone(),
                         consumer: s.consumer.clone(),
                         window: r.window,
-                        reserved: from_slice + off,
+                        reserved: from_slice.saturating_add(off),
                         offline: off,
                         end,
                         limit: r.limit,
@@ -554,13 +554,15 @@ impl QuotaClient {
             "granted"
         };
         self.metrics.leases.with_label_values(&[result]).inc();
-        s.available += g.granted;
+        s.available = s.available.saturating_add(g.granted);
         s.ledger_remaining = g.remaining;
         s.reset = g.reset;
         if g.granted > 0 {
             let now_i = Instant::now();
             s.size = match s.last_lease.map(|t| now_i.duration_since(t)) {
-                Some(d) if d < Duration::from_secs(1) => (s.size * 2).min((r.limit / 4).max(1)),
+                Some(d) if d < Duration::from_secs(1) => {
+                    s.size.saturating_mul(2).min((r.limit / 4).max(1))
+                }
                 Some(d) if d > Duration::from_secs(5) => (s.size / 2).max(1),
                 _ => s.size,
             };
@@ -569,7 +571,7 @@ impl QuotaClient {
         if s.available >= r.min {
             return Ok(self.take(&r, s, end, now));
         }
-        let remaining = s.ledger_remaining + s.available;
+        let remaining = s.ledger_remaining.saturating_add(s.available);
         s.remaining_gauge.set(saturate(remaining));
         let retry_after = if s.in_flight > 0 {
             // Calls still running here will give back what they do not use: worth
@@ -592,10 +594,10 @@ impl QuotaClient {
         let n = s.available.min(r.max);
         s.available -= n;
         if r.kind == "budget" {
-            s.in_flight += n;
+            s.in_flight = s.in_flight.saturating_add(n);
             s.tokens[0].inc_by(n);
         }
-        let remaining = s.ledger_remaining + s.available;
+        let remaining = s.ledger_remaining.saturating_add(s.available);
         s.remaining_gauge.set(saturate(remaining));
         s.limit_gauge.set(saturate(r.limit));
         s.admitted.inc();
@@ -645,17 +647,20 @@ impl QuotaClient {
         s.in_flight = s.in_flight.saturating_sub(from_slice);
         let used_slice = used.min(from_slice);
         let beyond = used - used_slice;
-        s.available += from_slice - used_slice;
+        s.available = s.available.saturating_add(from_slice - used_slice);
         s.tokens[1].inc_by(used);
         s.tokens[2].inc_by(from_slice - used_slice);
         if t.offline > 0 {
             // The local allowance counts what was used on it, not what was reserved.
-            s.offline_used = s.offline_used.saturating_sub(t.offline) + beyond;
-            s.pending_over += beyond;
+            s.offline_used = s
+                .offline_used
+                .saturating_sub(t.offline)
+                .saturating_add(beyond);
+            s.pending_over = s.pending_over.saturating_add(beyond);
         } else if beyond > 0 {
             let from_refunds = s.available.min(beyond);
             s.available -= from_refunds;
-            s.pending_over += beyond - from_refunds;
+            s.pending_over = s.pending_over.saturating_add(beyond - from_refunds);
         }
         if beyond > 0 {
             s.tokens[3].inc_by(beyond);
@@ -717,7 +722,7 @@ fn saturate(n: u64) -> i64 {
 }
 
 fn reset_in(reset: i64, now: f64) -> u64 {
-    (reset - now as i64).max(0) as u64
+    reset.saturating_sub(now as i64).max(0) as u64
 }
 
 #[cfg(test)]

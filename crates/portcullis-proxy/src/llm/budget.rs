@@ -146,8 +146,10 @@ pub(crate) async fn admit(
                 window: start,
                 shape: QuotaShape::Budget { end },
                 limit,
-                min: input + out_min,
-                max: input + out_max,
+                // Saturating: a client's max_tokens of u64::MAX must reserve everything,
+                // never wrap around to a small number.
+                min: input.saturating_add(out_min),
+                max: input.saturating_add(out_max),
             })
             .await;
         match reserved {
