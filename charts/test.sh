@@ -357,7 +357,7 @@ wait_for "the rate-limited key out of rotation on both proxies (portcullis_gen_a
 
 step "budgets and rate limits: a rate limit and an LLM token budget per subject, held across both proxies by leases from the controller"
 # Two copies of the quickstart policy: one with a rate limit (5 requests a minute per
-# subject) for an echo route, one with an LLM token budget (100 tokens a day per subject)
+# subject) for an echo route, one with an LLM token budget (1000 tokens a day per subject)
 # for an LLM route on the stub (its key that is not rate limited). The leader checkpoints
 # its ledger to the ConfigMap named by --quota-configmap, through the chart's Role.
 kc create namespace quota >/dev/null
@@ -368,7 +368,7 @@ kc apply -f "$work/quota.yaml" >/dev/null
 kc patch tokenpolicy limited -n quota --type merge \
   -p '{"spec":{"rateLimits":[{"name":"per-subject","key":"subject","requests":5,"period":"minute"}]}}' >/dev/null
 kc patch tokenpolicy budgeted -n quota --type merge \
-  -p '{"spec":{"llmBudgets":[{"name":"daily-tokens","key":"subject","tokens":100,"window":"day"}]}}' >/dev/null
+  -p '{"spec":{"llmBudgets":[{"name":"daily-tokens","key":"subject","tokens":1000,"window":"day"}]}}' >/dev/null
 kc apply -f - >/dev/null <<YML
 apiVersion: v1
 kind: Secret
@@ -412,10 +412,13 @@ refused=$(printf '%s\n' "${codes[@]}" | grep -c '^429$' || true)
 # One allowance for both proxies: at most the burst (5), plus one refill (every 12 s).
 [ "$admitted" -ge 1 ] && [ "$admitted" -le 6 ] && [ $((admitted + refused)) -eq ${#codes[@]} ] \
   || fail "rate limit of 5 a minute per subject, 16 requests over both proxies: ${codes[*]}"
+# 50 words echoed back cut at max_tokens 50: about 100 tokens a call, each reserving its
+# body's bytes (about 330) plus 50; so a few calls fit in 1000 tokens, then 429.
+words=$(seq -s ' ' 1 50)
 budget_chat() { # port
   curl -s -N -m 10 -o /dev/null -w '%{http_code}' -H "Host: quota-llm.test" -H "Authorization: Bearer $llm" \
     -H 'content-type: application/json' \
-    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi there"}],"max_tokens":8,"stream":false}' \
+    -d "{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"$words\"}],\"max_tokens\":50,\"stream\":false}" \
     "http://127.0.0.1:$1/v1/chat/completions" || true
 }
 llm_codes=()
@@ -424,7 +427,7 @@ for i in $(seq 0 39); do
   [ "$s" = 429 ] && break
 done
 [ "${llm_codes[0]}" = 200 ] && [ "${llm_codes[-1]}" = 429 ] \
-  || fail "a budget of 100 tokens a day per subject: expected 200s, then 429: ${llm_codes[*]}"
+  || fail "a budget of 1000 tokens a day per subject: expected 200s, then 429: ${llm_codes[*]}"
 quota_cm=$(printf '%s\n' "${cargs[@]}" | sed -n 's/^--quota-configmap=//p')
 [ -n "$quota_cm" ] || fail "the controller Deployment passes no --quota-configmap"
 wait_for "the quota ledger checkpointed to ConfigMap $ns/$quota_cm (configmaps RBAC)" 60 \
