@@ -312,6 +312,12 @@ def manifests(api_base: str, limited_base: str) -> str:
     m = re.search(r'^\s*"n":\s*(\S+)\s*$', QUICKSTART_POLICY.read_text(), re.M)
     assert m, "no RSA modulus in examples/quickstart/policy.yaml"
     modulus = m.group(1)
+    # The quickstart's DEV-ONLY issuer, for the budget and rate-limit policies.
+    issuers = (
+        "  issuers:\n    - issuer: https://issuer.portcullis.local\n      audiences: [quickstart]\n"
+        "      algorithms: [RS256]\n      jwks:\n        inline:\n          keys:\n"
+        f'            - {{kty: RSA, kid: dev-1, alg: RS256, use: sig, "n": {modulus}, e: AQAB}}\n'
+    )
     credentials = """
       credentials:
         - secretRef: {name: llm-keys, key: primary}
@@ -345,15 +351,7 @@ apiVersion: portcullis.dev/v1alpha1
 kind: TokenPolicy
 metadata: {{name: budget-tokens, namespace: default}}
 spec:
-  issuers:
-    - issuer: https://issuer.portcullis.local
-      audiences: [quickstart]
-      algorithms: [RS256]
-      jwks:
-        inline:
-          keys:
-            - {{kty: RSA, kid: dev-1, alg: RS256, use: sig, "n": {modulus}, e: AQAB}}
-  llmBudgets:
+{issuers}  llmBudgets:
     - name: daily
       key: subject
       tokens: {BUDGET_TOKENS}
@@ -378,15 +376,7 @@ apiVersion: portcullis.dev/v1alpha1
 kind: TokenPolicy
 metadata: {{name: rate-tokens, namespace: default}}
 spec:
-  issuers:
-    - issuer: https://issuer.portcullis.local
-      audiences: [quickstart]
-      algorithms: [RS256]
-      jwks:
-        inline:
-          keys:
-            - {{kty: RSA, kid: dev-1, alg: RS256, use: sig, "n": {modulus}, e: AQAB}}
-  rateLimits:
+{issuers}  rateLimits:
     - name: per-subject
       key: subject
       requests: 1

@@ -37,6 +37,25 @@ enum Entry {
     },
 }
 
+impl Entry {
+    fn fresh(shape: QuotaShape, limit: u64, now: f64) -> Self {
+        match shape {
+            QuotaShape::Budget { end } => Entry::Budget {
+                limit,
+                end,
+                used: 0,
+                high_water: 0,
+            },
+            QuotaShape::Bucket { rate } => Entry::Bucket {
+                limit,
+                rate,
+                level: limit as f64,
+                at: now,
+            },
+        }
+    }
+}
+
 /// The answer to a lease.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Leased {
@@ -106,24 +125,21 @@ impl Ledger {
         self.entries.is_empty()
     }
 
-    fn entry(&mut self, slot: &QuotaSlot, shape: QuotaShape, limit: u64, now: f64) -> &mut Entry {
+    /// The slot's entry, made when new and updated to the newest allowance. `None` when
+    /// the slot is held as the other kind (a budget asked for as a bucket, or the reverse):
+    /// only a confused or hostile proxy does that, and starting afresh would forget what
+    /// the slot used.
+    fn entry(
+        &mut self,
+        slot: &QuotaSlot,
+        shape: QuotaShape,
+        limit: u64,
+        now: f64,
+    ) -> Option<&mut Entry> {
         let e = self
             .entries
             .entry(slot.clone())
-            .or_insert_with(|| match shape {
-                QuotaShape::Budget { end } => Entry::Budget {
-                    limit,
-                    end,
-                    used: 0,
-                    high_water: 0,
-                },
-                QuotaShape::Bucket { rate } => Entry::Bucket {
-                    limit,
-                    rate,
-                    level: limit as f64,
-                    at: now,
-                },
-            });
+            .or_insert_with(|| Entry::fresh(shape, limit, now));
         // The allowance follows the newest config a proxy leases with.
         match (&mut *e, shape) {
             (
@@ -152,32 +168,24 @@ impl Ledger {
                 *r = rate;
                 *level = level.min(limit as f64);
             }
-            (e, shape) => {
-                // The quota changed kind under the same name: start it afresh.
-                *e = match shape {
-                    QuotaShape::Budget { end } => Entry::Budget {
-                        limit,
-                        end,
-                        used: 0,
-                        high_water: 0,
-                    },
-                    QuotaShape::Bucket { rate } => Entry::Bucket {
-                        limit,
-                        rate,
-                        level: limit as f64,
-                        at: now,
-                    },
-                };
-            }
+            _ => return None,
         }
-        e
+        Some(e)
     }
 
     /// Answers a lease at `now` (seconds since the epoch, fractional).
     pub fn lease(&mut self, ask: &LeaseAsk, now: f64) -> Leased {
         let durable = self.durable;
         let want = ask.want.max(ask.need);
-        match self.entry(&ask.slot, ask.shape, ask.limit, now) {
+        let Some(entry) = self.entry(&ask.slot, ask.shape, ask.limit, now) else {
+            return Leased::Grant(Grant {
+                granted: 0,
+                remaining: 0,
+                reset: now as i64 + 1,
+                unavailable: false,
+            });
+        };
+        match entry {
             Entry::Budget {
                 limit,
                 end,
@@ -249,12 +257,12 @@ impl Ledger {
     /// some headroom) fits; then [`Ledger::checkpoint`] must be written before the ask
     /// is answered.
     pub fn raise_high_water(&mut self, ask: &LeaseAsk, now: f64) {
-        if let Entry::Budget {
+        if let Some(Entry::Budget {
             limit,
             used,
             high_water,
             ..
-        } = self.entry(&ask.slot, ask.shape, ask.limit, now)
+        }) = self.entry(&ask.slot, ask.shape, ask.limit, now)
         {
             let step = ask
                 .want
@@ -311,7 +319,8 @@ impl Ledger {
                 // Overuse reported for a slot not held (a new leader, a proxy that was cut
                 // off): kept, so the window's total stays true.
                 if let (Some(shape), true) = (shape, r.over > 0 && (now as i64) < r.end)
-                    && let Entry::Budget { used, .. } = self.entry(&r.slot, shape, r.limit, now)
+                    && let Some(Entry::Budget { used, .. }) =
+                        self.entry(&r.slot, shape, r.limit, now)
                 {
                     *used = used.saturating_add(r.over);
                 }
@@ -602,6 +611,20 @@ mod tests {
         };
         assert_eq!(grant(&mut l, &stale, 1000.0).granted, 0);
         l.prune(1000.0);
+        assert_eq!(grant(&mut l, &ask("a", 1, 1), 1000.0).granted, 0);
+    }
+
+    /// A slot asked for as the other kind is refused, never started afresh: that would
+    /// forget what the budget used.
+    #[test]
+    fn a_budget_slot_asked_for_as_a_bucket_is_refused_and_keeps_its_use() {
+        let mut l = Ledger::new();
+        assert_eq!(grant(&mut l, &ask("a", 1000, 1000), 1000.0).granted, 1000);
+        let bucket = LeaseAsk {
+            shape: QuotaShape::Bucket { rate: 1e9 },
+            ..ask("a", 1, 1000)
+        };
+        assert_eq!(grant(&mut l, &bucket, 1000.0).granted, 0);
         assert_eq!(grant(&mut l, &ask("a", 1, 1), 1000.0).granted, 0);
     }
 

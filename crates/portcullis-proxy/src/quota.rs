@@ -89,17 +89,7 @@ impl ControllerLeases {
     }
 
     fn send(&self, msg: &ProxyMessage) -> bool {
-        let Some(tx) = self
-            .outgoing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
-            return false;
-        };
-        let mut line = serde_json::to_vec(msg).unwrap_or_default();
-        line.push(b'\n');
-        tx.try_send(Bytes::from(line)).is_ok()
+        crate::subscriber::send_message(&self.outgoing, msg)
     }
 
     /// The controller's answer to lease `id`.

@@ -100,21 +100,27 @@ pub struct ControllerRefetch {
 
 impl crate::keywait::RefetchSink for ControllerRefetch {
     fn request(&self, url: &str) -> bool {
-        let Some(tx) = self
-            .outgoing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
-            return false;
-        };
-        let mut line = serde_json::to_vec(&ProxyMessage::Refetch {
-            url: url.to_owned(),
-        })
-        .unwrap_or_default();
-        line.push(b'\n');
-        tx.try_send(Bytes::from(line)).is_ok()
+        send_message(
+            &self.outgoing,
+            &ProxyMessage::Refetch {
+                url: url.to_owned(),
+            },
+        )
     }
+}
+
+/// Sends `msg` as one NDJSON line over the stream that is up, if any, without waiting:
+/// false when no stream is up or its queue is full.
+pub(crate) fn send_message(
+    outgoing: &std::sync::Mutex<Option<mpsc::Sender<Bytes>>>,
+    msg: &ProxyMessage,
+) -> bool {
+    let Some(tx) = outgoing.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        return false;
+    };
+    let mut line = serde_json::to_vec(msg).unwrap_or_default();
+    line.push(b'\n');
+    tx.try_send(Bytes::from(line)).is_ok()
 }
 
 impl Subscriber {
