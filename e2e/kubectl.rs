@@ -48,3 +48,39 @@ pub fn apply(yaml: &str) {
 pub fn namespace(ns: &str) {
     let _ = kubectl(&["create", "namespace", ns], None);
 }
+
+/// Applies the CRDs of `crds/` and waits until the API server serves them.
+pub fn install_crds() {
+    k(&["apply", "-f", crate::repo().join("crds").to_str().unwrap()]);
+    k(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/apiroutes.portcullis.dev",
+        "crd/tokenpolicies.portcullis.dev",
+    ]);
+}
+
+/// Makes ServiceAccount `sa` of `portcullis-system` (already there is fine) and writes a
+/// token of it with audience `portcullis`, valid an hour, to `dir/<sa>.token`.
+pub fn service_account_token(sa: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    namespace("portcullis-system");
+    let _ = kubectl(
+        &["create", "serviceaccount", sa, "-n", "portcullis-system"],
+        None,
+    );
+    let t = k(&[
+        "create",
+        "token",
+        sa,
+        "-n",
+        "portcullis-system",
+        "--audience",
+        "portcullis",
+        "--duration",
+        "1h",
+    ]);
+    let f = dir.join(format!("{sa}.token"));
+    std::fs::write(&f, t.trim()).unwrap();
+    f
+}

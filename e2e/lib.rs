@@ -94,6 +94,61 @@ impl Drop for Proc {
     }
 }
 
+/// Starts a controller replica `identity` (its log: `$TMPDIR/portcullis-e2e-IDENTITY.log`)
+/// serving config streams on `push` and metrics on `metrics`, leading through a Lease in
+/// `portcullis-system` (3 s), sending heartbeats every second, and letting the
+/// `portcullis-system/portcullis-proxy` ServiceAccount subscribe; `extra` adds flags.
+pub fn start_controller(identity: &str, push: u16, metrics: u16, extra: &[&str]) -> Proc {
+    let (listen, metrics_listen) = (format!("127.0.0.1:{push}"), format!("127.0.0.1:{metrics}"));
+    let mut args = vec![
+        "controller",
+        "--listen",
+        &listen,
+        "--metrics-listen",
+        &metrics_listen,
+        "--identity",
+        identity,
+        "--lease-namespace",
+        "portcullis-system",
+        "--lease-duration",
+        "3s",
+        "--heartbeat",
+        "1s",
+        "--allow-service-account",
+        "portcullis-system/portcullis-proxy",
+    ];
+    args.extend_from_slice(extra);
+    Proc::start(identity, &args)
+}
+
+/// Starts a proxy `name` subscribed to the controller on `controller` with the token in
+/// `token_file`, serving on `listen` and its admin port on `admin`; `extra` adds flags.
+pub fn start_proxy(
+    name: &str,
+    controller: u16,
+    token_file: &std::path::Path,
+    (listen, admin): (u16, u16),
+    extra: &[&str],
+) -> Proc {
+    let controller = format!("http://127.0.0.1:{controller}");
+    let (listen, admin) = (format!("127.0.0.1:{listen}"), format!("127.0.0.1:{admin}"));
+    let mut args = vec![
+        "proxy",
+        "--controller",
+        &controller,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--name",
+        name,
+        "--listen",
+        &listen,
+        "--admin",
+        &admin,
+    ];
+    args.extend_from_slice(extra);
+    Proc::start(name, &args)
+}
+
 /// One HTTP/1.1 request; returns the status code.
 pub fn status(port: u16, host: &str, path: &str, token: Option<&str>) -> u16 {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 // === helpers ===
 
-use portcullis_e2e::kubectl::{apply, k, kubectl, namespace};
+use portcullis_e2e::kubectl::{apply, install_crds, k, kubectl, namespace, service_account_token};
 use portcullis_e2e::oidc::{API, OidcProvider};
-use portcullis_e2e::{Proc, bin, free_port, http_get, pct, repo, status, wait_until};
+use portcullis_e2e::{
+    Proc, bin, free_port, http_get, pct, repo, start_controller, start_proxy, status, wait_until,
+};
 
 /// `kubectl patch KIND NAME -n NS --type TYPE -p BODY`.
 fn patch(kind: &str, name: &str, ns: &str, patch_type: &str, body: &str) {
@@ -101,37 +103,8 @@ fn portcullis_on_a_real_api_server() {
     std::fs::create_dir_all(&tmp).unwrap();
 
     // CRDs, the controllers' namespace, ServiceAccounts.
-    k(&["apply", "-f", repo().join("crds").to_str().unwrap()]);
-    k(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/apiroutes.portcullis.dev",
-        "crd/tokenpolicies.portcullis.dev",
-    ]);
-    namespace("portcullis-system");
-    for sa in ["portcullis-proxy", "intruder"] {
-        let _ = kubectl(
-            &["create", "serviceaccount", sa, "-n", "portcullis-system"],
-            None,
-        );
-    }
-    let token_file = |sa: &str| {
-        let t = k(&[
-            "create",
-            "token",
-            sa,
-            "-n",
-            "portcullis-system",
-            "--audience",
-            "portcullis",
-            "--duration",
-            "1h",
-        ]);
-        let f = tmp.join(format!("{sa}.token"));
-        std::fs::write(&f, t.trim()).unwrap();
-        f
-    };
+    install_crds();
+    let token_file = |sa: &str| service_account_token(sa, &tmp);
     let proxy_token = token_file("portcullis-proxy");
 
     // Upstream, two controllers, three proxies.
@@ -143,27 +116,11 @@ fn portcullis_on_a_real_api_server() {
     let c_ports = [free_port(), free_port()];
     let m_ports = [free_port(), free_port()];
     let controller = |i: usize| {
-        Proc::start(
+        start_controller(
             &format!("controller-{i}"),
-            &[
-                "controller",
-                "--listen",
-                &format!("127.0.0.1:{}", c_ports[i]),
-                "--metrics-listen",
-                &format!("127.0.0.1:{}", m_ports[i]),
-                "--identity",
-                &format!("controller-{i}"),
-                "--lease-namespace",
-                "portcullis-system",
-                "--lease-duration",
-                "3s",
-                "--prune-interval",
-                "1s",
-                "--heartbeat",
-                "1s",
-                "--allow-service-account",
-                "portcullis-system/portcullis-proxy",
-            ],
+            c_ports[i],
+            m_ports[i],
+            &["--prune-interval", "1s"],
         )
     };
     let mut controllers = vec![controller(0), controller(1)];
@@ -171,24 +128,19 @@ fn portcullis_on_a_real_api_server() {
     let a_ports = [free_port(), free_port(), free_port()];
     let state_file = tmp.join("proxy-2.state");
     let proxy = |i: usize, token: &Path| {
-        let mut args = vec![
-            "proxy".to_string(),
-            "--controller".into(),
-            format!("http://127.0.0.1:{}", c_ports[i.min(1)]),
-            "--token-file".into(),
-            token.to_str().unwrap().into(),
-            "--name".into(),
-            format!("proxy-{i}"),
-            "--listen".into(),
-            format!("127.0.0.1:{}", p_ports[i]),
-            "--admin".into(),
-            format!("127.0.0.1:{}", a_ports[i]),
-        ];
-        if i == 2 {
-            args.extend(["--state-file".into(), state_file.to_str().unwrap().into()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Proc::start(&format!("proxy-{i}"), &args)
+        let state = state_file.to_str().unwrap();
+        let extra: &[&str] = if i == 2 {
+            &["--state-file", state]
+        } else {
+            &[]
+        };
+        start_proxy(
+            &format!("proxy-{i}"),
+            c_ports[i.min(1)],
+            token,
+            (p_ports[i], a_ports[i]),
+            extra,
+        )
     };
     let mut proxies = [
         proxy(0, &proxy_token),

@@ -13,8 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use portcullis_e2e::kubectl::{apply, k, kubectl, namespace};
-use portcullis_e2e::{Proc, bin, free_port, http_get, metric, repo, request, status, wait_until};
+use portcullis_e2e::kubectl::{apply, install_crds, k, namespace, service_account_token};
+use portcullis_e2e::{
+    Proc, bin, free_port, http_get, metric, repo, request, start_controller, start_proxy, status,
+    wait_until,
+};
 
 const NS: &str = "quota-e2e";
 const LLM_HOST: &str = "llm.quota.test";
@@ -155,39 +158,9 @@ fn holder() -> String {
 fn budgets_hold_across_proxies_and_a_leader_failover() {
     let tmp = std::env::temp_dir().join(format!("portcullis-quota-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    k(&["apply", "-f", repo().join("crds").to_str().unwrap()]);
-    k(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/apiroutes.portcullis.dev",
-        "crd/tokenpolicies.portcullis.dev",
-    ]);
-    namespace("portcullis-system");
+    install_crds();
     namespace(NS);
-    let _ = kubectl(
-        &[
-            "create",
-            "serviceaccount",
-            "portcullis-proxy",
-            "-n",
-            "portcullis-system",
-        ],
-        None,
-    );
-    let token = k(&[
-        "create",
-        "token",
-        "portcullis-proxy",
-        "-n",
-        "portcullis-system",
-        "--audience",
-        "portcullis",
-        "--duration",
-        "1h",
-    ]);
-    let token_file = tmp.join("proxy.token");
-    std::fs::write(&token_file, token.trim()).unwrap();
+    let token_file = service_account_token("portcullis-proxy", &tmp);
 
     // The provider and a plain upstream.
     let stub_port = free_port();
@@ -217,28 +190,16 @@ fn budgets_hold_across_proxies_and_a_leader_failover() {
     let c_ports = [free_port(), free_port()];
     let m_ports = [free_port(), free_port()];
     let controller = |i: usize| {
-        Proc::start(
+        let advertise = format!("http://127.0.0.1:{}", c_ports[i]);
+        start_controller(
             &format!("quota-controller-{i}"),
+            c_ports[i],
+            m_ports[i],
             &[
-                "controller",
-                "--listen",
-                &format!("127.0.0.1:{}", c_ports[i]),
-                "--metrics-listen",
-                &format!("127.0.0.1:{}", m_ports[i]),
-                "--identity",
-                &format!("quota-controller-{i}"),
-                "--lease-namespace",
-                "portcullis-system",
                 "--lease-name",
                 LEASE,
-                "--lease-duration",
-                "3s",
-                "--heartbeat",
-                "1s",
-                "--allow-service-account",
-                "portcullis-system/portcullis-proxy",
                 "--advertise-url",
-                &format!("http://127.0.0.1:{}", c_ports[i]),
+                &advertise,
                 "--quota-configmap",
                 LEDGER,
             ],
@@ -248,21 +209,12 @@ fn budgets_hold_across_proxies_and_a_leader_failover() {
     let p_ports = [free_port(), free_port(), free_port()];
     let a_ports = [free_port(), free_port(), free_port()];
     let proxy = |i: usize, token: &Path| {
-        Proc::start(
+        start_proxy(
             &format!("quota-proxy-{i}"),
-            &[
-                "proxy",
-                "--controller",
-                &format!("http://127.0.0.1:{}", c_ports[i.min(1)]),
-                "--token-file",
-                token.to_str().unwrap(),
-                "--name",
-                &format!("quota-proxy-{i}"),
-                "--listen",
-                &format!("127.0.0.1:{}", p_ports[i]),
-                "--admin",
-                &format!("127.0.0.1:{}", a_ports[i]),
-            ],
+            c_ports[i.min(1)],
+            token,
+            (p_ports[i], a_ports[i]),
+            &[],
         )
     };
     let _proxies: Vec<Proc> = (0..3).map(|i| proxy(i, &token_file)).collect();
