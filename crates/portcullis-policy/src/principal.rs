@@ -87,7 +87,7 @@ pub type VerifiedToken = Principal;
 
 impl Principal {
     /// A principal of `kind` with nothing else known yet.
-    pub(crate) fn new(kind: PrincipalKind, expires_at: i64) -> Self {
+    pub fn new(kind: PrincipalKind, expires_at: i64) -> Self {
         Self {
             kind,
             issuer: None,

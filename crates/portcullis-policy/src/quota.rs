@@ -204,7 +204,7 @@ impl Quotas {
 }
 
 /// A quota field that does not compile: `(path, message)`.
-pub(crate) type QuotaError = (String, String);
+pub type QuotaError = (String, String);
 
 fn fail_mode(
     mode: WhenUnreachable,
@@ -246,7 +246,7 @@ fn overrides(
 
 /// Compiles `spec.llmBudgets` and `spec.rateLimits` of the policy `policy`
 /// (`namespace/name`).
-pub(crate) fn compile_quotas(
+pub fn compile_quotas(
     policy: &str,
     budgets: &[LlmBudgetSpec],
     rate_limits: &[RateLimitSpec],

@@ -20,29 +20,52 @@ use serde_json::Value;
 use crate::pipeline::quota::{QuotaHeaders, token_headers};
 use crate::quota::{QuotaClient, Refusal, Reserve, Ticket};
 
-/// The reservations of one call, settled once with its usage (or with nothing, if it
-/// never got one).
+/// The reservations of one call, settled once: with its usage; with nothing when the
+/// provider was never called or answered an error; with the whole reservation when the
+/// provider answered but its usage is unknown (a provider that reports none, a stream
+/// abandoned past the drain limits): closed by default, an unmetered call is charged its
+/// worst case, never nothing.
 pub(crate) struct BudgetHold {
     client: Arc<QuotaClient>,
     quotas: Arc<Quotas>,
     tickets: Vec<(usize, Ticket)>,
-    usage: (u64, u64),
+    usage: Settle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// No answer from the provider: nothing used.
+    Nothing,
+    /// Input and output tokens as reported.
+    Used(u64, u64),
+    /// An answer without usage: charge what was reserved.
+    Reserved,
 }
 
 impl BudgetHold {
-    /// Records what the call used; the reservations are settled when the hold drops.
+    /// Records what the call used (none reported: `0, 0`); the reservations are settled
+    /// when the hold drops.
     pub(crate) fn used(&mut self, input: u64, output: u64) {
-        self.usage = (input, output);
+        // A real call always reads some input: zero of both means the usage is unknown.
+        self.usage = if input == 0 && output == 0 {
+            Settle::Reserved
+        } else {
+            Settle::Used(input, output)
+        };
     }
 }
 
 impl Drop for BudgetHold {
     fn drop(&mut self) {
-        let (input, output) = self.usage;
         for (i, t) in self.tickets.drain(..) {
             let b = &self.quotas.budgets[i];
+            let charge = match self.usage {
+                Settle::Nothing => 0,
+                Settle::Used(input, output) => b.charge(input, output),
+                Settle::Reserved => t.reserved,
+            };
             self.client
-                .settle(t, b.charge(input, output), &b.common.policy, &b.common.name);
+                .settle(t, charge, &b.common.policy, &b.common.name);
         }
     }
 }
@@ -103,7 +126,7 @@ pub(crate) async fn admit(
         client: client.clone(),
         quotas: quotas.clone(),
         tickets: Vec::new(),
-        usage: (0, 0),
+        usage: Settle::Nothing,
     };
     let mut max_tokens: Option<u64> = None;
     let mut tightest: Option<(u64, u64, u64)> = None;
@@ -192,6 +215,53 @@ pub(crate) async fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A provider that reports no usage (or a stream abandoned past the drain limits)
+    /// is charged the reservation: an unmetered call must not be free.
+    #[tokio::test]
+    async fn an_answer_without_usage_is_charged_its_reservation() {
+        let budget: portcullis_api::LlmBudgetSpec = serde_json::from_value(serde_json::json!({
+            "name": "b", "key": "subject", "tokens": 1000, "window": "day"
+        }))
+        .unwrap();
+        let quotas =
+            Arc::new(portcullis_policy::quota::compile_quotas("ns/p", &[budget], &[]).unwrap());
+        let client = Arc::new(QuotaClient::new(
+            Arc::new(crate::quota::LocalLedger::default()),
+            &prometheus::Registry::new(),
+        ));
+        let labels = crate::metrics::ConsumerLabels::new(8);
+        let mut principal =
+            portcullis_policy::Principal::new(portcullis_policy::PrincipalKind::Jwt, i64::MAX);
+        principal.subject = Some("alice".into());
+        let admit = |asked| {
+            admit(
+                &client,
+                &quotas,
+                "m",
+                Some(&principal),
+                &labels,
+                100,
+                Some(asked),
+                1,
+                true,
+                1_800_000_000,
+            )
+        };
+        // Unknown usage: the 400 reserved stay spent.
+        let mut a = admit(300).await.ok().flatten().unwrap();
+        a.hold.used(0, 0);
+        drop(a);
+        // Known usage: 10 + 5 spent, the rest comes back.
+        let mut a = admit(300).await.ok().flatten().unwrap();
+        a.hold.used(10, 5);
+        drop(a);
+        // Never answered: all of it comes back.
+        drop(admit(300).await.ok().flatten().unwrap());
+        // 1000 - 400 - 15 = 585 left: a call of 585 fits, 586 does not.
+        assert!(admit(486).await.is_err());
+        assert!(admit(485).await.ok().flatten().is_some());
+    }
 
     #[test]
     fn max_tokens_is_read_from_either_field_and_must_be_a_count() {
