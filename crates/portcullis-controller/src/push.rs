@@ -271,9 +271,26 @@ async fn stream(
                                 reconnect.clone(),
                             );
                             tokio::spawn(async move {
-                                let (grant, refused) = quota.lease(ask, auth).await;
-                                let _ =
-                                    grants.send(line(&ServerMessage::Grant { id, grant })).await;
+                                let (slot, shape, limit) = (ask.slot.clone(), ask.shape, ask.limit);
+                                let (grant, refused) = quota.lease(ask, auth.clone()).await;
+                                let granted = grant.granted;
+                                let line = line(&ServerMessage::Grant { id, grant });
+                                if grants.send(line).await.is_err() && granted > 0 {
+                                    // The stream ended first: the slice goes back, it
+                                    // would be counted as held with nobody to use it.
+                                    let end = match shape {
+                                        portcullis_api::push::QuotaShape::Budget { end } => end,
+                                        portcullis_api::push::QuotaShape::Bucket { .. } => 0,
+                                    };
+                                    let back = portcullis_api::push::Release {
+                                        slot,
+                                        unused: granted,
+                                        over: 0,
+                                        end,
+                                        limit,
+                                    };
+                                    quota.release(back, auth).await;
+                                }
                                 if refused {
                                     // Its token expired under the open stream: end the
                                     // stream, the proxy reconnects with its current one.

@@ -255,8 +255,9 @@ impl Ledger {
 
     /// Raises the high-water mark of `ask`'s slot so that the grant it asks for (and
     /// some headroom) fits; then [`Ledger::checkpoint`] must be written before the ask
-    /// is answered.
-    pub fn raise_high_water(&mut self, ask: &LeaseAsk, now: f64) {
+    /// is answered. Returns the mark it had, for [`Ledger::undo_high_water`] when the write
+    /// fails.
+    pub fn raise_high_water(&mut self, ask: &LeaseAsk, now: f64) -> Option<u64> {
         if let Some(Entry::Budget {
             limit,
             used,
@@ -264,11 +265,25 @@ impl Ledger {
             ..
         }) = self.entry(&ask.slot, ask.shape, ask.limit, now)
         {
+            let before = *high_water;
             let step = ask
                 .want
                 .max(ask.need)
                 .saturating_add(*limit / HIGH_WATER_STEP_DIVISOR);
             *high_water = used.saturating_add(step).min(*limit).max(*high_water);
+            return Some(before);
+        }
+        None
+    }
+
+    /// Puts back the mark [`Ledger::raise_high_water`] returned: the checkpoint holding
+    /// the raised mark was not written, so no grant may rely on it.
+    pub fn undo_high_water(&mut self, slot: &QuotaSlot, before: u64) {
+        if let Some(Entry::Budget {
+            used, high_water, ..
+        }) = self.entries.get_mut(slot)
+        {
+            *high_water = before.max(*used).min(*high_water);
         }
     }
 

@@ -74,9 +74,21 @@ impl LeaseBackend for LocalLedger {
 /// Cluster mode: leases travel over the config stream that is up, if any.
 pub struct ControllerLeases {
     outgoing: Arc<Mutex<Option<mpsc::Sender<Bytes>>>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Grant>>>,
+    pending: Mutex<HashMap<u64, Pending>>,
     next: AtomicU64,
 }
+
+/// A lease waiting for its grant. A grant that comes after the call stopped waiting is
+/// given back at once: the ledger counts it as held, and no call will use it.
+struct Pending {
+    tx: oneshot::Sender<Grant>,
+    ask: LeaseAsk,
+    at: Instant,
+}
+
+/// A lease unanswered this long is forgotten (its stream broke): a grant for it after
+/// that is dropped.
+const PENDING_MAX_AGE: Duration = Duration::from_secs(60);
 
 impl ControllerLeases {
     /// Leases over `outgoing` (set while a stream is up).
@@ -94,13 +106,29 @@ impl ControllerLeases {
 
     /// The controller's answer to lease `id`.
     pub fn on_grant(&self, id: u64, grant: Grant) {
-        if let Some(tx) = self
+        let Some(p) = self
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id)
+        else {
+            return;
+        };
+        if let Err(late) = p.tx.send(grant)
+            && late.granted > 0
         {
-            let _ = tx.send(grant);
+            // The call gave up waiting: hand the slice back rather than strand it.
+            let end = match p.ask.shape {
+                QuotaShape::Budget { end } => end,
+                QuotaShape::Bucket { .. } => 0,
+            };
+            self.send(&ProxyMessage::Release(Release {
+                slot: p.ask.slot,
+                unused: late.granted,
+                over: 0,
+                end,
+                limit: p.ask.limit,
+            }));
         }
     }
 }
@@ -109,26 +137,34 @@ impl LeaseBackend for Arc<ControllerLeases> {
     fn lease(&self, ask: LeaseAsk) -> BoxFuture<'static, Option<Grant>> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.retain(|_, p| p.at.elapsed() < PENDING_MAX_AGE);
+            pending.insert(
+                id,
+                Pending {
+                    tx,
+                    ask: ask.clone(),
+                    at: Instant::now(),
+                },
+            );
+        }
         let sent = self.send(&ProxyMessage::Lease { id, ask });
-        let me = self.clone();
-        Box::pin(async move {
-            let got = if sent {
-                tokio::time::timeout(LEASE_TIMEOUT, rx)
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            } else {
-                None
-            };
-            me.pending
+        if !sent {
+            self.pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
-            got
+        }
+        Box::pin(async move {
+            if !sent {
+                return None;
+            }
+            // On a timeout the entry stays: a late grant is given back by `on_grant`.
+            tokio::time::timeout(LEASE_TIMEOUT, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
         })
     }
 
@@ -388,11 +424,24 @@ impl QuotaClient {
     }
 
     /// The slice of `r`'s slot, made (or renewed for a new window) when needed.
-    fn slice<'s>(&self, slices: &'s mut Slices, r: &Reserve<'_>, end: i64) -> &'s mut Slice {
+    fn slice<'s>(
+        &self,
+        slices: &'s mut Slices,
+        r: &Reserve<'_>,
+        end: i64,
+    ) -> Option<&'s mut Slice> {
         if !slices.contains_key(&*r.quota.id) {
             slices.insert(r.quota.id.clone(), Map::default());
         }
         let by_consumer = slices.get_mut(&*r.quota.id).expect("just inserted");
+        if by_consumer
+            .get(r.consumer)
+            .is_some_and(|s| s.window > r.window)
+        {
+            // A call of a window that has just ended, racing one of the new window: it
+            // must not replace the new window's slice (losing what it holds).
+            return None;
+        }
         // Absent, or of an old window (what was held of it is void in the new one).
         if by_consumer
             .get(r.consumer)
@@ -403,6 +452,8 @@ impl QuotaClient {
             let labels = [&*r.quota.policy, &*r.quota.name, &*label];
             let refill_secs = match r.shape {
                 QuotaShape::Bucket { rate } if rate > 0.0 => r.limit as f64 / rate,
+                // A rate of 0 (an override of 0: the consumer is blocked) never refills.
+                QuotaShape::Bucket { .. } => f64::INFINITY,
                 _ => 0.0,
             };
             by_consumer.insert(
@@ -441,9 +492,19 @@ impl QuotaClient {
                 },
             );
         }
-        by_consumer
-            .get_mut(r.consumer)
-            .expect("the slice was just made")
+        by_consumer.get_mut(r.consumer)
+    }
+
+    /// The refusal of a call of a window that has just ended (see [`QuotaClient::slice`]):
+    /// try again at once, in the new window.
+    fn ended_window(&self, r: &Reserve<'_>) -> Refusal {
+        self.count(r, "exhausted");
+        Refusal {
+            kind: RefusalKind::Exhausted,
+            limit: r.limit,
+            remaining: 0,
+            retry_after: 1,
+        }
     }
 
     /// Reserves between `min` and `max` (as much of `max` as the slice and the ledger
@@ -456,7 +517,9 @@ impl QuotaClient {
         let now = now_secs();
         let (need, want) = {
             let mut slices = self.slices.lock().unwrap_or_else(|e| e.into_inner());
-            let s = self.slice(&mut slices, &r, end);
+            let Some(s) = self.slice(&mut slices, &r, end) else {
+                return Err(self.ended_window(&r));
+            };
             s.limit = r.limit;
             s.last_use = Instant::now();
             if s.available >= r.max {
@@ -480,7 +543,18 @@ impl QuotaClient {
         };
         let grant = self.backend.lease(ask).await.filter(|g| !g.unavailable);
         let mut slices = self.slices.lock().unwrap_or_else(|e| e.into_inner());
-        let s = self.slice(&mut slices, &r, end);
+        let Some(s) = self.slice(&mut slices, &r, end) else {
+            // The window ended while the lease was out: what it brought goes back.
+            if let Some(g) = grant.filter(|g| g.granted > 0) {
+                let slot = QuotaSlot {
+                    quota: r.quota.id.to_string(),
+                    consumer: r.consumer.to_owned(),
+                    window: r.window,
+                };
+                self.give_back(slot, g.granted, 0, end, r.limit);
+            }
+            return Err(self.ended_window(&r));
+        };
         let Some(g) = grant else {
             self.metrics
                 .leases
@@ -497,7 +571,8 @@ impl QuotaClient {
                     s.offline_used = 0;
                     s.offline_since = None;
                 }
-                let room = allowance.saturating_sub(s.offline_used);
+                // Never more than the consumer's own allowance (an override of 0 blocks).
+                let room = allowance.min(r.limit).saturating_sub(s.offline_used);
                 if s.available.saturating_add(room) >= r.min {
                     let from_slice = s.available.min(r.max);
                     let off = (r.max - from_slice)
@@ -749,6 +824,80 @@ mod tests {
             min,
             max,
         }
+    }
+
+    /// Found in review: a grant that came after the call stopped waiting was dropped, and
+    /// the slice stayed counted as held in the ledger with nobody to use it.
+    #[tokio::test]
+    async fn a_late_grant_is_given_back() {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+        let leases = Arc::new(ControllerLeases::new(Arc::new(Mutex::new(Some(tx)))));
+        let ask = LeaseAsk {
+            slot: QuotaSlot {
+                quota: "ns/p/b".into(),
+                consumer: "alice".into(),
+                window: 1,
+            },
+            shape: QuotaShape::Budget { end: 99 },
+            limit: 1000,
+            need: 10,
+            want: 20,
+        };
+        let waiting = leases.lease(ask);
+        drop(waiting); // the call gave up
+        let sent: ProxyMessage = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
+        let ProxyMessage::Lease { id, .. } = sent else {
+            panic!("{sent:?}")
+        };
+        leases.on_grant(
+            id,
+            Grant {
+                granted: 20,
+                remaining: 0,
+                reset: 99,
+                unavailable: false,
+            },
+        );
+        let back: ProxyMessage = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
+        match back {
+            ProxyMessage::Release(r) => assert_eq!((r.unused, r.end, r.limit), (20, 99, 1000)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Found in review: a call of the window that just ended replaced the new window's
+    /// slice, losing what it held.
+    #[tokio::test]
+    async fn a_call_of_an_ended_window_leaves_the_new_windows_slice_alone() {
+        let c = QuotaClient::new(Arc::new(LocalLedger::default()), &Registry::new());
+        let q = common(FailMode::Closed);
+        let new = |min| Reserve {
+            window: 2,
+            ..reserve(&q, min, min)
+        };
+        let t = c.reserve(new(100)).await.unwrap();
+        c.settle(t, 10, "ns/p", "b");
+        let e = c.reserve(reserve(&q, 1, 1)).await.unwrap_err();
+        assert_eq!((e.kind, e.retry_after), (RefusalKind::Exhausted, 1));
+        let slices = c.slices.lock().unwrap();
+        let s = &slices["ns/p/b"]["alice"];
+        assert_eq!((s.window, s.available), (2, 91));
+    }
+
+    /// Found in review: under failOpen, a consumer whose allowance is 0 (an override that
+    /// blocks it) was admitted on the local allowance while the ledger was unreachable.
+    #[tokio::test]
+    async fn a_blocked_consumer_is_not_admitted_on_the_local_allowance() {
+        let c = QuotaClient::new(Arc::new(Down), &Registry::new());
+        let open = common(FailMode::Open { allowance: 150 });
+        let blocked = Reserve {
+            limit: 0,
+            shape: QuotaShape::Bucket { rate: 0.0 },
+            window: 0,
+            kind: "rate_limit",
+            ..reserve(&open, 1, 1)
+        };
+        assert!(c.reserve(blocked).await.is_err());
     }
 
     struct Down;

@@ -40,18 +40,30 @@ enum Settle {
     Used(u64, u64),
     /// An answer without usage: charge what was reserved.
     Reserved,
+    /// A cut-short answer: what was reported, and no less than what was reserved.
+    AtLeastReserved(u64, u64),
 }
 
 impl BudgetHold {
-    /// Records what the call used (none reported: `0, 0`); the reservations are settled
-    /// when the hold drops.
-    pub(crate) fn used(&mut self, input: u64, output: u64) {
+    /// Records what the call used (none reported: `0, 0`); `complete` is false when the
+    /// answer was cut short (a stream abandoned past the drain limits, broken or timed
+    /// out), so the provider may have produced more than it reported. The reservations are
+    /// settled when the hold drops.
+    pub(crate) fn used(&mut self, input: u64, output: u64, complete: bool) {
         // A real call always reads some input: zero of both means the usage is unknown.
         self.usage = if input == 0 && output == 0 {
             Settle::Reserved
+        } else if !complete {
+            Settle::AtLeastReserved(input, output)
         } else {
             Settle::Used(input, output)
         };
+    }
+
+    /// The provider was called and may have done the work, but its answer could not be
+    /// read (a timeout, a body over the limit): charged the reservation.
+    pub(crate) fn unread(&mut self) {
+        self.usage = Settle::Reserved;
     }
 }
 
@@ -63,6 +75,7 @@ impl Drop for BudgetHold {
                 Settle::Nothing => 0,
                 Settle::Used(input, output) => b.charge(input, output),
                 Settle::Reserved => t.reserved,
+                Settle::AtLeastReserved(input, output) => b.charge(input, output).max(t.reserved),
             };
             self.client
                 .settle(t, charge, &b.common.policy, &b.common.name);
@@ -250,17 +263,61 @@ mod tests {
         };
         // Unknown usage: the 400 reserved stay spent.
         let mut a = admit(300).await.ok().flatten().unwrap();
-        a.hold.used(0, 0);
+        a.hold.used(0, 0, true);
         drop(a);
         // Known usage: 10 + 5 spent, the rest comes back.
         let mut a = admit(300).await.ok().flatten().unwrap();
-        a.hold.used(10, 5);
+        a.hold.used(10, 5, true);
         drop(a);
         // Never answered: all of it comes back.
         drop(admit(300).await.ok().flatten().unwrap());
         // 1000 - 400 - 15 = 585 left: a call of 585 fits, 586 does not.
         assert!(admit(486).await.is_err());
         assert!(admit(485).await.ok().flatten().is_some());
+    }
+
+    /// Found in review: an Anthropic stream cut short reports its input (and the output so
+    /// far) at message_start, so it was charged as if complete; and an answer that could
+    /// not be read was refunded although the provider did the work.
+    #[tokio::test]
+    async fn a_cut_short_or_unread_answer_is_charged_at_least_its_reservation() {
+        let budget: portcullis_api::LlmBudgetSpec = serde_json::from_value(serde_json::json!({
+            "name": "b", "key": "subject", "tokens": 1000, "window": "day"
+        }))
+        .unwrap();
+        let quotas =
+            Arc::new(portcullis_policy::quota::compile_quotas("ns/p", &[budget], &[]).unwrap());
+        let client = Arc::new(QuotaClient::new(
+            Arc::new(crate::quota::LocalLedger::default()),
+            &prometheus::Registry::new(),
+        ));
+        let labels = crate::metrics::ConsumerLabels::new(8);
+        let mut principal =
+            portcullis_policy::Principal::new(portcullis_policy::PrincipalKind::Jwt, i64::MAX);
+        principal.subject = Some("bob".into());
+        let admit = |asked| {
+            admit(
+                &client,
+                &quotas,
+                "m",
+                Some(&principal),
+                &labels,
+                100,
+                Some(asked),
+                1,
+                true,
+                1_800_000_000,
+            )
+        };
+        let mut a = admit(300).await.ok().flatten().unwrap();
+        a.hold.used(50, 1, false);
+        drop(a);
+        let mut a = admit(300).await.ok().flatten().unwrap();
+        a.hold.unread();
+        drop(a);
+        // 1000 - 400 - 400 = 200 left.
+        assert!(admit(101).await.is_err());
+        assert!(admit(100).await.ok().flatten().is_some());
     }
 
     #[test]

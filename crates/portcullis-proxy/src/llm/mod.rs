@@ -838,6 +838,8 @@ impl Exchange {
             let resp = match result {
                 Err(_) => {
                     self.provider_error("timeout");
+                    // The provider may be generating still: charged as reserved.
+                    self.charge_unread();
                     return self.error(
                         reply,
                         StatusCode::GATEWAY_TIMEOUT,
@@ -983,6 +985,8 @@ impl Exchange {
         .await;
         let Some(bytes) = read.ok().and_then(Result::ok).map(|c| c.to_bytes()) else {
             self.provider_error("body");
+            // A 2xx whose body timed out or passed the limit: the work was done.
+            self.charge_unread();
             return self.error(
                 reply,
                 StatusCode::BAD_GATEWAY,
@@ -1144,14 +1148,40 @@ impl Exchange {
                 .inc();
         }
         drop(tx);
-        self.meter(translator.usage(), started, gone_at.is_none() && complete);
+        self.meter_stream(translator.usage(), started, gone_at.is_none(), complete);
+    }
+
+    /// Settles the call's budgets at its reservation: the provider was called and may
+    /// have done the work, but no usage can be read.
+    fn charge_unread(&self) {
+        if let Some(mut hold) = self.budget.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            hold.unread();
+        }
+    }
+
+    /// [`Exchange::meter`] for a stream: `client_stayed` and `complete` (the provider's
+    /// stream read to its end, by the client or by the drain after it left).
+    fn meter_stream(&self, usage: Usage, started: Instant, client_stayed: bool, complete: bool) {
+        self.settle(&usage, complete);
+        self.log_usage(usage, started, client_stayed && complete);
+    }
+
+    /// Settles the call's budgets: from `usage`, and at no less than the reservation
+    /// when the answer was cut short (`complete` false).
+    fn settle(&self, usage: &Usage, complete: bool) {
+        if let Some(mut hold) = self.budget.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            hold.used(usage.input, usage.output, complete);
+        }
+    }
+
+    /// Settles and counts a whole answer's tokens and writes the usage line.
+    fn meter(&self, usage: Usage, started: Instant, complete: bool) {
+        self.settle(&usage, complete);
+        self.log_usage(usage, started, complete);
     }
 
     /// Counts the tokens and writes the usage line of the access log.
-    fn meter(&self, usage: Usage, started: Instant, complete: bool) {
-        if let Some(mut hold) = self.budget.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            hold.used(usage.input, usage.output);
-        }
+    fn log_usage(&self, usage: Usage, started: Instant, complete: bool) {
         let g = &self.metrics.gen_ai;
         for (kind, n) in [("input", usage.input), ("output", usage.output)] {
             g.tokens
