@@ -149,6 +149,22 @@ pub fn start_proxy(
     Proc::start(name, &args)
 }
 
+/// `portcullis token mint --key KEY ARGS`: a token signed with `key` (PEM), the claims
+/// given by `args` (`--sub`, `--scope`, `--ttl`, `--jti`...).
+pub fn mint_token(key: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(["token", "mint", "--key", key.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mint: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// One HTTP/1.1 request; returns the status code.
 pub fn status(port: u16, host: &str, path: &str, token: Option<&str>) -> u16 {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {

@@ -25,29 +25,12 @@ fn patch(kind: &str, name: &str, ns: &str, patch_type: &str, body: &str) {
 }
 
 fn mint(key: &Path, jti: &str, scope: &str) -> String {
-    let out = Command::new(bin())
-        .args([
-            "token",
-            "mint",
-            "--key",
-            key.to_str().unwrap(),
-            "--sub",
-            "alice",
-            "--scope",
-            scope,
-            "--ttl",
-            "10m",
-            "--jti",
-            jti,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mint: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    portcullis_e2e::mint_token(
+        key,
+        &[
+            "--sub", "alice", "--scope", scope, "--ttl", "10m", "--jti", jti,
+        ],
+    )
 }
 
 fn dev_key() -> PathBuf {

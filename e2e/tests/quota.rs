@@ -8,14 +8,13 @@
 //! 2. About 1,000 requests a second under a rate limit: how many lease messages that costs.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis_e2e::kubectl::{apply, install_crds, k, namespace, service_account_token};
 use portcullis_e2e::{
-    Proc, bin, free_port, http_get, metric, repo, request, start_controller, start_proxy, status,
+    Proc, free_port, http_get, metric, repo, request, start_controller, start_proxy, status,
     wait_until,
 };
 
@@ -29,24 +28,7 @@ const LEDGER: &str = "quota-e2e-ledger";
 
 fn mint(sub: &str, scope: &str) -> String {
     let key = repo().join("examples/quickstart/dev-private.pem");
-    let out = Command::new(bin())
-        .args([
-            "token",
-            "mint",
-            "--key",
-            key.to_str().unwrap(),
-            "--sub",
-            sub,
-        ])
-        .args(["--scope", scope, "--ttl", "30m"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mint: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    portcullis_e2e::mint_token(&key, &["--sub", sub, "--scope", scope, "--ttl", "30m"])
 }
 
 /// The quickstart's DEV-ONLY issuer, as a TokenPolicy `issuers:` block.

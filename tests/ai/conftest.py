@@ -440,52 +440,29 @@ spec:
         - {{name: leaky, providerModel: stub-leaky}}
   rules:
     - match: {{pathPrefix: /v1}}
----
+""" + compat_route("pool-route", POOL_HOST, "ai-tokens", limited_base, credentials,
+                  {"gpt-4o-mini": "stub-small"}) + compat_route(
+    "budget-route", BUDGET_HOST, "budget-tokens", api_base, credentials,
+    {"gpt-4o-mini": "stub-small", "gpt-premium": "stub-small", "per-client": "stub-small", "slow": "stub-slow"},
+) + compat_route("rate-route", RATE_HOST, "rate-tokens", api_base, credentials, {"gpt-4o-mini": "stub-small"})
+
+
+def compat_route(name: str, host: str, policy: str, base: str, credentials: str, models: dict[str, str]) -> str:
+    """An ApiRoute `name` on `host` (policy `policy`) to an openaiCompatible backend at `base`,
+    serving `models` (public name -> provider model) under /v1."""
+    listed = "".join(f"\n        - {{name: {m}, providerModel: {p}}}" for m, p in models.items())
+    return f"""---
 apiVersion: portcullis.dev/v1alpha1
 kind: ApiRoute
-metadata: {{name: pool-route, namespace: default}}
+metadata: {{name: {name}, namespace: default}}
 spec:
-  hosts: [{POOL_HOST}]
-  policyRef: {{name: ai-tokens}}
+  hosts: [{host}]
+  policyRef: {{name: {policy}}}
   backend:
     llm:
       provider: openaiCompatible
-      url: {limited_base}{credentials}
-      models:
-        - {{name: gpt-4o-mini, providerModel: stub-small}}
-  rules:
-    - match: {{pathPrefix: /v1}}
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ApiRoute
-metadata: {{name: budget-route, namespace: default}}
-spec:
-  hosts: [{BUDGET_HOST}]
-  policyRef: {{name: budget-tokens}}
-  backend:
-    llm:
-      provider: openaiCompatible
-      url: {api_base}{credentials}
-      models:
-        - {{name: gpt-4o-mini, providerModel: stub-small}}
-        - {{name: gpt-premium, providerModel: stub-small}}
-        - {{name: per-client, providerModel: stub-small}}
-        - {{name: slow, providerModel: stub-slow}}
-  rules:
-    - match: {{pathPrefix: /v1}}
----
-apiVersion: portcullis.dev/v1alpha1
-kind: ApiRoute
-metadata: {{name: rate-route, namespace: default}}
-spec:
-  hosts: [{RATE_HOST}]
-  policyRef: {{name: rate-tokens}}
-  backend:
-    llm:
-      provider: openaiCompatible
-      url: {api_base}{credentials}
-      models:
-        - {{name: gpt-4o-mini, providerModel: stub-small}}
+      url: {base}{credentials}
+      models:{listed}
   rules:
     - match: {{pathPrefix: /v1}}
 """

@@ -369,6 +369,16 @@ pub enum QuotaShape {
     },
 }
 
+impl QuotaShape {
+    /// The window's end for a budget; 0 for a bucket (it has no window).
+    pub fn end(self) -> i64 {
+        match self {
+            QuotaShape::Budget { end } => end,
+            QuotaShape::Bucket { .. } => 0,
+        }
+    }
+}
+
 /// A proxy asks for a slice of a quota: at least `need`, up to `want`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaseAsk {

@@ -278,15 +278,11 @@ async fn stream(
                                 if grants.send(line).await.is_err() && granted > 0 {
                                     // The stream ended first: the slice goes back, it
                                     // would be counted as held with nobody to use it.
-                                    let end = match shape {
-                                        portcullis_api::push::QuotaShape::Budget { end } => end,
-                                        portcullis_api::push::QuotaShape::Bucket { .. } => 0,
-                                    };
                                     let back = portcullis_api::push::Release {
                                         slot,
                                         unused: granted,
                                         over: 0,
-                                        end,
+                                        end: shape.end(),
                                         limit,
                                     };
                                     quota.release(back, auth).await;

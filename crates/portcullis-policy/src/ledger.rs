@@ -451,6 +451,17 @@ mod tests {
         }
     }
 
+    /// A release of budget slot `c` (window ending at 2000).
+    fn release(c: &str, unused: u64, over: u64, limit: u64) -> Release {
+        Release {
+            slot: slot(c),
+            unused,
+            over,
+            end: 2000,
+            limit,
+        }
+    }
+
     fn grant(l: &mut Ledger, a: &LeaseAsk, now: f64) -> Grant {
         match l.lease(a, now) {
             Leased::Grant(g) => g,
@@ -484,28 +495,10 @@ mod tests {
         let mut l = Ledger::new();
         assert_eq!(grant(&mut l, &ask("a", 1000, 1000), 1000.0).granted, 1000);
         assert_eq!(grant(&mut l, &ask("a", 1, 1), 1000.0).granted, 0);
-        l.release(
-            &Release {
-                slot: slot("a"),
-                unused: 300,
-                over: 0,
-                end: 2000,
-                limit: 1000,
-            },
-            1001.0,
-        );
+        l.release(&release("a", 300, 0, 1000), 1001.0);
         let g = grant(&mut l, &ask("a", 100, 500), 1002.0);
         assert_eq!((g.granted, g.remaining), (300, 0));
-        l.release(
-            &Release {
-                slot: slot("a"),
-                unused: 0,
-                over: 50,
-                end: 2000,
-                limit: 1000,
-            },
-            1003.0,
-        );
+        l.release(&release("a", 0, 50, 1000), 1003.0);
         assert_eq!(l.usage()["ns/p/monthly"][0].used, 1050);
     }
 
@@ -587,16 +580,7 @@ mod tests {
         };
         grant(&mut l, &a, 1000.0);
         grant(&mut l, &a, 1000.0);
-        l.release(
-            &Release {
-                slot: slot("a"),
-                unused: 7_900,
-                over: 0,
-                end: 2000,
-                limit: 16_000,
-            },
-            1000.0,
-        );
+        l.release(&release("a", 7_900, 0, 16_000), 1000.0);
         assert!(l.checkpoint()[0].high_water >= 9_000);
         l.tighten();
         let cp = l.checkpoint();
@@ -703,13 +687,7 @@ mod tests {
             "{line}"
         );
         assert_eq!(serde_json::from_str::<ProxyMessage>(&line).unwrap(), msg);
-        let rel = ProxyMessage::Release(Release {
-            slot: slot("a"),
-            unused: 3,
-            over: 0,
-            end: 2000,
-            limit: 1000,
-        });
+        let rel = ProxyMessage::Release(release("a", 3, 0, 1000));
         let line = serde_json::to_string(&rel).unwrap();
         assert_eq!(serde_json::from_str::<ProxyMessage>(&line).unwrap(), rel);
         let g = ServerMessage::Grant {

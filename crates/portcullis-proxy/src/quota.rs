@@ -118,15 +118,11 @@ impl ControllerLeases {
             && late.granted > 0
         {
             // The call gave up waiting: hand the slice back rather than strand it.
-            let end = match p.ask.shape {
-                QuotaShape::Budget { end } => end,
-                QuotaShape::Bucket { .. } => 0,
-            };
             self.send(&ProxyMessage::Release(Release {
                 slot: p.ask.slot,
                 unused: late.granted,
                 over: 0,
-                end,
+                end: p.ask.shape.end(),
                 limit: p.ask.limit,
             }));
         }
@@ -510,10 +506,7 @@ impl QuotaClient {
     /// Reserves between `min` and `max` (as much of `max` as the slice and the ledger
     /// allow), leasing more when the slice holds less than `max`.
     pub async fn reserve(&self, r: Reserve<'_>) -> Result<Ticket, Refusal> {
-        let end = match r.shape {
-            QuotaShape::Budget { end } => end,
-            QuotaShape::Bucket { .. } => 0,
-        };
+        let end = r.shape.end();
         let now = now_secs();
         let (need, want) = {
             let mut slices = self.slices.lock().unwrap_or_else(|e| e.into_inner());

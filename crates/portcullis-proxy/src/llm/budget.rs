@@ -229,51 +229,75 @@ pub(crate) async fn admit(
 mod tests {
     use super::*;
 
-    /// A provider that reports no usage (or a stream abandoned past the drain limits)
-    /// is charged the reservation: an unmetered call must not be free.
-    #[tokio::test]
-    async fn an_answer_without_usage_is_charged_its_reservation() {
-        let budget: portcullis_api::LlmBudgetSpec = serde_json::from_value(serde_json::json!({
-            "name": "b", "key": "subject", "tokens": 1000, "window": "day"
-        }))
-        .unwrap();
-        let quotas =
-            Arc::new(portcullis_policy::quota::compile_quotas("ns/p", &[budget], &[]).unwrap());
-        let client = Arc::new(QuotaClient::new(
-            Arc::new(crate::quota::LocalLedger::default()),
-            &prometheus::Registry::new(),
-        ));
-        let labels = crate::metrics::ConsumerLabels::new(8);
-        let mut principal =
-            portcullis_policy::Principal::new(portcullis_policy::PrincipalKind::Jwt, i64::MAX);
-        principal.subject = Some("alice".into());
-        let admit = |asked| {
+    /// A budget of 1000 tokens a day per subject, on an in-process ledger.
+    struct Fixture {
+        client: Arc<QuotaClient>,
+        quotas: Arc<Quotas>,
+        labels: crate::metrics::ConsumerLabels,
+        principal: Principal,
+    }
+
+    impl Fixture {
+        fn new(subject: &str) -> Self {
+            let budget: portcullis_api::LlmBudgetSpec = serde_json::from_value(serde_json::json!({
+                "name": "b", "key": "subject", "tokens": 1000, "window": "day"
+            }))
+            .unwrap();
+            let mut principal = Principal::new(portcullis_policy::PrincipalKind::Jwt, i64::MAX);
+            principal.subject = Some(subject.into());
+            Self {
+                client: Arc::new(QuotaClient::new(
+                    Arc::new(crate::quota::LocalLedger::default()),
+                    &prometheus::Registry::new(),
+                )),
+                quotas: Arc::new(
+                    portcullis_policy::quota::compile_quotas("ns/p", &[budget], &[]).unwrap(),
+                ),
+                labels: crate::metrics::ConsumerLabels::new(8),
+                principal,
+            }
+        }
+
+        /// A call with a 100-byte prompt asking for `asked` tokens.
+        async fn admit(&self, asked: u64) -> Result<Option<Admitted>, Refused> {
             admit(
-                &client,
-                &quotas,
+                &self.client,
+                &self.quotas,
                 "m",
-                Some(&principal),
-                &labels,
+                Some(&self.principal),
+                &self.labels,
                 100,
                 Some(asked),
                 1,
                 true,
                 1_800_000_000,
             )
-        };
+            .await
+        }
+
+        async fn admitted(&self, asked: u64) -> Admitted {
+            self.admit(asked).await.ok().flatten().unwrap()
+        }
+    }
+
+    /// A provider that reports no usage (or a stream abandoned past the drain limits)
+    /// is charged the reservation: an unmetered call must not be free.
+    #[tokio::test]
+    async fn an_answer_without_usage_is_charged_its_reservation() {
+        let f = Fixture::new("alice");
         // Unknown usage: the 400 reserved stay spent.
-        let mut a = admit(300).await.ok().flatten().unwrap();
+        let mut a = f.admitted(300).await;
         a.hold.used(0, 0, true);
         drop(a);
         // Known usage: 10 + 5 spent, the rest comes back.
-        let mut a = admit(300).await.ok().flatten().unwrap();
+        let mut a = f.admitted(300).await;
         a.hold.used(10, 5, true);
         drop(a);
         // Never answered: all of it comes back.
-        drop(admit(300).await.ok().flatten().unwrap());
+        drop(f.admitted(300).await);
         // 1000 - 400 - 15 = 585 left: a call of 585 fits, 586 does not.
-        assert!(admit(486).await.is_err());
-        assert!(admit(485).await.ok().flatten().is_some());
+        assert!(f.admit(486).await.is_err());
+        assert!(f.admit(485).await.ok().flatten().is_some());
     }
 
     /// Found in review: an Anthropic stream cut short reports its input (and the output so
@@ -281,43 +305,16 @@ mod tests {
     /// not be read was refunded although the provider did the work.
     #[tokio::test]
     async fn a_cut_short_or_unread_answer_is_charged_at_least_its_reservation() {
-        let budget: portcullis_api::LlmBudgetSpec = serde_json::from_value(serde_json::json!({
-            "name": "b", "key": "subject", "tokens": 1000, "window": "day"
-        }))
-        .unwrap();
-        let quotas =
-            Arc::new(portcullis_policy::quota::compile_quotas("ns/p", &[budget], &[]).unwrap());
-        let client = Arc::new(QuotaClient::new(
-            Arc::new(crate::quota::LocalLedger::default()),
-            &prometheus::Registry::new(),
-        ));
-        let labels = crate::metrics::ConsumerLabels::new(8);
-        let mut principal =
-            portcullis_policy::Principal::new(portcullis_policy::PrincipalKind::Jwt, i64::MAX);
-        principal.subject = Some("bob".into());
-        let admit = |asked| {
-            admit(
-                &client,
-                &quotas,
-                "m",
-                Some(&principal),
-                &labels,
-                100,
-                Some(asked),
-                1,
-                true,
-                1_800_000_000,
-            )
-        };
-        let mut a = admit(300).await.ok().flatten().unwrap();
+        let f = Fixture::new("bob");
+        let mut a = f.admitted(300).await;
         a.hold.used(50, 1, false);
         drop(a);
-        let mut a = admit(300).await.ok().flatten().unwrap();
+        let mut a = f.admitted(300).await;
         a.hold.unread();
         drop(a);
         // 1000 - 400 - 400 = 200 left.
-        assert!(admit(101).await.is_err());
-        assert!(admit(100).await.ok().flatten().is_some());
+        assert!(f.admit(101).await.is_err());
+        assert!(f.admit(100).await.ok().flatten().is_some());
     }
 
     #[test]
