@@ -11,6 +11,19 @@
 //   POST /start    it answers again
 //   POST /max-age/N  the JWKS is served with `Cache-Control: public, max-age=N` (default 3600)
 //   GET  /stats    {"jwks": n, "discovery": n, "introspection": n, ...} requests served
+//   POST /backchannel-logout  {"uri": "...", "sub": "...", "sid": "..."}  oidc-provider itself
+//                  (features.backchannelLogout, Client#backchannelLogout(sub, sid)) POSTs a
+//                  logout token (OpenID Connect Back-Channel Logout 1.0) to `uri`, as client
+//                  `logout-client` (aud), signed RS256 with the provider's current key,
+//                  typ `logout+jwt`, exp = iat + 120; `sid` is included only when given. Answers
+//                  200 {"status": <HTTP status the receiver answered>, "logout_token": "..."}
+//                  (502 {"error"} when the receiver could not be reached). `logout-client` is
+//                  (re)registered with backchannel_logout_uri = uri on every call. The feature
+//                  is off until the first call, which turns it on by rebuilding the provider
+//                  (same keys; like /rotate, that forgets opaque tokens minted before it);
+//                  BACKCHANNEL_LOGOUT=1 in the environment turns it on from the start instead.
+//                  With it on, discovery also shows backchannel_logout_supported and
+//                  backchannel_logout_session_supported, and loopback delivery is allowed.
 import http from 'node:http';
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
@@ -32,6 +45,9 @@ function newKey() {
 
 let keys = [newKey()];
 let maxAge = 3600;
+// Back-channel logout: off until the first POST /backchannel-logout (or BACKCHANNEL_LOGOUT=1).
+let backchannel = process.env.BACKCHANNEL_LOGOUT === '1';
+let lastLogout; // { status, logoutToken } of the provider's last outgoing logout request
 const stats = { jwks: 0, discovery: 0, introspection: 0, token: 0 };
 
 function makeProvider() {
@@ -56,6 +72,9 @@ function makeProvider() {
     ],
     jwks: { keys },
     scopes: SCOPES,
+    // oidc-provider refuses outgoing requests to special-use addresses (loopback included);
+    // the back-channel logout receiver under test listens on 127.0.0.1.
+    ...(backchannel ? { fetch: backchannelFetch } : {}),
     ttl: { ClientCredentials: (ctx, token) => token.resourceServer?.accessTokenTTL ?? 300 },
     features: {
       devInteractions: { enabled: false },
@@ -66,6 +85,7 @@ function makeProvider() {
         allowedPolicy: (ctx, client) => client.clientId === 'portcullis-gateway',
       },
       revocation: { enabled: true },
+      backchannelLogout: { enabled: backchannel },
       resourceIndicators: {
         enabled: true,
         defaultResource: () => API,
@@ -88,6 +108,13 @@ function makeProvider() {
   provider.proxy = false;
   provider.on('server_error', (ctx, err) => console.error('server_error', err));
   return provider;
+}
+
+async function backchannelFetch(url, { dispatcher, ...options }) {
+  const logoutToken = new URLSearchParams(options.body).get('logout_token');
+  const response = await globalThis.fetch(url, options);
+  lastLogout = { status: response.status, logoutToken };
+  return response;
 }
 
 let provider = makeProvider();
@@ -114,6 +141,42 @@ function listen() {
 function rebuild() {
   provider = makeProvider();
   handler = provider.callback();
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => resolve(Buffer.concat(chunks).toString()));
+    req.on('error', reject);
+  });
+}
+
+// Makes oidc-provider send a logout token for (sub, sid) to `uri` as client `logout-client`.
+async function backchannelLogout({ uri, sub, sid }) {
+  if (!backchannel) {
+    backchannel = true;
+    rebuild();
+  }
+  // A dynamic client (the provider's adapter), so changing its URI needs no rebuild.
+  await provider.Client.adapter.upsert('logout-client', {
+    client_id: 'logout-client',
+    client_secret: 'logout-client-secret',
+    grant_types: [],
+    redirect_uris: [],
+    response_types: [],
+    backchannel_logout_uri: uri,
+    backchannel_logout_session_required: sid !== undefined,
+  });
+  const client = await provider.Client.find('logout-client');
+  lastLogout = undefined;
+  try {
+    await client.backchannelLogout(sub, sid);
+  } catch (e) {
+    // A non-200/204 answer still counts as delivered: report what the receiver said.
+    if (!lastLogout) return { code: 502, body: { error: String(e) } };
+  }
+  return { code: 200, body: { status: lastLogout.status, logout_token: lastLogout.logoutToken } };
 }
 
 const admin = http.createServer(async (req, res) => {
@@ -146,6 +209,10 @@ const admin = http.createServer(async (req, res) => {
     if (req.method === 'POST' && req.url.startsWith('/max-age/')) {
       maxAge = Number(req.url.slice('/max-age/'.length));
       return reply(200, { maxAge });
+    }
+    if (req.method === 'POST' && req.url === '/backchannel-logout') {
+      const { code, body } = await backchannelLogout(JSON.parse((await readBody(req)) || '{}'));
+      return reply(code, body);
     }
     if (req.method === 'GET' && req.url === '/stats') {
       return reply(200, { ...stats, kids: keys.map((k) => k.kid) });

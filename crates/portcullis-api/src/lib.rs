@@ -14,7 +14,9 @@
 // for duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod events;
 pub mod llm;
+pub mod mcp;
 pub mod push;
 pub mod quota;
 pub mod reason;
@@ -23,10 +25,12 @@ pub mod status;
 pub mod token_policy;
 pub mod validate;
 
+pub use events::{BackChannelLogoutSpec, IdentityEventsSpec, LogoutScope};
 pub use llm::{
     LlmBackend, LlmCredential, LlmKeyHeader, LlmModel, LlmProvider, ObjectType, PromptMessage,
     PromptRole, PromptTemplate, PromptVariables, VariableSchema, VariableType,
 };
+pub use mcp::{McpRule, McpSpec, McpUpstreamCredential};
 pub use quota::{
     BudgetCount, BudgetStatus, BudgetWindow, LlmBudgetSpec, QuotaKey, QuotaOverride, QuotaUse,
     RateLimitSpec, RatePeriod, WhenUnreachable,
@@ -39,7 +43,7 @@ pub use route::{
 pub use status::{Condition, ConditionStatus, ProxiesStatus, ResourceStatus};
 pub use token_policy::{
     ApiKeySelector, ApiKeysSpec, IntrospectionSpec, IssuerSpec, Jwk, JwkSet, JwksSource,
-    Revocation, SecretKeyRef, SecretRef, TokenPolicy, TokenPolicySpec,
+    Revocation, RevocationSource, SecretKeyRef, SecretRef, TokenPolicy, TokenPolicySpec,
 };
 
 use kube::CustomResourceExt;

@@ -42,6 +42,10 @@ use crate::status::ResourceStatus;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.mcp) || !has(self.passAuthorization) || !self.passAuthorization").message("an mcp route never passes the client's token to the MCP server (token passthrough is forbidden): remove passAuthorization, or set mcp.upstreamCredential"),
+    validation = Rule::new("!has(self.mcp) || !has(self.backend.llm)").message("mcp and backend.llm cannot be combined: an MCP server is a service or url backend")
+)]
 pub struct ApiRouteSpec {
     /// Host names this route answers for, matched against the request's Host (or HTTP/2
     /// :authority) without its port. Exact names (`api.example.com`) win over wildcards
@@ -100,6 +104,12 @@ pub struct ApiRouteSpec {
     /// could stand in for one the gateway sets; none is ever forwarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers_with_underscores: Option<UnderscoreHeaders>,
+
+    /// MCP resource-server mode: the route fronts an MCP server (Streamable HTTP) as an
+    /// OAuth 2.0 protected resource (RFC 9728 metadata, RFC 8707 audience, per-tool
+    /// scopes). Cannot be combined with `passAuthorization` or an `llm` backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<crate::mcp::McpSpec>,
 }
 
 /// Path normalization settings of a route. The first match is always made with slashes

@@ -124,6 +124,11 @@ pub struct TokenPolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub rate_limits: Vec<crate::quota::RateLimitSpec>,
+
+    /// Revocations announced by identity providers: OpenID Back-Channel Logout tokens
+    /// and Shared Signals events, turned into `revocations` entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_events: Option<crate::events::IdentityEventsSpec>,
 }
 
 /// A trusted issuer: its name, accepted audiences, and how its tokens are checked: signed
@@ -406,12 +411,13 @@ pub struct Jwk {
 }
 
 /// A revoked token or set of tokens. Exactly one selector: `jti`, `tokenSha256`,
-/// `subject` + `issuedBefore`, `keyId`, `jwkThumbprint`, or `apiKeyId`.
+/// `subject` + `issuedBefore`, `sessionId`, `keyId`, `jwkThumbprint`, or `apiKeyId`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("[has(self.jti), has(self.tokenSha256), has(self.subject), has(self.keyId), has(self.jwkThumbprint), has(self.apiKeyId)].exists_one(x, x)").message("a revocation needs exactly one of jti, tokenSha256, subject (with issuedBefore), keyId, jwkThumbprint or apiKeyId"),
-    validation = Rule::new("has(self.subject) == has(self.issuedBefore)").message("subject and issuedBefore go together: they revoke the subject's tokens issued before that instant")
+    validation = Rule::new("[has(self.jti), has(self.tokenSha256), has(self.subject), has(self.sessionId), has(self.keyId), has(self.jwkThumbprint), has(self.apiKeyId)].exists_one(x, x)").message("a revocation needs exactly one of jti, tokenSha256, subject (with issuedBefore), sessionId, keyId, jwkThumbprint or apiKeyId"),
+    validation = Rule::new("has(self.subject) == has(self.issuedBefore)").message("subject and issuedBefore go together: they revoke the subject's tokens issued before that instant"),
+    validation = Rule::new("!has(self.issuer) || has(self.subject) || has(self.sessionId)").message("issuer narrows a subject or sessionId revocation to one issuer's tokens; it needs subject or sessionId")
 )]
 pub struct Revocation {
     /// Revoke the token with this `jti` claim.
@@ -440,6 +446,18 @@ pub struct Revocation {
     #[schemars(extend("format" = "date-time"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_before: Option<String>,
+
+    /// Revoke every token whose `sid` claim (the OpenID session id) is this: the tokens of
+    /// one login session, as ended by a Back-Channel Logout token carrying `sid`.
+    #[schemars(length(min = 1, max = 512))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+
+    /// With `subject` or `sessionId`: only tokens whose `iss` is this issuer are revoked
+    /// (a `sub` or `sid` is unique only within its issuer). Unset: every issuer's.
+    #[schemars(length(min = 1, max = 2048))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
 
     /// Revoke every token signed with this key ID (a leaked signing key): every token
     /// verified by the key whose JWK `kid` this is, whether or not the token names it,
@@ -470,4 +488,34 @@ pub struct Revocation {
     #[schemars(extend("format" = "date-time"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+
+    /// Where the entry came from, when an identity provider's event made it (written by
+    /// the gateway; informational, and the replay check for the event's `jti`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<RevocationSource>,
+}
+
+/// The identity event a revocation entry was made from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationSource {
+    /// `backChannelLogout` (an OpenID Back-Channel Logout token) or `sharedSignals` (a
+    /// Security Event Token from a Shared Signals stream).
+    #[schemars(length(max = 32))]
+    pub kind: String,
+    /// The event's issuer (`iss`).
+    #[schemars(length(max = 2048))]
+    pub issuer: String,
+    /// The event's `jti`: an event is applied once.
+    #[schemars(length(max = 512))]
+    pub jti: String,
+    /// The event type (for Shared Signals, e.g.
+    /// `https://schemas.openid.net/secevent/caep/event-type/session-revoked`) or stream.
+    #[schemars(length(max = 512))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// When the gateway received it (RFC 3339).
+    #[schemars(length(max = 64))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<String>,
 }

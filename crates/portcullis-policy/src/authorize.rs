@@ -70,6 +70,11 @@ impl Snapshot {
     /// Decides one request. `req.path` must be canonical: the output of
     /// [`Snapshot::canonical_target`] for the same host and method.
     pub fn authorize<'s>(&'s self, req: &RequestParts<'_>) -> Decision<'s> {
+        let decision = self.decide(req);
+        self.with_mcp_challenge(decision, req)
+    }
+
+    fn decide<'s>(&'s self, req: &RequestParts<'_>) -> Decision<'s> {
         if let Some(q) = req.query
             && query_has_token(q)
         {
@@ -78,11 +83,17 @@ impl Snapshot {
         let Some(rule) = self.index.lookup(req.host, req.path, req.method) else {
             return deny(DenyReason::NoRoute, None, None, false);
         };
+        if let Some(mcp) = &rule.info.mcp
+            && !rule.info.serves_mcp_metadata
+            && let Err(reason) = mcp.check_request(&req.mcp)
+        {
+            return deny(reason, Some(&rule.info), None, false);
+        }
         let Requirement::Token { policy, .. } = &rule.requirement else {
             return allow_public(rule);
         };
         match self.authenticate(*policy, req) {
-            Ok(a) => self.finish(rule, *policy, a),
+            Ok(a) => self.finish(rule, *policy, a, req),
             Err(NotAuthenticated::Deny(reason, fp, hit)) => deny(reason, Some(&rule.info), fp, hit),
             Err(NotAuthenticated::Pending(need, fingerprint)) => Decision::Pending(Pending {
                 route: &rule.info,
@@ -101,6 +112,16 @@ impl Snapshot {
     /// `min(cacheTTL, exp)`, an inactive one for `negativeCacheTTL`; an unreachable
     /// endpoint is not cached and gives 503.
     pub fn resume<'s>(
+        &'s self,
+        req: &RequestParts<'_>,
+        need: &Need<'_>,
+        answer: Answer<'_>,
+    ) -> Decision<'s> {
+        let decision = self.resume_inner(req, need, answer);
+        self.with_mcp_challenge(decision, req)
+    }
+
+    fn resume_inner<'s>(
         &'s self,
         req: &RequestParts<'_>,
         need: &Need<'_>,
@@ -157,6 +178,7 @@ impl Snapshot {
                                 digest: *digest,
                                 cache_hit: false,
                             },
+                            req,
                         )
                     }
                     Err(reason) => {
@@ -260,6 +282,27 @@ impl Snapshot {
         verify_jwt(policy, raw, digest, now)
     }
 
+    /// On an MCP route, a 401 challenge names the scopes the call needs (MCP
+    /// authorization, scope selection; RFC 6750 section 3), beside `resource_metadata`.
+    fn with_mcp_challenge<'s>(
+        &'s self,
+        mut decision: Decision<'s>,
+        req: &RequestParts<'_>,
+    ) -> Decision<'s> {
+        if let Decision::Deny(d) = &mut decision
+            && d.reason.status() == 401
+            && d.missing_scopes.is_none()
+            && d.route.is_some_and(|r| r.mcp.is_some())
+            && let Some(rule) = self.index.lookup(req.host, req.path, req.method)
+        {
+            let scopes = needed_scopes(rule, req);
+            if !scopes.is_empty() {
+                d.missing_scopes = Some(scopes.join(" "));
+            }
+        }
+        decision
+    }
+
     /// Revocations and scopes: checked on every request, whichever kind of credential
     /// established the principal and whether or not the verdict came from a cache.
     fn finish<'s>(
@@ -267,6 +310,7 @@ impl Snapshot {
         rule: &'s CompiledRule,
         index: usize,
         a: Authenticated,
+        req: &RequestParts<'_>,
     ) -> Decision<'s> {
         let route = Some(&rule.info);
         let fp = Some(a.digest.fingerprint());
@@ -279,16 +323,42 @@ impl Snapshot {
             return deny(reason, route, fp, a.cache_hit);
         }
         let p = &a.principal;
-        let missing: Vec<&str> = all
+        let mut missing: Vec<&str> = all
             .iter()
             .filter(|s| !p.has_scope(s))
             .map(|s| &**s)
             .collect();
-        let any_ok = any.is_empty() || any.iter().any(|s| p.has_scope(s));
+        let mut any_ok = any.is_empty() || any.iter().any(|s| p.has_scope(s));
+        let mut any_lists = vec![&**any];
+        if let Some(mcp) = &rule.info.mcp {
+            // RFC 8707: the token must be meant for this MCP server. API keys are not
+            // OAuth tokens for a resource: refused.
+            if p.kind == crate::principal::PrincipalKind::ApiKey
+                || !p.audiences.iter().any(|a| **a == *mcp.resource)
+            {
+                return deny(DenyReason::WrongAudience, route, fp, a.cache_hit);
+            }
+            if let Some(r) = mcp.rule_for(&req.mcp) {
+                if r.deny {
+                    return deny(DenyReason::McpDenied, route, fp, a.cache_hit);
+                }
+                missing.extend(r.all.iter().filter(|s| !p.has_scope(s)).map(|s| &**s));
+                any_ok &= r.any.is_empty() || r.any.iter().any(|s| p.has_scope(s));
+                any_lists.push(&r.any);
+            }
+        }
         if !missing.is_empty() || !any_ok {
-            let mut scopes = missing;
-            if !any_ok {
-                scopes.extend(any.iter().map(|s| &**s));
+            let mut scopes = if rule.info.mcp.is_some() {
+                // MCP: the challenge lists every scope the call needs, so a client
+                // stepping up asks for all of them at once, not only the missing ones.
+                needed_scopes(rule, req)
+            } else {
+                missing
+            };
+            if !any_ok && rule.info.mcp.is_none() {
+                for list in any_lists {
+                    scopes.extend(list.iter().map(|s| &**s));
+                }
             }
             return Decision::Deny(Deny {
                 reason: DenyReason::InsufficientScope,
@@ -310,6 +380,28 @@ impl Snapshot {
                 .and_then(|t| t.header.as_ref()),
         })
     }
+}
+
+/// Every scope a call on an MCP rule needs: the path rule's and the MCP rule's, the
+/// one-of lists included, without repeats.
+fn needed_scopes<'r>(rule: &'r CompiledRule, req: &RequestParts<'_>) -> Vec<&'r str> {
+    let mut scopes: Vec<&str> = Vec::new();
+    let mut add = |list: &'r [Box<str>]| {
+        for s in list {
+            if !scopes.contains(&&**s) {
+                scopes.push(s);
+            }
+        }
+    };
+    if let Requirement::Token { all, any, .. } = &rule.requirement {
+        add(all);
+        add(any);
+    }
+    if let Some(r) = rule.info.mcp.as_ref().and_then(|m| m.rule_for(&req.mcp)) {
+        add(&r.all);
+        add(&r.any);
+    }
+    scopes
 }
 
 /// A JWT, from the policy's cache of verified tokens or verified now.

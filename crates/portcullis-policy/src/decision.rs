@@ -31,6 +31,9 @@ pub struct RequestParts<'a> {
     pub query: Option<&'a str>,
     /// The credentials the request carries, extracted once.
     pub credentials: Credentials<'a>,
+    /// The MCP headers (`Mcp-Method`, `Mcp-Name`, `MCP-Protocol-Version`, `Origin`),
+    /// read on MCP routes.
+    pub mcp: crate::mcp::McpHeaders<'a>,
 }
 
 impl<'a> RequestParts<'a> {
@@ -42,6 +45,7 @@ impl<'a> RequestParts<'a> {
             path,
             query: None,
             credentials: Credentials::default(),
+            mcp: crate::mcp::McpHeaders::default(),
         }
     }
 
@@ -54,6 +58,12 @@ impl<'a> RequestParts<'a> {
     /// Sets one API-key header (`name: value`, name in lower case).
     pub fn with_api_key_header(mut self, name: &'a str, value: &'a str) -> Self {
         self.credentials.api_key = Some((name, HeaderField::One(value.as_bytes())));
+        self
+    }
+
+    /// Sets the MCP headers.
+    pub fn with_mcp(mut self, mcp: crate::mcp::McpHeaders<'a>) -> Self {
+        self.mcp = mcp;
         self
     }
 
@@ -251,11 +261,20 @@ impl Deny<'_> {
     pub fn www_authenticate(&self) -> Option<String> {
         if matches!(
             self.reason,
-            DenyReason::NoRoute | DenyReason::IntrospectionUnavailable
+            DenyReason::NoRoute
+                | DenyReason::IntrospectionUnavailable
+                | DenyReason::McpOrigin
+                | DenyReason::McpDenied
         ) {
             return None;
         }
         let mut v = String::from("Bearer realm=\"portcullis\"");
+        // MCP: where the client finds the authorization servers (RFC 9728 section 5.1).
+        if let Some(mcp) = self.route.and_then(|r| r.mcp.as_ref()) {
+            v.push_str(", resource_metadata=\"");
+            v.push_str(&mcp.metadata_url);
+            v.push('"');
+        }
         if let Some(code) = self.reason.error_code() {
             v.push_str(", error=\"");
             v.push_str(code);

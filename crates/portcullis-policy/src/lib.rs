@@ -24,6 +24,7 @@ mod index;
 mod keys;
 pub mod ledger;
 pub mod llm;
+pub mod mcp;
 pub mod openapi;
 mod policy;
 mod principal;

@@ -256,8 +256,11 @@ impl PolicyTrust {
         }
         let (scopes, forward_headers) = self.scopes_and_headers(claims, &self.scope_claim)?;
         let mut p = Principal::new(PrincipalKind::Jwt, exp);
+        p.issuer = token::string_claim(claims, "iss")?.map(Arc::from);
         p.subject = token::string_claim(claims, "sub")?.map(Box::from);
         p.jti = token::string_claim(claims, "jti")?.map(Box::from);
+        p.session_id = token::string_claim(claims, "sid")?.map(Box::from);
+        p.audiences = audiences_of(claims);
         p.issued_at = iat;
         p.consumer = consumer_of(claims);
         p.confirmation = crate::principal::confirmation(claims)?;
@@ -385,12 +388,28 @@ impl PolicyTrust {
         p.issuer = Some(intro.endpoint.issuer.clone());
         p.subject = string("sub")?.map(Box::from);
         p.jti = string("jti")?.map(Box::from);
+        p.session_id = string("sid")?.map(Box::from);
+        p.audiences = audiences_of(claims);
         p.issued_at = iat;
         p.consumer = consumer_of(claims);
         p.confirmation = crate::principal::confirmation(claims).map_err(|_| INACTIVE)?;
         p.scopes = scopes;
         p.forward_headers = forward_headers;
         Ok(p)
+    }
+}
+
+/// The `aud` of a claim set as a list (a string or an array of strings; other members
+/// are left out: the audience check has already refused a malformed `aud`).
+fn audiences_of(claims: &serde_json::Map<String, Value>) -> Box<[Box<str>]> {
+    match claims.get("aud") {
+        Some(Value::String(a)) => Box::new([Box::from(a.as_str())]),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(Box::from)
+            .collect(),
+        _ => Box::default(),
     }
 }
 

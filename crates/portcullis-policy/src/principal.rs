@@ -54,6 +54,11 @@ pub struct Principal {
     pub consumer: Option<Arc<str>>,
     /// `jti`, if present.
     pub jti: Option<Box<str>>,
+    /// `sid` (the OpenID login session), if present: `sessionId` revocations match it.
+    pub session_id: Option<Box<str>>,
+    /// The audiences (`aud`) of a token, as it names them; empty for API keys. MCP
+    /// routes demand their resource URI here (RFC 8707).
+    pub audiences: Box<[Box<str>]>,
     /// `iat`, if present (seconds since the epoch); an API key's `createdAt`.
     pub issued_at: Option<i64>,
     /// `exp` (seconds since the epoch); `i64::MAX` for an API key without expiry.
@@ -94,6 +99,8 @@ impl Principal {
             subject: None,
             consumer: None,
             jti: None,
+            session_id: None,
+            audiences: Box::default(),
             issued_at: None,
             expires_at,
             key_id: None,

@@ -64,6 +64,8 @@ pub enum DenyReason {
     RevokedToken,
     /// Revoked by `subject` + `issuedBefore`.
     RevokedSubject,
+    /// Revoked by `sessionId`: its `sid` names a session that was logged out.
+    RevokedSession,
     /// Verified by a revoked key: its JWK `kid`, the token's header `kid`, or the key's
     /// RFC 7638 thumbprint is revoked.
     RevokedKey,
@@ -93,6 +95,15 @@ pub enum DenyReason {
     /// The introspection endpoint could not be reached in time: the token was not judged,
     /// so the answer is 503 with `Retry-After`, not 401.
     IntrospectionUnavailable,
+    /// MCP route: a browser `Origin` that is neither the resource's nor allowed (403, the
+    /// Streamable HTTP transport's DNS-rebinding defence).
+    McpOrigin,
+    /// MCP route with per-method rules: a POST without `Mcp-Method`, a JSON-RPC batch, or
+    /// an `MCP-Protocol-Version` too old to promise the `Mcp-Method`/`Mcp-Name` headers
+    /// (400).
+    McpHeaders,
+    /// MCP route: a method or tool the route refuses whatever the token holds (403).
+    McpDenied,
 }
 
 impl DenyReason {
@@ -132,6 +143,10 @@ impl DenyReason {
         DenyReason::InsufficientScope,
         DenyReason::InactiveToken,
         DenyReason::IntrospectionUnavailable,
+        DenyReason::RevokedSession,
+        DenyReason::McpOrigin,
+        DenyReason::McpHeaders,
+        DenyReason::McpDenied,
     ];
 
     /// The HTTP status this reason becomes.
@@ -139,8 +154,9 @@ impl DenyReason {
         use DenyReason::*;
         match self {
             NoRoute => 404,
-            MalformedHeader | DuplicateHeader | TokenInQuery | MultipleCredentials => 400,
-            InsufficientScope => 403,
+            MalformedHeader | DuplicateHeader | TokenInQuery | MultipleCredentials
+            | McpHeaders => 400,
+            InsufficientScope | McpOrigin | McpDenied => 403,
             IntrospectionUnavailable => 503,
             _ => 401,
         }
@@ -150,10 +166,10 @@ impl DenyReason {
     pub fn error_code(self) -> Option<&'static str> {
         use DenyReason::*;
         match self {
-            NoRoute | MissingToken | UnsupportedScheme | IntrospectionUnavailable => None,
-            MalformedHeader | DuplicateHeader | TokenInQuery | MultipleCredentials => {
-                Some("invalid_request")
-            }
+            NoRoute | MissingToken | UnsupportedScheme | IntrospectionUnavailable | McpOrigin
+            | McpDenied => None,
+            MalformedHeader | DuplicateHeader | TokenInQuery | MultipleCredentials
+            | McpHeaders => Some("invalid_request"),
             InsufficientScope => Some("insufficient_scope"),
             _ => Some("invalid_token"),
         }
@@ -191,6 +207,10 @@ impl DenyReason {
             RevokedJti => "revoked_jti",
             RevokedToken => "revoked_token",
             RevokedSubject => "revoked_subject",
+            RevokedSession => "revoked_session",
+            McpOrigin => "mcp_origin",
+            McpHeaders => "mcp_headers",
+            McpDenied => "mcp_denied",
             RevokedKey => "revoked_key",
             WrongTokenType => "wrong_token_type",
             UnforwardableClaim => "unforwardable_claim",
@@ -227,9 +247,13 @@ impl DenyReason {
             MissingExpiry => "the token has no expiry",
             LifetimeTooLong => "the token's lifetime exceeds the maximum",
             MissingClaim => "the token lacks a required claim",
-            RevokedJti | RevokedToken | RevokedSubject | RevokedKey | RevokedApiKey => {
-                "the token has been revoked"
+            RevokedJti | RevokedToken | RevokedSubject | RevokedSession | RevokedKey
+            | RevokedApiKey => "the token has been revoked",
+            McpOrigin => "this origin may not call the MCP server",
+            McpHeaders => {
+                "Mcp-Method (and Mcp-Name) headers matching the body and MCP-Protocol-Version 2026-07-28 or later are required"
             }
+            McpDenied => "this MCP method or tool is not available",
             WrongTokenType => "the token is not an access token",
             UnforwardableClaim => "a claim of the token cannot be passed on",
             InsufficientScope => "the token lacks a required scope",

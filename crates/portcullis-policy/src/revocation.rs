@@ -19,8 +19,11 @@ type Expiry = Option<i64>;
 pub(crate) struct RevocationSet {
     jti: HashMap<Box<str>, Expiry>,
     token: HashMap<[u8; 32], Expiry>,
-    /// subject -> (issuedBefore, expiry) entries.
-    subject: HashMap<Box<str>, Vec<(i64, Expiry)>>,
+    /// subject -> (issuedBefore, issuer, expiry) entries; an issuer narrows the entry to
+    /// that issuer's tokens.
+    subject: HashMap<Box<str>, Vec<(i64, Option<Box<str>>, Expiry)>>,
+    /// session id (`sid`) -> (issuer, expiry) entries.
+    session: HashMap<Box<str>, Vec<(Option<Box<str>>, Expiry)>>,
     key_id: HashMap<Box<str>, Expiry>,
     /// RFC 7638 JWK thumbprints (SHA-256) of revoked keys.
     jwk_thumbprint: HashMap<[u8; 32], Expiry>,
@@ -59,12 +62,27 @@ impl RevocationSet {
             .or_insert(expiry);
     }
 
-    pub(crate) fn add_subject(&mut self, subject: &str, issued_before: i64, expiry: Expiry) {
+    pub(crate) fn add_subject(
+        &mut self,
+        subject: &str,
+        issued_before: i64,
+        issuer: Option<&str>,
+        expiry: Expiry,
+    ) {
         self.len += 1;
-        self.subject
-            .entry(subject.into())
+        self.subject.entry(subject.into()).or_default().push((
+            issued_before,
+            issuer.map(Box::from),
+            expiry,
+        ));
+    }
+
+    pub(crate) fn add_session(&mut self, sid: &str, issuer: Option<&str>, expiry: Expiry) {
+        self.len += 1;
+        self.session
+            .entry(sid.into())
             .or_default()
-            .push((issued_before, expiry));
+            .push((issuer.map(Box::from), expiry));
     }
 
     pub(crate) fn add_key_id(&mut self, kid: &str, expiry: Expiry) {
@@ -141,6 +159,12 @@ impl RevocationSet {
         {
             return Err(DenyReason::RevokedKey);
         }
+        // An entry naming an issuer holds only for that issuer's tokens (a `sub` or `sid`
+        // is unique only within its issuer).
+        let same_issuer = |iss: &Option<Box<str>>| {
+            iss.as_deref()
+                .is_none_or(|i| token.issuer.as_deref() == Some(i))
+        };
         if let Some(sub) = &token.subject
             && let Some(entries) = self.subject.get(&**sub)
         {
@@ -148,10 +172,18 @@ impl RevocationSet {
             let iat = token.issued_at.unwrap_or(i64::MIN);
             if entries
                 .iter()
-                .any(|(before, exp)| live(exp, now) && iat < *before)
+                .any(|(before, iss, exp)| live(exp, now) && iat < *before && same_issuer(iss))
             {
                 return Err(DenyReason::RevokedSubject);
             }
+        }
+        if let Some(sid) = &token.session_id
+            && let Some(entries) = self.session.get(&**sid)
+            && entries
+                .iter()
+                .any(|(iss, exp)| live(exp, now) && same_issuer(iss))
+        {
+            return Err(DenyReason::RevokedSession);
         }
         Ok(())
     }
@@ -166,6 +198,12 @@ impl RevocationSet {
             + self.api_key_id.values().filter(|e| dead(e)).count()
             + self
                 .subject
+                .values()
+                .flat_map(|v| v.iter())
+                .filter(|(_, _, e)| dead(e))
+                .count()
+            + self
+                .session
                 .values()
                 .flat_map(|v| v.iter())
                 .filter(|(_, e)| dead(e))
@@ -209,6 +247,7 @@ impl RevocationSet {
                 r.jti.is_some(),
                 r.token_sha256.is_some(),
                 r.subject.is_some(),
+                r.session_id.is_some(),
                 r.key_id.is_some(),
                 r.jwk_thumbprint.is_some(),
                 r.api_key_id.is_some(),
@@ -216,7 +255,14 @@ impl RevocationSet {
             if selectors.iter().filter(|s| **s).count() != 1 {
                 err(
                     at,
-                    "a revocation needs exactly one of jti, tokenSha256, subject (with issuedBefore), keyId, jwkThumbprint or apiKeyId",
+                    "a revocation needs exactly one of jti, tokenSha256, subject (with issuedBefore), sessionId, keyId, jwkThumbprint or apiKeyId",
+                );
+                continue;
+            }
+            if r.issuer.is_some() && r.subject.is_none() && r.session_id.is_none() {
+                err(
+                    format!("{at}.issuer"),
+                    "issuer narrows a subject or sessionId revocation; it needs subject or sessionId",
                 );
                 continue;
             }
@@ -235,10 +281,12 @@ impl RevocationSet {
                 }
             } else if let Some(sub) = &r.subject {
                 match r.issued_before.as_deref().map(parse_time) {
-                    Some(Ok(before)) => set.add_subject(sub, before, expiry),
+                    Some(Ok(before)) => set.add_subject(sub, before, r.issuer.as_deref(), expiry),
                     Some(Err(e)) => err(format!("{at}.issuedBefore"), &e),
                     None => err(format!("{at}.issuedBefore"), "subject needs issuedBefore"),
                 }
+            } else if let Some(sid) = &r.session_id {
+                set.add_session(sid, r.issuer.as_deref(), expiry);
             } else if let Some(kid) = &r.key_id {
                 set.add_key_id(kid, expiry);
             } else if let Some(t) = &r.jwk_thumbprint {

@@ -47,6 +47,11 @@ pub struct RouteInfo {
     pub llm: Option<Arc<crate::llm::LlmRoute>>,
     /// The budgets and rate limits of the route's policy, if it has any.
     pub quotas: Option<Arc<crate::quota::Quotas>>,
+    /// MCP resource-server mode (`spec.mcp`), when the route has it.
+    pub mcp: Option<Arc<crate::mcp::McpRoute>>,
+    /// This rule serves the route's RFC 9728 metadata document (a public rule the
+    /// compiler adds at `/.well-known/oauth-protected-resource...`), not the backend.
+    pub serves_mcp_metadata: bool,
 }
 
 /// What the proxy does with a request header whose name holds characters other than

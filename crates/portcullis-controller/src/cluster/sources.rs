@@ -161,6 +161,13 @@ pub(crate) fn source_set(
                 .keys
                 .insert(c.secret_ref.key.clone());
         }
+        // An MCP route's own credential for its server.
+        if let Some(c) = r.spec.mcp.as_ref().and_then(|m| m.upstream_credential.as_ref()) {
+            used.entry((key.0.clone(), c.secret_ref.name.clone()))
+                .or_default()
+                .keys
+                .insert(c.secret_ref.key.clone());
+        }
         let mut clean = ApiRoute::new(&r.name_any(), r.spec.clone());
         clean.metadata = slim_meta(&r.metadata);
         set.upsert(SourceObject::ApiRoute(clean));

@@ -136,6 +136,7 @@ pub(super) fn compile_route(
             }
         },
     };
+    let mcp = compile_mcp(r, policy.map(|p| &policies.compiled[p]), secrets, &mut errs);
     // Rules: validate everything before touching the index.
     let mut pending = Vec::new();
     let id: Arc<str> = format!("{ns}/{}", r.name_any()).into();
@@ -229,11 +230,33 @@ pub(super) fn compile_route(
                     underscore_headers,
                     llm: llm.clone(),
                     quotas: policies.compiled[policy].quotas.clone(),
+                    mcp: mcp.clone(),
+                    serves_mcp_metadata: false,
                 },
                 methods: methods.into(),
                 requirement,
             },
+            quiet: false,
         });
+    }
+    // MCP: the metadata document, public, at its well-known paths (the path-suffixed one
+    // first; the bare one only where no other rule claims it).
+    if let (Some(m), Some(first)) = (&mcp, pending.first().map(|p| p.rule.info.clone())) {
+        for (k, path) in m.metadata_paths.iter().enumerate() {
+            let mut info = first.clone();
+            info.serves_mcp_metadata = true;
+            pending.push(PendingRule {
+                i: usize::MAX,
+                path: path.clone(),
+                is_prefix: false,
+                rule: CompiledRule {
+                    info,
+                    methods: vec![Box::from("GET"), Box::from("HEAD")].into(),
+                    requirement: Requirement::Public,
+                },
+                quiet: k > 0,
+            });
+        }
     }
     if spec.rules.is_empty() {
         errs.push(route_error(
@@ -255,6 +278,9 @@ struct PendingRule {
     path: String,
     is_prefix: bool,
     rule: CompiledRule,
+    /// A conflict drops it without a report (the bare MCP metadata path, which another
+    /// MCP route on the host may hold).
+    quiet: bool,
 }
 
 /// Puts the rules into the index. Conflicts: an earlier route keeps the match; this rule is
@@ -275,9 +301,17 @@ fn insert(r: &ApiRoute, pending: Vec<PendingRule>, index: &mut RouteIndex) -> Ve
             }
         }
         if let Some((host, other, other_rule)) = conflict {
+            if p.quiet {
+                continue;
+            }
+            let field = if p.i == usize::MAX {
+                "spec.mcp.resource".to_owned()
+            } else {
+                format!("spec.rules[{}].match", p.i)
+            };
             warnings.push(route_error(
                 r,
-                format!("spec.rules[{}].match", p.i),
+                field,
                 CompileReason::RuleConflict,
                 format!(
                     "host {host} path {} is already claimed by ApiRoute {other} rule {other_rule}; this rule is ignored",
@@ -420,4 +454,106 @@ pub(super) fn upstream_from_uri(uri: http::Uri) -> Result<Upstream, String> {
         base_path,
         host_header,
     })
+}
+
+/// `spec.mcp`, compiled: the metadata, the per-method rules and the upstream credential.
+fn compile_mcp(
+    r: &ApiRoute,
+    policy: Option<&CompiledPolicy>,
+    secrets: &super::objects::SecretIndex<'_>,
+    errs: &mut Vec<CompileError>,
+) -> Option<Arc<crate::mcp::McpRoute>> {
+    let spec = r.spec.mcp.as_ref()?;
+    let ns = r.ns();
+    if r.spec.pass_authorization {
+        errs.push(route_error(
+            r,
+            "spec.passAuthorization",
+            CompileReason::Invalid,
+            "an mcp route never passes the client's token to the MCP server (token passthrough is forbidden): remove passAuthorization, or set mcp.upstreamCredential",
+        ));
+    }
+    if r.spec.backend.llm.is_some() {
+        errs.push(route_error(
+            r,
+            "spec.mcp",
+            CompileReason::Invalid,
+            "mcp and backend.llm cannot be combined",
+        ));
+    }
+    let credential = match &spec.upstream_credential {
+        None => None,
+        Some(c) => {
+            let at = "spec.mcp.upstreamCredential.secretRef";
+            let name = &c.secret_ref.name;
+            let value = secrets
+                .get(&(ns.clone(), name.clone()))
+                .and_then(|s| super::objects::secret_value(s, &c.secret_ref.key));
+            let Some(raw) = value else {
+                errs.push(route_error(
+                    r,
+                    at,
+                    CompileReason::SecretNotFound,
+                    format!("Secret {ns}/{name} or its key {:?} not found", c.secret_ref.key),
+                ));
+                return None;
+            };
+            let raw = String::from_utf8_lossy(&raw).trim().to_owned();
+            let header = c.header.as_deref().unwrap_or("authorization");
+            let value = if header.eq_ignore_ascii_case("authorization") {
+                format!("Bearer {raw}")
+            } else {
+                raw
+            };
+            match (
+                http::HeaderName::from_bytes(header.to_ascii_lowercase().as_bytes()),
+                http::HeaderValue::from_str(&value),
+            ) {
+                (Ok(n), Ok(mut v)) if !raw_is_empty(&value) => {
+                    v.set_sensitive(true);
+                    Some((n, v))
+                }
+                _ => {
+                    errs.push(route_error(
+                        r,
+                        at,
+                        CompileReason::Invalid,
+                        format!(
+                            "Secret {ns}/{name} key {:?} is empty or not a valid header value",
+                            c.secret_ref.key
+                        ),
+                    ));
+                    return None;
+                }
+            }
+        }
+    };
+    let mut issuers: Vec<String> = policy
+        .map(|p| {
+            let mut v: Vec<String> = p.issuers.keys().cloned().collect();
+            if let Some(i) = &p.introspection {
+                v.push(i.endpoint.issuer.to_string());
+            }
+            v
+        })
+        .unwrap_or_default();
+    issuers.sort();
+    issuers.dedup();
+    let mut scopes: Vec<String> = Vec::new();
+    for rule in &r.spec.rules {
+        scopes.extend(rule.required_scopes.iter().cloned());
+        scopes.extend(rule.any_scopes.iter().cloned());
+    }
+    match crate::mcp::compile(spec, &issuers, &scopes, credential) {
+        Ok(m) => Some(Arc::new(m)),
+        Err((path, message)) => {
+            errs.push(route_error(r, path, CompileReason::Invalid, message));
+            None
+        }
+    }
+}
+
+/// An `Authorization` value of only a scheme.
+fn raw_is_empty(value: &str) -> bool {
+    value.trim().is_empty() || value == "Bearer "
 }

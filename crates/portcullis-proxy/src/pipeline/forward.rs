@@ -35,7 +35,20 @@ pub(super) struct Forward<'p> {
     pub(super) llm: Option<crate::llm::LlmCall>,
     /// Headers the gateway adds to the response (rate-limit state).
     pub(super) response_headers: super::quota::QuotaHeaders,
+    /// MCP: the body must agree with these headers before it goes upstream.
+    mcp_check: Option<McpCheck>,
 }
+
+/// What an MCP request's body must say: the `Mcp-Method` and `Mcp-Name` the decision
+/// was made on.
+struct McpCheck {
+    method: Option<String>,
+    name: Option<String>,
+    strict: bool,
+}
+
+/// The most an MCP request body may hold (it is read whole to be checked).
+const MCP_BODY_LIMIT: usize = 4 << 20;
 
 impl Pipeline {
     /// Phase: forward. Points `head` at the upstream, scrubs what the backend must not get
@@ -70,6 +83,7 @@ impl Pipeline {
                     quotas: route.quotas.clone(),
                 }),
                 response_headers: Vec::new(),
+                mcp_check: None,
             });
         }
         let upstream = allow.upstream();
@@ -120,6 +134,27 @@ impl Pipeline {
         for (name, value) in allow.headers() {
             headers.insert(name.clone(), value.clone());
         }
+        let mut mcp_check = None;
+        if let Some(mcp) = &route.mcp {
+            // The client's token never reaches the MCP server (removed above: an MCP
+            // route cannot pass it on); the gateway's own credential may.
+            if let Some((name, value)) = &mcp.upstream_credential {
+                headers.insert(name.clone(), value.clone());
+            }
+            // Read as the decision read them (a repeated header has no single value).
+            let seen = super::phases::mcp_headers(headers);
+            let (method, name) = (
+                seen.method.map(str::to_owned),
+                seen.name.map(str::to_owned),
+            );
+            if head.method == http::Method::POST && (mcp.strict || method.is_some()) {
+                mcp_check = Some(McpCheck {
+                    name,
+                    method,
+                    strict: mcp.strict,
+                });
+            }
+        }
         // The peer's address as a header value is made once per connection.
         let xff = match headers
             .get("x-forwarded-for")
@@ -158,6 +193,7 @@ impl Pipeline {
             response_filter: filters.and_then(|f| f.response_filter(route)),
             llm: None,
             response_headers: Vec::new(),
+            mcp_check,
         })
     }
 
@@ -171,6 +207,40 @@ impl Pipeline {
         fwd: Forward<'p>,
         log: &mut RequestLog,
     ) -> Outcome<'p> {
+        if let Some(check) = &fwd.mcp_check {
+            let bytes = match super::body::read_limited(
+                &head.headers,
+                body,
+                MCP_BODY_LIMIT,
+                fwd.request_timeout,
+            )
+            .await
+            {
+                Ok(b) => b,
+                Err(e) => return Outcome::Local(self.fail(log, e)),
+            };
+            let verdict = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .map_err(|_| "the body is not JSON")
+                .and_then(|v| {
+                    portcullis_policy::mcp::body_agrees(
+                        &v,
+                        check.method.as_deref(),
+                        check.name.as_deref(),
+                        check.strict,
+                    )
+                });
+            if let Err(why) = verdict {
+                // The decision was made on the headers: a body saying otherwise is refused
+                // before the MCP server sees it.
+                return Outcome::Local(self.mcp_mismatch(log, why));
+            }
+            head.headers.remove(header::TRANSFER_ENCODING);
+            head.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            return self
+                .send_upstream(head, RequestBody::Full(Some(bytes)), None, fwd, log)
+                .await;
+        }
         let (body, body_failed) = match fwd.request_filter {
             Some(filter)
                 if !body.is_end_stream() && RequestBodyFilter::applies_to(&head.headers) =>
@@ -188,6 +258,38 @@ impl Pipeline {
             }
             _ => RequestBody::streaming(body),
         };
+        self.send_upstream(head, body, body_failed, fwd, log).await
+    }
+
+    /// A 400 for an MCP body that disagrees with its headers (JSON-RPC error format).
+    fn mcp_mismatch(&self, log: &mut RequestLog, why: &'static str) -> Response<ProxyBody> {
+        self.metrics
+            .requests_refused
+            .with_label_values(&["mcp_headers"])
+            .inc();
+        log.reason = "mcp_headers";
+        log.close = true;
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": {"code": -32600, "message": why},
+        });
+        super::response(
+            http::StatusCode::BAD_REQUEST,
+            "application/json",
+            body.to_string(),
+        )
+    }
+
+    /// Sends the request and waits for the response head, within the route's timeouts.
+    async fn send_upstream<'p>(
+        &self,
+        head: http::request::Parts,
+        body: RequestBody,
+        body_failed: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+        fwd: Forward<'p>,
+        log: &mut RequestLog,
+    ) -> Outcome<'p> {
         let started = Instant::now();
         let call = tokio::time::timeout(
             fwd.request_timeout,

@@ -106,6 +106,21 @@ impl Pipeline {
         let allow = self
             .authorize_phase(&snapshot, &mut refreshed, head, uri, &target, log)
             .await?;
+        if allow.route.serves_mcp_metadata
+            && let Some(mcp) = &allow.route.mcp
+        {
+            // RFC 9728 section 3.2: the metadata, for anyone (no token needed).
+            let mut resp = response(
+                StatusCode::OK,
+                "application/json",
+                mcp.metadata.to_string(),
+            );
+            resp.headers_mut().insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+            return Err(resp);
+        }
         let quota_headers = self.rate_limit_phase(&allow, log).await?;
         let mut forward = self.forward_phase(head, uri, &target, &allow, log, tls)?;
         forward.response_headers = quota_headers;
@@ -191,6 +206,7 @@ impl Pipeline {
             path: &target.path,
             query: uri.query(),
             credentials: Credentials::from_headers(&head.headers),
+            mcp: mcp_headers(&head.headers),
         };
         let mut decision = snapshot.authorize(&parts);
         if let Decision::Pending(pending) = &decision {
@@ -305,6 +321,28 @@ impl Pipeline {
             Some(false) => self.metrics.token_cache_misses.inc(),
             None => {}
         }
+    }
+}
+
+/// The MCP headers of a request (decided on only on MCP routes). A header that is not
+/// visible ASCII reads as absent here, and the body check refuses what it hides.
+pub(super) fn mcp_headers(headers: &HeaderMap) -> portcullis_policy::mcp::McpHeaders<'_> {
+    use portcullis_policy::mcp::{MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION};
+    let one = |name| {
+        let mut all = headers.get_all(name).iter();
+        match (all.next(), all.next()) {
+            (Some(v), None) => v.to_str().ok(),
+            // Two values: no single reading; an unknown method matches no rule and
+            // fails the body check.
+            (Some(_), Some(_)) => Some("\u{0}duplicate"),
+            _ => None,
+        }
+    };
+    portcullis_policy::mcp::McpHeaders {
+        method: one(&MCP_METHOD),
+        name: one(&MCP_NAME),
+        protocol_version: one(&MCP_PROTOCOL_VERSION),
+        origin: one(&header::ORIGIN),
     }
 }
 
