@@ -332,6 +332,18 @@ pub enum ServerMessage {
         /// Version.
         version: u64,
     },
+    /// The answer to the proxy's [`ProxyMessage::Event`] `id`.
+    Applied {
+        /// The event answered.
+        id: u64,
+        /// `None` when the revocations are written (or were already: a replay); else why
+        /// not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// The event had been applied before (its `jti` is on record).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        replay: bool,
+    },
     /// The answer to the proxy's [`ProxyMessage::Lease`] `id`.
     Grant {
         /// The lease request answered.
@@ -459,6 +471,27 @@ pub enum ProxyMessage {
     },
     /// Unused slices and overuse given back; not answered.
     Release(Release),
+    /// An identity event the proxy validated (a Back-Channel Logout token, a Security
+    /// Event Token): its revocations, to be written to the policy. Answered by
+    /// [`ServerMessage::Applied`] with the same `id`.
+    Event {
+        /// Chosen by the proxy, echoed in the answer.
+        id: u64,
+        /// The event.
+        #[serde(flatten)]
+        event: IdentityEvent,
+    },
+}
+
+/// Revocations an identity event asks for, for one policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityEvent {
+    /// The TokenPolicy, `namespace/name`.
+    pub policy: String,
+    /// The entries to add: `subject` or `sessionId` selectors only, each with a `source`
+    /// naming the event (whose `jti` makes the event apply once).
+    pub revocations: Vec<Revocation>,
 }
 
 #[cfg(test)]

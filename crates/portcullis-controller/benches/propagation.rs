@@ -61,6 +61,10 @@ async fn run(proxies: usize, rounds: usize) {
         quota: Arc::new(portcullis_controller::quota::QuotaService::new(
             Metrics::new(),
         )),
+        events: Arc::new(portcullis_controller::events::EventService::new(
+            None,
+            &prometheus::Registry::new(),
+        )),
     });
     let (_stop, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(serve(listener, state, rx));

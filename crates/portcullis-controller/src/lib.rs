@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod events;
 pub mod jwks_store;
 pub mod metrics;
 pub mod publisher;

@@ -41,6 +41,8 @@ pub struct PushState {
     pub heartbeat: Duration,
     /// The quota ledger (leases from proxies, relays between replicas).
     pub quota: Arc<crate::quota::QuotaService>,
+    /// Writes the revocations of identity events proxies validated.
+    pub events: Arc<crate::events::EventService>,
 }
 
 /// Serves the push endpoint (config streams, `/healthz`, `/readyz`) until `shutdown`
@@ -292,6 +294,18 @@ async fn stream(
                                     // stream, the proxy reconnects with its current one.
                                     reconnect.send_replace(true);
                                 }
+                            });
+                        }
+                        Ok(ProxyMessage::Event { id, event }) => {
+                            let (events, answers) = (state.events.clone(), grants.clone());
+                            tokio::spawn(async move {
+                                let result = events.apply(event).await;
+                                let (error, replay) = match result {
+                                    Ok(replay) => (None, replay),
+                                    Err(e) => (Some(e), false),
+                                };
+                                let msg = ServerMessage::Applied { id, error, replay };
+                                let _ = answers.send(line(&msg)).await;
                             });
                         }
                         Ok(ProxyMessage::Release(r)) => {

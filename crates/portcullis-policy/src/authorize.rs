@@ -85,7 +85,7 @@ impl Snapshot {
         };
         if let Some(mcp) = &rule.info.mcp
             && !rule.info.serves_mcp_metadata
-            && let Err(reason) = mcp.check_request(&req.mcp)
+            && let Err(reason) = mcp.check_request(&req.mcp, req.method)
         {
             return deny(reason, Some(&rule.info), None, false);
         }

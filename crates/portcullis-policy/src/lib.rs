@@ -20,6 +20,7 @@ mod clock;
 mod compile;
 mod credentials;
 mod decision;
+pub mod events;
 mod index;
 mod keys;
 pub mod ledger;

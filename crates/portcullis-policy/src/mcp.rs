@@ -92,9 +92,12 @@ impl McpRoute {
             .or(m.any_name.as_ref())
     }
 
-    /// The checks made before any token is looked at: the `Origin` (403) and the
-    /// protocol version (400).
-    pub(crate) fn check_request(&self, h: &McpHeaders<'_>) -> Result<(), DenyReason> {
+    /// The checks made before any token is looked at: the `Origin` (403) and, while
+    /// per-method rules exist, the protocol version of a POST (400): absent, older than
+    /// the minimum or not a version, the `Mcp-Method`/`Mcp-Name` headers the rules read
+    /// are not promised (MCP 2026-07-28, transport, "Request Metadata": intermediaries
+    /// SHOULD reject rather than trust the headers).
+    pub(crate) fn check_request(&self, h: &McpHeaders<'_>, method: &str) -> Result<(), DenyReason> {
         if let Some(origin) = h.origin
             && !self.origins.iter().any(|o| **o == *origin)
         {
@@ -103,8 +106,9 @@ impl McpRoute {
         // Versions are dates (YYYY-MM-DD): they compare as strings. A version that is not
         // a date is refused too, rather than guessed at.
         if self.strict
-            && let Some(v) = h.protocol_version
-            && (!is_version(v) || v < &*self.min_version)
+            && method == "POST"
+            && h.protocol_version
+                .is_none_or(|v| !is_version(v) || v < &*self.min_version)
         {
             return Err(DenyReason::McpHeaders);
         }
@@ -119,6 +123,22 @@ fn is_version(v: &str) -> bool {
             4 | 7 => *c == b'-',
             _ => c.is_ascii_digit(),
         })
+}
+
+/// Decodes an `Mcp-Name` (or `Mcp-Method`) value sent in the Base64 form of MCP
+/// 2026-07-28 (`=?base64?<base64 of UTF-8>?=`, for values that are not plain visible
+/// ASCII). `None` when the value is not in that form; `Some(Err)` when it is but does not
+/// decode.
+pub fn decode_header_value(v: &str) -> Option<Result<String, ()>> {
+    use base64::Engine;
+    let inner = v.strip_prefix("=?base64?")?.strip_suffix("?=")?;
+    Some(
+        base64::engine::general_purpose::STANDARD
+            .decode(inner)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or(()),
+    )
 }
 
 /// The origin (`scheme://host[:port]`) of an absolute URL.
@@ -316,7 +336,13 @@ mod tests {
             "rules": rules,
         }))
         .unwrap();
-        compile(&spec, &["https://idp.example.com".into()], &["mcp".into()], None).unwrap()
+        compile(
+            &spec,
+            &["https://idp.example.com".into()],
+            &["mcp".into()],
+            None,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -337,7 +363,10 @@ mod tests {
         );
         let doc: Value = serde_json::from_str(&r.metadata).unwrap();
         assert_eq!(doc["resource"], "https://mcp.example.com/mcp");
-        assert_eq!(doc["authorization_servers"], json!(["https://idp.example.com"]));
+        assert_eq!(
+            doc["authorization_servers"],
+            json!(["https://idp.example.com"])
+        );
         assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
         assert_eq!(doc["scopes_supported"], json!(["mcp"]));
     }
@@ -373,25 +402,27 @@ mod tests {
             protocol_version: version,
             ..Default::default()
         };
-        assert!(r.check_request(&with(None, None)).is_ok());
+        const V: Option<&str> = Some("2026-07-28");
+        assert!(r.check_request(&with(None, V), "POST").is_ok());
         assert!(
-            r.check_request(&with(Some("https://mcp.example.com"), None))
+            r.check_request(&with(Some("https://mcp.example.com"), V), "POST")
                 .is_ok()
         );
         assert_eq!(
-            r.check_request(&with(Some("https://evil.example"), None)),
+            r.check_request(&with(Some("https://evil.example"), V), "POST"),
             Err(DenyReason::McpOrigin)
         );
-        // 2025-06-18 clients do not promise Mcp-Method: refused while rules exist.
-        assert_eq!(
-            r.check_request(&with(None, Some("2025-06-18"))),
-            Err(DenyReason::McpHeaders)
-        );
-        assert_eq!(
-            r.check_request(&with(None, Some("garbage"))),
-            Err(DenyReason::McpHeaders)
-        );
-        assert!(r.check_request(&with(None, Some("2026-07-28"))).is_ok());
+        // 2025-06-18 clients do not promise Mcp-Method: refused while rules exist, and so
+        // is a POST that names no version at all.
+        for v in [Some("2025-06-18"), Some("garbage"), None] {
+            assert_eq!(
+                r.check_request(&with(None, v), "POST"),
+                Err(DenyReason::McpHeaders),
+                "{v:?}"
+            );
+        }
+        // A GET (the SSE stream) carries no JSON-RPC call.
+        assert!(r.check_request(&with(None, None), "GET").is_ok());
     }
 
     #[test]
@@ -412,6 +443,30 @@ mod tests {
         assert!(body_agrees(&response, None, None, true).is_ok());
         assert!(body_agrees(&response, Some("tools/call"), None, true).is_err());
         // Batches were removed in 2025-06-18; a batch could hide a second call.
-        assert!(body_agrees(&json!([call]), Some("tools/call"), Some("get_weather"), true).is_err());
+        assert!(
+            body_agrees(
+                &json!([call]),
+                Some("tools/call"),
+                Some("get_weather"),
+                true
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn base64_header_values_are_decoded_mcp_2026_07_28() {
+        // "Request Metadata": values that are not plain visible ASCII travel as
+        // =?base64?...?= and are compared decoded.
+        assert_eq!(
+            decode_header_value("=?base64?w6lt w6k=?="),
+            Some(Err(())),
+            "not base64"
+        );
+        assert_eq!(
+            decode_header_value("=?base64?w6l0w6k=?="),
+            Some(Ok("été".to_owned()))
+        );
+        assert_eq!(decode_header_value("get_weather"), None);
     }
 }

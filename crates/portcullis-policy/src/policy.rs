@@ -148,6 +148,8 @@ pub(crate) struct PolicyTrust {
     pub(crate) introspection: Option<CompiledIntrospection>,
     /// Budgets and rate limits; `None` when the policy has none.
     pub(crate) quotas: Option<Arc<crate::quota::Quotas>>,
+    /// Identity events (Back-Channel Logout); `None` when the policy takes none.
+    pub(crate) events: Option<Arc<crate::events::CompiledEvents>>,
 }
 
 impl PolicyTrust {

@@ -154,8 +154,9 @@ impl DenyReason {
         use DenyReason::*;
         match self {
             NoRoute => 404,
-            MalformedHeader | DuplicateHeader | TokenInQuery | MultipleCredentials
-            | McpHeaders => 400,
+            MalformedHeader | DuplicateHeader | TokenInQuery | MultipleCredentials | McpHeaders => {
+                400
+            }
             InsufficientScope | McpOrigin | McpDenied => 403,
             IntrospectionUnavailable => 503,
             _ => 401,
@@ -166,10 +167,15 @@ impl DenyReason {
     pub fn error_code(self) -> Option<&'static str> {
         use DenyReason::*;
         match self {
-            NoRoute | MissingToken | UnsupportedScheme | IntrospectionUnavailable | McpOrigin
+            NoRoute
+            | MissingToken
+            | UnsupportedScheme
+            | IntrospectionUnavailable
+            | McpOrigin
             | McpDenied => None,
-            MalformedHeader | DuplicateHeader | TokenInQuery | MultipleCredentials
-            | McpHeaders => Some("invalid_request"),
+            MalformedHeader | DuplicateHeader | TokenInQuery | MultipleCredentials | McpHeaders => {
+                Some("invalid_request")
+            }
             InsufficientScope => Some("insufficient_scope"),
             _ => Some("invalid_token"),
         }

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod config;
+pub mod events;
 pub mod keywait;
 pub mod llm;
 pub mod metrics;
@@ -56,6 +57,9 @@ pub struct StandaloneOptions {
     pub unknown_kid_refetch: bool,
     /// Body filters for the routes they choose (none by default).
     pub body_filters: Option<Arc<dyn pipeline::BodyFilters>>,
+    /// Where revocations made by identity events (Back-Channel Logout) are kept across
+    /// restarts; `None` keeps them in memory only.
+    pub events_file: Option<PathBuf>,
 }
 
 impl StandaloneOptions {
@@ -72,6 +76,7 @@ impl StandaloneOptions {
             unknown_kid_hold: Duration::from_secs(1),
             unknown_kid_refetch: true,
             body_filters: None,
+            events_file: None,
         }
     }
 }
@@ -105,6 +110,9 @@ pub enum StartError {
     /// The TLS certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The identity-event file cannot be read.
+    #[error("identity events: {0}")]
+    Events(String),
 }
 
 /// Binds both ports and serves them: the proxy port through `pipeline`, whose `config`
@@ -162,8 +170,13 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
     // Watch before the first load, so no edit falls between the two.
     let watch = standalone::DirWatch::new(&opts.manifests);
     // Load synchronously first so the proxy never serves before its config.
+    let events = Arc::new(match &opts.events_file {
+        Some(f) => events::LocalEvents::with_file(f.clone()).map_err(StartError::Events)?,
+        None => events::LocalEvents::default(),
+    });
     let mut manifests = standalone::ManifestDir::new(opts.manifests.clone(), opts.compile.clone())
-        .with_fetcher(fetcher.clone());
+        .with_fetcher(fetcher.clone())
+        .with_events(events.clone());
     standalone::apply(&mut manifests, &config, &metrics);
     // Give the first fetches of remote key sets a moment, so routes on those policies are
     // served from the first request rather than after the first fetch.
@@ -189,7 +202,8 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
     let keys =
         keywait::KeyWaiter::new(sink, opts.unknown_kid_hold).with_refetch(opts.unknown_kid_refetch);
     let mut pipeline = Pipeline::new(config.clone(), metrics.clone(), opts.limits.clone())
-        .with_key_waiter(Arc::new(keys));
+        .with_key_waiter(Arc::new(keys))
+        .with_events(Arc::new(events));
     if let Some(filters) = opts.body_filters.clone() {
         pipeline = pipeline.with_body_filters(filters);
     }
@@ -267,7 +281,8 @@ pub async fn start_proxy(opts: ProxyOptions) -> Result<Running, StartError> {
     );
     let pipeline = Pipeline::new(config.clone(), metrics.clone(), opts.limits.clone())
         .with_key_waiter(keys)
-        .with_lease_backend(Arc::new(sub.leases()));
+        .with_lease_backend(Arc::new(sub.leases()))
+        .with_events(Arc::new(sub.events()));
     tokio::spawn(pipeline.quota_client().run());
     let running = serve(
         pipeline,

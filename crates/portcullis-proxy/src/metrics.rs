@@ -64,11 +64,15 @@ pub struct Metrics {
     pub request_errors: IntCounterVec,
     /// Response body bytes sent, by route (recorded when the body ends or is dropped).
     pub response_body_bytes: HistogramVec,
+    /// Identity events received (Back-Channel Logout tokens, Security Event Tokens), by
+    /// kind and result (`applied`, `replay`, `rejected`, `not_accepted`, `unavailable`).
+    pub identity_events: IntCounterVec,
 }
 
 /// The `reason` labels of `portcullis_requests_refused_total`, exported at zero from the
 /// start so dashboards and alerts see every one.
 pub const REFUSAL_REASONS: &[&str] = &[
+    "mcp_headers",
     "path_not_absolute",
     "path_control_character",
     "path_invalid_escape",
@@ -233,6 +237,13 @@ impl Metrics {
                     "Data-path errors, by source (client, upstream, proxy) and reason."
                 ),
                 &["source", "reason"]
+            )),
+            identity_events: reg!(IntCounterVec::new(
+                Opts::new(
+                    "portcullis_identity_events_total",
+                    "Identity events received (back-channel logout tokens, security event tokens), by kind and result."
+                ),
+                &["kind", "result"]
             )),
             response_body_bytes: reg!(HistogramVec::new(
                 HistogramOpts::new(

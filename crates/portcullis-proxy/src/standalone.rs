@@ -169,6 +169,8 @@ pub struct ManifestDir {
     last_good: HashMap<ObjectKey, Object>,
     version: u64,
     fetcher: Option<Arc<KeyFetcher>>,
+    /// Revocations from identity events, compiled into their policies.
+    events: Option<Arc<crate::events::LocalEvents>>,
 }
 
 /// The outcome of one load.
@@ -218,7 +220,20 @@ impl ManifestDir {
             last_good: HashMap::new(),
             version: 0,
             fetcher: None,
+            events: None,
         }
+    }
+
+    /// Compiles the revocations identity events made (Back-Channel Logout) into their
+    /// policies, and recompiles when they change.
+    pub fn with_events(mut self, events: Arc<crate::events::LocalEvents>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// The identity-event overlay, if any.
+    pub fn events(&self) -> Option<&Arc<crate::events::LocalEvents>> {
+        self.events.as_ref()
     }
 
     /// Fetches `jwks.uri` and `jwks.discovery` key sets with `fetcher` (standalone mode
@@ -419,10 +434,24 @@ impl ManifestDir {
         Vec<portcullis_policy::CompileError>,
     ) {
         let mut sources = SourceSet::default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         for obj in objects.values() {
             sources.upsert(match obj {
                 Object::Route(r) => SourceObject::ApiRoute(r.clone()),
-                Object::Policy(p) => SourceObject::TokenPolicy(p.clone()),
+                Object::Policy(p) => {
+                    let mut p = p.clone();
+                    if let Some(events) = &self.events {
+                        let id = format!(
+                            "{}/{}",
+                            p.metadata.namespace.as_deref().unwrap_or("default"),
+                            p.metadata.name.as_deref().unwrap_or_default()
+                        );
+                        p.spec.revocations.extend(events.entries(&id, now));
+                    }
+                    SourceObject::TokenPolicy(p)
+                }
                 Object::Secret(s) => SourceObject::Secret(s.clone()),
             });
         }
@@ -523,7 +552,14 @@ pub async fn run_watch(
     // False once the directory watch has ended (or never started): fetched-key changes
     // still recompile.
     let mut dir_open = true;
+    let events = manifests.events().cloned();
     loop {
+        let event_change = async {
+            match &events {
+                Some(e) => e.changed.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         let key_change = async {
             match keys.as_mut() {
                 Some(k) => k.changed().await.is_ok(),
@@ -546,6 +582,9 @@ pub async fn run_watch(
                     continue;
                 }
                 info!("fetched keys changed; recompiling");
+            }
+            () = event_change => {
+                info!("identity event revocations changed; recompiling");
             }
         }
         apply(&mut manifests, &config, &metrics);

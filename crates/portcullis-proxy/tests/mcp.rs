@@ -315,7 +315,10 @@ async fn a_body_that_disagrees_with_its_headers_never_reaches_the_server() {
         // No Mcp-Method while rules exist: the body is the only place the method is.
         (vec![], call("delete_everything")),
         // Another method in the header than in the body.
-        (vec![("mcp-method", "tools/list")], call("delete_everything")),
+        (
+            vec![("mcp-method", "tools/list")],
+            call("delete_everything"),
+        ),
         // A batch could carry a second call the headers do not name.
         (
             vec![("mcp-method", "tools/call"), ("mcp-name", "get_weather")],
@@ -375,6 +378,50 @@ async fn old_protocol_versions_are_refused_while_method_rules_exist() {
             ("authorization", &auth),
             ("mcp-method", "tools/list"),
         ],
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_base64_mcp_name_is_decoded_before_the_rule_is_chosen_mcp_2026_07_28() {
+    // "Request Metadata": `Mcp-Name: =?base64?...?=` is compared decoded. Read raw, the
+    // encoded name would match no tool rule and fall back to the method's rule.
+    let (gw, seen) = gateway().await;
+    let t = token(RESOURCE, "mcp tools:call");
+    let auth = format!("Bearer {t}");
+    let r = send(
+        &gw,
+        "POST",
+        "/mcp",
+        &[
+            JSON,
+            VERSION,
+            ("authorization", &auth),
+            ("mcp-method", "tools/call"),
+            // base64("delete_everything")
+            ("mcp-name", "=?base64?ZGVsZXRlX2V2ZXJ5dGhpbmc=?="),
+        ],
+        &call("delete_everything"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(challenge(&r).contains("admin"));
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_post_without_a_protocol_version_is_refused_while_method_rules_exist() {
+    let (gw, seen) = gateway().await;
+    let t = token(RESOURCE, "mcp tools:call");
+    let auth = format!("Bearer {t}");
+    let r = send(
+        &gw,
+        "POST",
+        "/mcp",
+        &[JSON, ("authorization", &auth), ("mcp-method", "tools/list")],
         r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
     )
     .await;

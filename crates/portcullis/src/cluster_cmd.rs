@@ -177,6 +177,10 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         heartbeat: args.heartbeat,
         quota: quota.clone(),
+        events: Arc::new(portcullis_controller::events::EventService::new(
+            Some(client.clone()),
+            metrics.registry(),
+        )),
     });
     eprintln!(
         "portcullis controller {identity}: push endpoint on {}, metrics on {}",
@@ -313,6 +317,7 @@ fn revocation(args: &RevokeArgs, stdin: impl std::io::Read) -> anyhow::Result<Re
             forward_claims: Default::default(),
             api_keys: None,
             revocations: vec![r.clone()],
+            identity_events: None,
             llm_budgets: vec![],
             rate_limits: vec![],
         },

@@ -162,7 +162,12 @@ pub(crate) fn source_set(
                 .insert(c.secret_ref.key.clone());
         }
         // An MCP route's own credential for its server.
-        if let Some(c) = r.spec.mcp.as_ref().and_then(|m| m.upstream_credential.as_ref()) {
+        if let Some(c) = r
+            .spec
+            .mcp
+            .as_ref()
+            .and_then(|m| m.upstream_credential.as_ref())
+        {
             used.entry((key.0.clone(), c.secret_ref.name.clone()))
                 .or_default()
                 .keys

@@ -123,6 +123,10 @@ pub async fn controller_on(addr: SocketAddr, publisher: Arc<Publisher>) -> Contr
         quota: Arc::new(portcullis_controller::quota::QuotaService::new(
             Metrics::new(),
         )),
+        events: Arc::new(portcullis_controller::events::EventService::new(
+            None,
+            &prometheus::Registry::new(),
+        )),
     });
     let (stop, rx) = watch::channel(false);
     tokio::spawn(serve(listener, state, rx));

@@ -198,6 +198,48 @@ pub(super) fn compile_policy(
         }
     };
 
+    let events = spec.identity_events.as_ref().map(|ev| {
+        let retention = match &ev.retention {
+            Some(_) => duration("identityEvents.retention", &ev.retention, 0, &mut errs)
+                .unwrap_or(86_400),
+            None => max_lifetime.map_or(86_400, |m| m.saturating_add(clock_skew)),
+        };
+        let logout = ev.back_channel_logout.as_ref().map(|b| {
+            for (i, iss) in b.issuers.iter().enumerate() {
+                if !spec.issuers.iter().any(|x| &x.issuer == iss && x.jwks.is_some()) {
+                    errs.push(policy_error(
+                        p,
+                        format!("spec.identityEvents.backChannelLogout.issuers[{i}]"),
+                        CompileReason::Invalid,
+                        format!("{iss:?} is not an issuer of this policy with jwks: its keys verify the logout tokens"),
+                    ));
+                }
+            }
+            if b.audiences.is_empty() {
+                errs.push(policy_error(
+                    p,
+                    "spec.identityEvents.backChannelLogout.audiences",
+                    CompileReason::Invalid,
+                    "list the client ID the identity provider sends logout tokens to",
+                ));
+            }
+            let max_age = duration(
+                "identityEvents.backChannelLogout.maxAge",
+                &b.max_age,
+                120,
+                &mut errs,
+            )
+            .unwrap_or(120);
+            crate::events::CompiledLogout {
+                audiences: b.audiences.clone(),
+                issuers: b.issuers.clone(),
+                scope: b.revoke.unwrap_or_default(),
+                max_age,
+            }
+        });
+        Arc::new(crate::events::CompiledEvents { logout, retention })
+    });
+
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -236,6 +278,7 @@ pub(super) fn compile_policy(
             cache: Arc::new(IntrospectionCache::new(options.cache_capacity)),
         }),
         quotas,
+        events,
     };
     Ok(CompiledPolicy::new(policy_trust, revocations))
 }

@@ -494,7 +494,10 @@ fn compile_mcp(
                     r,
                     at,
                     CompileReason::SecretNotFound,
-                    format!("Secret {ns}/{name} or its key {:?} not found", c.secret_ref.key),
+                    format!(
+                        "Secret {ns}/{name} or its key {:?} not found",
+                        c.secret_ref.key
+                    ),
                 ));
                 return None;
             };

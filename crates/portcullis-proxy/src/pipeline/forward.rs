@@ -142,11 +142,9 @@ impl Pipeline {
                 headers.insert(name.clone(), value.clone());
             }
             // Read as the decision read them (a repeated header has no single value).
-            let seen = super::phases::mcp_headers(headers);
-            let (method, name) = (
-                seen.method.map(str::to_owned),
-                seen.name.map(str::to_owned),
-            );
+            let mut decoded = None;
+            let seen = super::phases::mcp_headers(headers, &mut decoded);
+            let (method, name) = (seen.method.map(str::to_owned), seen.name.map(str::to_owned));
             if head.method == http::Method::POST && (mcp.strict || method.is_some()) {
                 mcp_check = Some(McpCheck {
                     name,
@@ -272,7 +270,8 @@ impl Pipeline {
         let body = serde_json::json!({
             "jsonrpc": "2.0",
             "id": null,
-            "error": {"code": -32600, "message": why},
+            // MCP 2026-07-28 HeaderMismatch.
+            "error": {"code": -32020, "message": why},
         });
         super::response(
             http::StatusCode::BAD_REQUEST,

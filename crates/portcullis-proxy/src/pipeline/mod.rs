@@ -149,7 +149,7 @@ impl Peer {
 
 /// Everything the request path needs, shared by all connections.
 pub struct Pipeline {
-    config: Arc<LiveConfig>,
+    pub(crate) config: Arc<LiveConfig>,
     pub(crate) metrics: Arc<Metrics>,
     limits: Limits,
     pub(crate) client: upstream::UpstreamClient,
@@ -160,6 +160,10 @@ pub struct Pipeline {
     pub(crate) key_pools: Arc<crate::llm::KeyPools>,
     /// Budgets and rate limits: slices leased from the ledger, shared by every worker.
     pub(crate) quota: Arc<crate::quota::QuotaClient>,
+    /// Where validated identity events go (the controller, or the standalone overlay).
+    pub(crate) events: Arc<dyn crate::events::EventSink>,
+    /// Identity events applied recently (by issuer and `jti`), shared by every worker.
+    pub(crate) replay: Arc<crate::events::ReplayCache>,
 }
 
 impl Pipeline {
@@ -184,6 +188,8 @@ impl Pipeline {
             body_filters: None,
             key_pools: Arc::default(),
             quota,
+            events: Arc::new(crate::events::NoEvents),
+            replay: Arc::default(),
         }
     }
 
@@ -201,7 +207,15 @@ impl Pipeline {
             body_filters: self.body_filters.clone(),
             key_pools: self.key_pools.clone(),
             quota: self.quota.clone(),
+            events: self.events.clone(),
+            replay: self.replay.clone(),
         }
+    }
+
+    /// Sends validated identity events (Back-Channel Logout) to `sink`.
+    pub fn with_events(mut self, sink: Arc<dyn crate::events::EventSink>) -> Self {
+        self.events = sink;
+        self
     }
 
     /// Leases quota slices from `backend` (the controller) instead of an in-process

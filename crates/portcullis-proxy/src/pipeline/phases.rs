@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use portcullis_policy::{
@@ -52,6 +52,15 @@ impl Pipeline {
         tls: bool,
     ) -> Outcome<'_> {
         let (mut head, body) = req.into_parts();
+        if let Some(policy) = head.uri.path().strip_prefix(crate::events::LOGOUT_PATH) {
+            // An identity provider's logout token: answered here, never forwarded.
+            if let Err(resp) = self.limits_phase(&head.headers, log) {
+                return Outcome::Local(resp);
+            }
+            let policy = policy.to_owned();
+            log.reason = "backchannel_logout";
+            return Outcome::Local(self.back_channel_logout(&head, body, &policy).await);
+        }
         // The target stays borrowed (canonical path) while the head is rewritten.
         let uri = std::mem::take(&mut head.uri);
         match self.head_phases(&mut head, &uri, log, tls).await {
@@ -110,11 +119,7 @@ impl Pipeline {
             && let Some(mcp) = &allow.route.mcp
         {
             // RFC 9728 section 3.2: the metadata, for anyone (no token needed).
-            let mut resp = response(
-                StatusCode::OK,
-                "application/json",
-                mcp.metadata.to_string(),
-            );
+            let mut resp = response(StatusCode::OK, "application/json", mcp.metadata.to_string());
             resp.headers_mut().insert(
                 header::ACCESS_CONTROL_ALLOW_ORIGIN,
                 HeaderValue::from_static("*"),
@@ -200,13 +205,14 @@ impl Pipeline {
         target: &Target<'_>,
         log: &mut RequestLog,
     ) -> Result<Allow<'s>, Response<ProxyBody>> {
+        let mut decoded_name = None;
         let parts = RequestParts {
             method: head.method.as_str(),
             host: &target.host,
             path: &target.path,
             query: uri.query(),
             credentials: Credentials::from_headers(&head.headers),
-            mcp: mcp_headers(&head.headers),
+            mcp: mcp_headers(&head.headers, &mut decoded_name),
         };
         let mut decision = snapshot.authorize(&parts);
         if let Decision::Pending(pending) = &decision {
@@ -325,10 +331,14 @@ impl Pipeline {
 }
 
 /// The MCP headers of a request (decided on only on MCP routes). A header that is not
-/// visible ASCII reads as absent here, and the body check refuses what it hides.
-pub(super) fn mcp_headers(headers: &HeaderMap) -> portcullis_policy::mcp::McpHeaders<'_> {
+/// visible ASCII reads as absent here, and the body check refuses what it hides. An
+/// `Mcp-Name` in the Base64 form (`=?base64?...?=`) is decoded into `decoded`.
+pub(super) fn mcp_headers<'h>(
+    headers: &'h HeaderMap,
+    decoded: &'h mut Option<String>,
+) -> portcullis_policy::mcp::McpHeaders<'h> {
     use portcullis_policy::mcp::{MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION};
-    let one = |name| {
+    let one = |name: HeaderName| -> Option<&'h str> {
         let mut all = headers.get_all(name).iter();
         match (all.next(), all.next()) {
             (Some(v), None) => v.to_str().ok(),
@@ -338,11 +348,23 @@ pub(super) fn mcp_headers(headers: &HeaderMap) -> portcullis_policy::mcp::McpHea
             _ => None,
         }
     };
+    let raw_name = one(MCP_NAME);
+    let name = match raw_name.map(portcullis_policy::mcp::decode_header_value) {
+        Some(Some(Ok(s))) => {
+            *decoded = Some(s);
+            let d: &'h Option<String> = decoded;
+            d.as_deref()
+        }
+        // Not decodable: no tool has this name, and the body check refuses it.
+        Some(Some(Err(()))) => Some("\u{0}undecodable"),
+        Some(None) => raw_name,
+        None => None,
+    };
     portcullis_policy::mcp::McpHeaders {
-        method: one(&MCP_METHOD),
-        name: one(&MCP_NAME),
-        protocol_version: one(&MCP_PROTOCOL_VERSION),
-        origin: one(&header::ORIGIN),
+        method: one(MCP_METHOD),
+        name,
+        protocol_version: one(MCP_PROTOCOL_VERSION),
+        origin: one(header::ORIGIN),
     }
 }
 

@@ -90,6 +90,8 @@ pub struct Subscriber {
     outgoing: Arc<std::sync::Mutex<Option<mpsc::Sender<Bytes>>>>,
     /// Quota leases waiting for the controller's grant.
     leases: Arc<crate::quota::ControllerLeases>,
+    /// Identity events waiting for the controller's answer.
+    events: Arc<crate::events::ControllerEvents>,
 }
 
 /// Sends refetch requests to the controller over the stream that is up, if any.
@@ -144,7 +146,8 @@ impl Subscriber {
             state: None,
             last_contact: Default::default(),
             outgoing: outgoing.clone(),
-            leases: Arc::new(crate::quota::ControllerLeases::new(outgoing)),
+            leases: Arc::new(crate::quota::ControllerLeases::new(outgoing.clone())),
+            events: Arc::new(crate::events::ControllerEvents::new(outgoing)),
         };
         if let Some(path) = s.opts.state_file.clone() {
             let writer = StateWriter::for_path(&path);
@@ -176,7 +179,12 @@ impl Subscriber {
         }
     }
 
-    /// Quota leases over the controller stream.
+    /// Identity events, applied by the controller over this subscriber's stream.
+    pub fn events(&self) -> Arc<crate::events::ControllerEvents> {
+        self.events.clone()
+    }
+
+    /// The quota leases, answered over this subscriber's stream.
     pub fn leases(&self) -> Arc<crate::quota::ControllerLeases> {
         self.leases.clone()
     }
@@ -474,6 +482,10 @@ impl Subscriber {
             ServerMessage::Heartbeat { .. } => Ok(None),
             ServerMessage::Grant { id, grant } => {
                 self.leases.on_grant(id, grant);
+                Ok(None)
+            }
+            ServerMessage::Applied { id, error, replay } => {
+                self.events.on_applied(id, error.map_or(Ok(replay), Err));
                 Ok(None)
             }
         }

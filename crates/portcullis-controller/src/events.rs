@@ -1,0 +1,244 @@
+//! Identity events from proxies: the revocations a validated Back-Channel Logout token
+//! asks for, written to the TokenPolicy's `spec.revocations` by JSON-patch append. From
+//! there they travel like any revocation: a revocation-only delta to every proxy, each
+//! acknowledging it, and the leader prunes them at `expiresAt`.
+//!
+//! Any replica writes (the API server orders the writes); an event whose `source` (issuer
+//! and `jti`) is already on the policy is a replay and is not written again.
+
+use portcullis_api::push::IdentityEvent;
+use portcullis_api::{Revocation, TokenPolicy};
+use prometheus::IntCounterVec;
+use tracing::{info, warn};
+
+/// Writes event revocations to TokenPolicies.
+pub struct EventService {
+    client: Option<kube::Client>,
+    applied: IntCounterVec,
+}
+
+/// Most entries one event may ask for (a logout makes at most two).
+const MAX_ENTRIES: usize = 4;
+
+/// The entries a proxy may ask for: `subject` + `issuedBefore` or `sessionId`, naming an
+/// issuer and a source, expiring. A proxy (or whoever holds its token) cannot revoke by
+/// key, token or API key through this path, nor forever.
+fn check_entry(r: &Revocation) -> Result<(), String> {
+    let selector_ok = match (&r.subject, &r.issued_before, &r.session_id) {
+        (Some(_), Some(_), None) | (None, None, Some(_)) => true,
+        _ => false,
+    };
+    if !selector_ok
+        || r.jti.is_some()
+        || r.token_sha256.is_some()
+        || r.key_id.is_some()
+        || r.jwk_thumbprint.is_some()
+        || r.api_key_id.is_some()
+    {
+        return Err("an event may only revoke by subject or sessionId".into());
+    }
+    if r.issuer.is_none() || r.expires_at.is_none() {
+        return Err("an event's entries name their issuer and expire".into());
+    }
+    match &r.source {
+        Some(s) if !s.jti.is_empty() && !s.issuer.is_empty() => Ok(()),
+        _ => Err("an event's entries name their source".into()),
+    }
+}
+
+fn same_source(a: &Revocation, b: &Revocation) -> bool {
+    matches!((&a.source, &b.source), (Some(x), Some(y)) if x.issuer == y.issuer && x.jti == y.jti)
+}
+
+impl EventService {
+    /// Writes with `client`; `None` refuses every event (tests without an API server).
+    pub fn new(client: Option<kube::Client>, registry: &prometheus::Registry) -> Self {
+        let applied = IntCounterVec::new(
+            prometheus::Opts::new(
+                "portcullis_controller_identity_events_total",
+                "Identity events from proxies, by result (applied, replay, refused, failed).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let _ = registry.register(Box::new(applied.clone()));
+        for r in ["applied", "replay", "refused", "failed"] {
+            applied.with_label_values(&[r]);
+        }
+        Self { client, applied }
+    }
+
+    /// Writes the event's revocations. `Ok(true)` for a replay (already written).
+    pub async fn apply(&self, event: IdentityEvent) -> Result<bool, String> {
+        let result = self.write(&event).await;
+        let label = match &result {
+            Ok(true) => "replay",
+            Ok(false) => "applied",
+            Err(Refusal::Refused(_)) => "refused",
+            Err(Refusal::Failed(_)) => "failed",
+        };
+        self.applied.with_label_values(&[label]).inc();
+        match result {
+            Ok(replay) => {
+                info!(policy = %event.policy, entries = event.revocations.len(), replay, "identity event written");
+                Ok(replay)
+            }
+            Err(Refusal::Refused(e) | Refusal::Failed(e)) => {
+                warn!(policy = %event.policy, error = %e, "identity event not written");
+                Err(e)
+            }
+        }
+    }
+
+    async fn write(&self, event: &IdentityEvent) -> Result<bool, Refusal> {
+        use Refusal::{Failed, Refused};
+        let (ns, name) = event
+            .policy
+            .split_once('/')
+            .ok_or_else(|| Refused("the policy is namespace/name".into()))?;
+        if event.revocations.is_empty() || event.revocations.len() > MAX_ENTRIES {
+            return Err(Refused(format!(
+                "an event carries 1 to {MAX_ENTRIES} revocations"
+            )));
+        }
+        for r in &event.revocations {
+            check_entry(r).map_err(Refused)?;
+        }
+        let client = self
+            .client
+            .clone()
+            .ok_or_else(|| Failed("this controller has no API client".into()))?;
+        let api: kube::Api<TokenPolicy> = kube::Api::namespaced(client.clone(), ns);
+        // A write that lost a race with another (the list was empty, then was not) is
+        // tried again on the fresh object.
+        for _ in 0..5 {
+            let policy = api
+                .get(name)
+                .await
+                .map_err(|e| Failed(format!("reading TokenPolicy {ns}/{name}: {e}")))?;
+            if policy.spec.identity_events.is_none() {
+                return Err(Refused(format!(
+                    "TokenPolicy {ns}/{name} does not accept identity events"
+                )));
+            }
+            if event.revocations.iter().any(|new| {
+                policy
+                    .spec
+                    .revocations
+                    .iter()
+                    .any(|old| same_source(old, new))
+            }) {
+                return Ok(true);
+            }
+            // An append, not a server-side apply: `spec.revocations` is an atomic list
+            // others write too (kubectl, `portcullis revoke`).
+            let ops = if policy.spec.revocations.is_empty() {
+                serde_json::json!([
+                    {"op": "test", "path": "/metadata/resourceVersion",
+                     "value": policy.metadata.resource_version},
+                    {"op": "add", "path": "/spec/revocations", "value": event.revocations},
+                ])
+            } else {
+                let mut ops = Vec::new();
+                for r in &event.revocations {
+                    ops.push(
+                        serde_json::json!({"op": "add", "path": "/spec/revocations/-", "value": r}),
+                    );
+                }
+                serde_json::Value::Array(ops)
+            };
+            let body = serde_json::to_vec(&ops).map_err(|e| Failed(e.to_string()))?;
+            let req = http::Request::patch(format!(
+                "/apis/portcullis.dev/v1alpha1/namespaces/{ns}/tokenpolicies/{name}"
+            ))
+            .header(http::header::CONTENT_TYPE, "application/json-patch+json")
+            .body(body)
+            .map_err(|e| Failed(e.to_string()))?;
+            match client.request::<serde_json::Value>(req).await {
+                Ok(_) => return Ok(false),
+                // 422 (the test op failed) or 409: someone wrote first; read again.
+                Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => continue,
+                Err(e) => return Err(Failed(format!("patching TokenPolicy {ns}/{name}: {e}"))),
+            }
+        }
+        Err(Failed(format!(
+            "TokenPolicy {ns}/{name} kept changing; try again"
+        )))
+    }
+}
+
+enum Refusal {
+    /// Not an event this path writes.
+    Refused(String),
+    /// The write failed (the API server, a race lost too often).
+    Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_api::RevocationSource;
+
+    fn entry() -> Revocation {
+        Revocation {
+            subject: Some("alice".into()),
+            issued_before: Some("2026-01-01T00:00:00Z".into()),
+            issuer: Some("https://idp".into()),
+            expires_at: Some("2026-01-02T00:00:00Z".into()),
+            source: Some(RevocationSource {
+                kind: "backChannelLogout".into(),
+                issuer: "https://idp".into(),
+                jti: "j1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_proxy_may_only_ask_for_subject_or_session_entries_with_a_source() {
+        assert!(check_entry(&entry()).is_ok());
+        let session = Revocation {
+            subject: None,
+            issued_before: None,
+            session_id: Some("s1".into()),
+            ..entry()
+        };
+        assert!(check_entry(&session).is_ok());
+        // A leaked signing key is an operator's call, not an event's.
+        let key = Revocation {
+            key_id: Some("k1".into()),
+            ..entry()
+        };
+        assert!(check_entry(&key).is_err());
+        let forever = Revocation {
+            expires_at: None,
+            ..entry()
+        };
+        assert!(check_entry(&forever).is_err());
+        let anonymous = Revocation {
+            source: None,
+            ..entry()
+        };
+        assert!(check_entry(&anonymous).is_err());
+        let any_issuer = Revocation {
+            issuer: None,
+            ..entry()
+        };
+        assert!(check_entry(&any_issuer).is_err());
+    }
+
+    #[tokio::test]
+    async fn without_an_api_client_events_fail_and_are_counted() {
+        let reg = prometheus::Registry::new();
+        let s = EventService::new(None, &reg);
+        let r = s
+            .apply(IdentityEvent {
+                policy: "default/p".into(),
+                revocations: vec![entry()],
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(s.applied.with_label_values(&["failed"]).get(), 1);
+    }
+}

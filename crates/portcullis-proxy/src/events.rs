@@ -1,0 +1,474 @@
+//! Identity events received by the proxy: OpenID Back-Channel Logout 1.0 logout tokens
+//! posted to `/.portcullis/backchannel-logout/<namespace>/<policy>`.
+//!
+//! ```text
+//! POST (form: logout_token) ─▶ Snapshot::logout_token (signature, iss, aud, iat, events,
+//!                              no nonce, sub/sid)  ─▶ replay cache (iss, jti)
+//!                           ─▶ EventSink: the controller writes the revocations to the
+//!                              TokenPolicy (cluster), or the standalone overlay does
+//!                           ─▶ 200 once they are written; every proxy then gets them
+//!                              through the usual revocation push
+//! ```
+//!
+//! A replay of an event already applied answers 200 without applying it again: an identity
+//! provider retrying after a lost answer is told it succeeded, and a captured logout token
+//! sent again cannot push the user's `issuedBefore` cut-off forward (which would log out
+//! the sessions opened since).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{HeaderValue, Response, StatusCode, header};
+use portcullis_api::Revocation;
+use portcullis_api::push::{IdentityEvent, ProxyMessage};
+use portcullis_policy::events::{EventError, EventId};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::pipeline::{ProxyBody, response};
+
+/// The path prefix of Back-Channel Logout endpoints (then `<namespace>/<policy>`).
+pub const LOGOUT_PATH: &str = "/.portcullis/backchannel-logout/";
+
+/// Largest logout request body read.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Where validated events go: the controller (cluster) or the standalone overlay.
+pub trait EventSink: Send + Sync {
+    /// Writes the event's revocations. `Ok(true)` when the event had been applied before
+    /// (its `jti` on record), `Ok(false)` when applied now.
+    fn apply(&self, event: IdentityEvent) -> BoxFuture<'static, Result<bool, String>>;
+}
+
+/// No sink: events are refused with 503 (a pipeline built without one).
+pub struct NoEvents;
+
+impl EventSink for NoEvents {
+    fn apply(&self, _: IdentityEvent) -> BoxFuture<'static, Result<bool, String>> {
+        Box::pin(async { Err("identity events are not enabled on this proxy".into()) })
+    }
+}
+
+/// Events already applied, by issuer and `jti`, until their `iat` is too old to pass
+/// again. Bounded: past `capacity` live entries, new events are refused (503) rather than
+/// forgotten.
+pub struct ReplayCache {
+    seen: Mutex<HashMap<EventId, i64>>,
+    capacity: usize,
+}
+
+impl Default for ReplayCache {
+    fn default() -> Self {
+        Self {
+            seen: Mutex::default(),
+            capacity: 100_000,
+        }
+    }
+}
+
+/// What the replay cache says of an event.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    New,
+    Again,
+    Full,
+}
+
+impl ReplayCache {
+    fn claim(&self, id: &EventId, until: i64, now: i64) -> Seen {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.get(id).is_some_and(|t| *t > now) {
+            return Seen::Again;
+        }
+        if seen.len() >= self.capacity {
+            seen.retain(|_, t| *t > now);
+            if seen.len() >= self.capacity {
+                return Seen::Full;
+            }
+        }
+        seen.insert(id.clone(), until);
+        Seen::New
+    }
+
+    fn forget(&self, id: &EventId) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn json_error(status: StatusCode, error: &str, description: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({"error": error, "error_description": description});
+    response(status, "application/json", body.to_string())
+}
+
+/// The `logout_token` of an `application/x-www-form-urlencoded` body: exactly one.
+fn logout_token(body: &[u8]) -> Option<String> {
+    let mut found = None;
+    for (k, v) in form_urlencoded::parse(body) {
+        if k == "logout_token" {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(v.into_owned());
+        }
+    }
+    found
+}
+
+impl crate::pipeline::Pipeline {
+    /// Serves a Back-Channel Logout request (OpenID Back-Channel Logout 1.0 section 2.8:
+    /// 200 on success, 400 with a JSON error otherwise, `Cache-Control: no-store`).
+    pub(crate) async fn back_channel_logout(
+        &self,
+        head: &http::request::Parts,
+        body: hyper::body::Incoming,
+        policy: &str,
+    ) -> Response<ProxyBody> {
+        const KIND: &str = "backchannel_logout";
+        let count = |result: &str| {
+            self.metrics
+                .identity_events
+                .with_label_values(&[KIND, result])
+                .inc();
+        };
+        if head.method != http::Method::POST {
+            let mut r = json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "logout tokens are POSTed",
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return r;
+        }
+        let snapshot = self.config.load();
+        if !snapshot.accepts_logout_tokens(policy) {
+            count("not_accepted");
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "invalid_request",
+                "this policy does not accept back-channel logout tokens",
+            );
+        }
+        let form = head
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        if !form {
+            count("rejected");
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the body must be application/x-www-form-urlencoded with a logout_token",
+            );
+        }
+        let bytes: Bytes = match crate::pipeline::read_limited(
+            &head.headers,
+            body,
+            MAX_BODY,
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Ok(b) => b,
+            Err(_) => {
+                count("rejected");
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "the body could not be read (at most 64 KiB)",
+                );
+            }
+        };
+        let Some(token) = logout_token(&bytes) else {
+            count("rejected");
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "exactly one logout_token parameter is required",
+            );
+        };
+        let fingerprint = portcullis_policy::token_digest(&token).fingerprint();
+        let now = now_secs();
+        let event = match snapshot.logout_token(policy, &token, now) {
+            Ok(e) => e,
+            Err(e) => {
+                count("rejected");
+                info!(policy, token = %fingerprint, error = %e, "logout token refused");
+                let status = match e {
+                    EventError::NotAccepted => StatusCode::NOT_FOUND,
+                    EventError::Invalid(_) => StatusCode::BAD_REQUEST,
+                };
+                return json_error(status, "invalid_request", &e.to_string());
+            }
+        };
+        drop(snapshot);
+        match self.replay.claim(&event.id, event.remember_until, now) {
+            Seen::New => {}
+            Seen::Again => {
+                count("replay");
+                info!(policy, issuer = %event.id.issuer, jti = %event.id.jti, "logout token already applied");
+                return response(StatusCode::OK, "application/json", "{}".into());
+            }
+            Seen::Full => {
+                count("unavailable");
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "too many recent events; retry later",
+                );
+            }
+        }
+        let started = Instant::now();
+        let applied = self
+            .events
+            .apply(IdentityEvent {
+                policy: event.policy.to_string(),
+                revocations: event.revocations,
+            })
+            .await;
+        match applied {
+            Ok(replay) => {
+                count(if replay { "replay" } else { "applied" });
+                info!(
+                    policy,
+                    issuer = %event.id.issuer,
+                    jti = %event.id.jti,
+                    token = %fingerprint,
+                    replay,
+                    apply_ms = started.elapsed().as_millis() as u64,
+                    "back-channel logout applied"
+                );
+                response(StatusCode::OK, "application/json", "{}".into())
+            }
+            Err(e) => {
+                self.replay.forget(&event.id);
+                count("unavailable");
+                warn!(policy, issuer = %event.id.issuer, jti = %event.id.jti, error = %e, "back-channel logout not applied");
+                let mut r = json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the revocation could not be written; retry later",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                r
+            }
+        }
+    }
+}
+
+/// Standalone mode: event revocations kept beside the manifests (and in a file, when one
+/// is given, so a restart does not bring revoked tokens back) and compiled into their
+/// policies.
+#[derive(Default)]
+pub struct LocalEvents {
+    entries: Mutex<BTreeMap<String, Vec<Revocation>>>,
+    file: Option<PathBuf>,
+    /// Signalled on every change: the manifest loop recompiles.
+    pub changed: Notify,
+}
+
+impl LocalEvents {
+    /// Events kept in `file` (JSON: policy -> entries), loaded now if it exists. A file
+    /// that cannot be read is an error: starting without it would forget revocations.
+    pub fn with_file(file: PathBuf) -> Result<Self, String> {
+        let entries = match std::fs::read(&file) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| format!("{}: not an identity-event file: {e}", file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(format!("{}: {e}", file.display())),
+        };
+        Ok(Self {
+            entries: Mutex::new(entries),
+            file: Some(file),
+            changed: Notify::new(),
+        })
+    }
+
+    /// The entries of `policy` (`namespace/name`) not yet expired at `now`.
+    pub fn entries(&self, policy: &str, now: i64) -> Vec<Revocation> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(policy)
+            .map(|list| list.iter().filter(|r| !expired(r, now)).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, entries: &BTreeMap<String, Vec<Revocation>>) -> Result<(), String> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let tmp = file.with_extension("tmp");
+        let body = serde_json::to_vec_pretty(entries).map_err(|e| e.to_string())?;
+        std::fs::write(&tmp, body)
+            .and_then(|()| std::fs::rename(&tmp, file))
+            .map_err(|e| format!("{}: {e}", file.display()))
+    }
+}
+
+fn expired(r: &Revocation, now: i64) -> bool {
+    r.expires_at
+        .as_deref()
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .is_some_and(|t| t.as_second() <= now)
+}
+
+fn same_event(a: &Revocation, b: &Revocation) -> bool {
+    matches!((&a.source, &b.source), (Some(x), Some(y)) if x.issuer == y.issuer && x.jti == y.jti)
+}
+
+impl EventSink for Arc<LocalEvents> {
+    fn apply(&self, event: IdentityEvent) -> BoxFuture<'static, Result<bool, String>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let now = now_secs();
+            let mut entries = this.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let list = entries.entry(event.policy.clone()).or_default();
+            list.retain(|r| !expired(r, now));
+            if event
+                .revocations
+                .iter()
+                .any(|new| list.iter().any(|old| same_event(old, new)))
+            {
+                return Ok(true);
+            }
+            let before = list.len();
+            list.extend(event.revocations);
+            if let Err(e) = this.save(&entries) {
+                entries
+                    .get_mut(&event.policy)
+                    .map(|l| l.truncate(before))
+                    .unwrap_or_default();
+                return Err(e);
+            }
+            drop(entries);
+            this.changed.notify_one();
+            Ok(false)
+        })
+    }
+}
+
+/// Cluster mode: events go to the controller over the config stream, which writes them to
+/// the TokenPolicy; answered by `applied`.
+pub struct ControllerEvents {
+    outgoing: Arc<Mutex<Option<mpsc::Sender<Bytes>>>>,
+    pending: Mutex<HashMap<u64, (oneshot::Sender<Result<bool, String>>, Instant)>>,
+    next: AtomicU64,
+}
+
+/// How long an event waits for the controller's answer.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ControllerEvents {
+    /// Events over `outgoing` (set while a stream is up).
+    pub fn new(outgoing: Arc<Mutex<Option<mpsc::Sender<Bytes>>>>) -> Self {
+        Self {
+            outgoing,
+            pending: Mutex::default(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// The controller's answer to event `id`.
+    pub fn on_applied(&self, id: u64, result: Result<bool, String>) {
+        let waiting = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if let Some((tx, _)) = waiting {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl EventSink for Arc<ControllerEvents> {
+    fn apply(&self, event: IdentityEvent) -> BoxFuture<'static, Result<bool, String>> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.retain(|_, (_, at)| at.elapsed() < APPLY_TIMEOUT * 6);
+            pending.insert(id, (tx, Instant::now()));
+        }
+        let sent =
+            crate::subscriber::send_message(&self.outgoing, &ProxyMessage::Event { id, event });
+        Box::pin(async move {
+            if !sent {
+                return Err("the controller is not connected".into());
+            }
+            match tokio::time::timeout(APPLY_TIMEOUT, rx).await {
+                Ok(Ok(r)) => r,
+                _ => Err("the controller did not answer in time".into()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_one_logout_token_is_read() {
+        assert_eq!(
+            logout_token(b"logout_token=a.b.c").as_deref(),
+            Some("a.b.c")
+        );
+        assert_eq!(
+            logout_token(b"x=1&logout_token=a%2Eb.c").as_deref(),
+            Some("a.b.c")
+        );
+        assert_eq!(logout_token(b"logout_token=a&logout_token=b"), None);
+        assert_eq!(logout_token(b"token=a"), None);
+    }
+
+    #[test]
+    fn the_replay_cache_remembers_until_the_token_is_too_old_and_stays_bounded() {
+        let c = ReplayCache {
+            seen: Mutex::default(),
+            capacity: 2,
+        };
+        let id = |j: &str| EventId {
+            issuer: "https://idp".into(),
+            jti: j.into(),
+        };
+        assert_eq!(c.claim(&id("a"), 100, 0), Seen::New);
+        assert_eq!(c.claim(&id("a"), 100, 50), Seen::Again);
+        assert_eq!(
+            c.claim(&id("a"), 200, 100),
+            Seen::New,
+            "remembered until 100"
+        );
+        assert_eq!(c.claim(&id("b"), 200, 100), Seen::New);
+        assert_eq!(
+            c.claim(&id("c"), 200, 100),
+            Seen::Full,
+            "never forgets a live one"
+        );
+        assert_eq!(
+            c.claim(&id("c"), 300, 250),
+            Seen::New,
+            "expired ones make room"
+        );
+    }
+}
