@@ -95,6 +95,12 @@ struct StandaloneArgs {
     /// test's worst case).
     #[arg(long, default_value = "10000", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
     token_cache_size: usize,
+    /// Where revocations made by identity events (Back-Channel Logout tokens) are kept, so
+    /// a restart does not bring the tokens they revoked back. Default
+    /// `<manifests>/.portcullis-identity-events.json` (not a manifest: only *.yaml and
+    /// *.yml are read as manifests); `-` keeps them in memory only.
+    #[arg(long)]
+    events_file: Option<PathBuf>,
     #[command(flatten)]
     key_refetch: KeyRefetchArgs,
     #[command(flatten)]
@@ -281,7 +287,13 @@ fn use_color(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> 
 }
 
 async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    let events_file = match args.events_file {
+        Some(f) if f.as_os_str() == "-" => None,
+        Some(f) => Some(f),
+        None => Some(args.manifests.join(".portcullis-identity-events.json")),
+    };
     let mut opts = portcullis_proxy::StandaloneOptions::new(args.manifests);
+    opts.events_file = events_file;
     opts.listen = args.listen;
     opts.admin = args.admin;
     opts.tls = args.tls_cert.zip(args.tls_key);
