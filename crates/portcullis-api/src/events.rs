@@ -24,6 +24,188 @@ pub struct IdentityEventsSpec {
     #[x_kube(validation = Rule::new(crate::token_policy::DURATION_RULE).message("retention must be a positive duration such as 1h or 24h"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<String>,
+
+    /// Shared Signals (SSF 1.0) streams whose CAEP and RISC events revoke tokens:
+    /// `session-revoked`, `credential-change`, `account-disabled` and
+    /// `credential-compromise`, delivered by push (RFC 8935) or poll (RFC 8936).
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message("sharedSignals names must be unique"))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_signals: Vec<SharedSignalsSpec>,
+}
+
+/// One Shared Signals stream from a transmitter.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.push) != has(self.poll)").message("a stream is delivered by exactly one of push or poll")
+)]
+pub struct SharedSignalsSpec {
+    /// The stream's name: a DNS label, used in the push URL, status and metrics.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("name must be a DNS label such as okta"))]
+    pub name: String,
+
+    /// The transmitter's issuer: the SETs' `iss`. Its configuration (keys, verification
+    /// endpoint) is read from `<transmitter>/.well-known/ssf-configuration`, whose
+    /// `issuer` must equal this. `https://` (plain http only for loopback).
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1') || self.startsWith('http://localhost') || self.startsWith('http://[::1]')").message("transmitter must be an https:// URL (plain http only for loopback addresses)"))]
+    pub transmitter: String,
+
+    /// What the SETs' `aud` must hold: this gateway's audience at the transmitter (the
+    /// stream's `aud`).
+    #[schemars(length(min = 1, max = 2048))]
+    pub audience: String,
+
+    /// Signature algorithms accepted (never `none`). Default RS256, PS256, ES256.
+    #[schemars(length(max = 8), inner(length(max = 8)))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub algorithms: Vec<String>,
+
+    /// The stream's id at the transmitter: verification requests name it, and
+    /// verification and stream-updated events are checked against it.
+    #[schemars(length(max = 256))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<String>,
+
+    /// Push delivery (RFC 8935): the transmitter POSTs SETs to
+    /// `/.portcullis/ssf/<namespace>/<policy>/<name>` on any proxy, with the
+    /// `Authorization` header value held in this Secret key (the stream's
+    /// `authorization_header`); anything else is refused 401.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<SsfPush>,
+
+    /// Poll delivery (RFC 8936): the receiver (the controller's leader, or the standalone
+    /// process) polls the transmitter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll: Option<SsfPoll>,
+
+    /// A bearer token for the transmitter's management API (the verification endpoint),
+    /// from a Secret. Without it no verification is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management_secret_ref: Option<crate::token_policy::SecretKeyRef>,
+
+    /// How often a verification event is asked for (SSF 1.0 section 8.1.4), as a
+    /// duration. Default `1h`; the stream's status shows the last one received.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(crate::token_policy::DURATION_RULE).message("verifyInterval must be a positive duration such as 1h"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_interval: Option<String>,
+
+    /// Which subject identifier formats (RFC 9493) are acted on, and how they name tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subjects: Option<SsfSubjects>,
+
+    /// The events acted on. Default all four: `session-revoked`, `credential-change`,
+    /// `account-disabled`, `credential-compromise`. Others are acknowledged and ignored.
+    #[schemars(length(max = 8))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<SsfEvent>,
+}
+
+/// Push delivery settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SsfPush {
+    /// The Secret key holding the exact `Authorization` header value the transmitter
+    /// sends (e.g. `Bearer 0f3a...`).
+    pub authorization_secret_ref: crate::token_policy::SecretKeyRef,
+}
+
+/// Poll delivery settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SsfPoll {
+    /// The poll endpoint (the stream's `delivery.endpoint_url`).
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://127.0.0.1') || self.startsWith('http://localhost') || self.startsWith('http://[::1]')").message("poll.endpoint must be an https:// URL (plain http only for loopback addresses)"))]
+    pub endpoint: String,
+    /// Time between polls when nothing is pending, as a duration from `1s` to `5m`.
+    /// Default `5s`. When a poll says more is available, the next follows at once.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(crate::token_policy::DURATION_RULE).message("interval must be a positive duration such as 5s"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// A bearer token for the poll endpoint, from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_secret_ref: Option<crate::token_policy::SecretKeyRef>,
+}
+
+/// How a SET's subject (`sub_id`, RFC 9493) names tokens.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SsfSubjects {
+    /// Formats acted on, of `iss_sub` (the token's `iss` and `sub`; `iss` must be one of
+    /// the policy's issuers), `email` (the token's `email` claim) and `opaque` (the
+    /// token's `sub`, of `opaqueIssuer`). Default all three. Other formats are ignored;
+    /// in a `complex` subject, `user` is read (and `session`, as a `sid`).
+    #[schemars(length(max = 3))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub formats: Vec<SubjectFormat>,
+    /// The policy issuer whose `sub` an `opaque` or `email` subject names. Default: the
+    /// only issuer of the policy (with several, required for those formats).
+    #[schemars(length(max = 2048))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+}
+
+/// A subject identifier format (RFC 9493 section 3).
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectFormat {
+    /// `{"format": "iss_sub", "iss": ..., "sub": ...}`.
+    IssSub,
+    /// `{"format": "email", "email": ...}`.
+    Email,
+    /// `{"format": "opaque", "id": ...}`.
+    Opaque,
+}
+
+/// A CAEP or RISC event that revokes tokens.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum SsfEvent {
+    /// CAEP `session-revoked`: the subject's sessions (or the one named) ended.
+    SessionRevoked,
+    /// CAEP `credential-change`: a credential was created, changed or removed.
+    CredentialChange,
+    /// RISC `account-disabled`.
+    AccountDisabled,
+    /// RISC `credential-compromise`.
+    CredentialCompromise,
+}
+
+impl SsfEvent {
+    /// Every event, in order.
+    pub const ALL: [SsfEvent; 4] = [
+        SsfEvent::SessionRevoked,
+        SsfEvent::CredentialChange,
+        SsfEvent::AccountDisabled,
+        SsfEvent::CredentialCompromise,
+    ];
+
+    /// The event-type URI.
+    pub fn uri(self) -> &'static str {
+        match self {
+            SsfEvent::SessionRevoked => {
+                "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
+            }
+            SsfEvent::CredentialChange => {
+                "https://schemas.openid.net/secevent/caep/event-type/credential-change"
+            }
+            SsfEvent::AccountDisabled => {
+                "https://schemas.openid.net/secevent/risc/event-type/account-disabled"
+            }
+            SsfEvent::CredentialCompromise => {
+                "https://schemas.openid.net/secevent/risc/event-type/credential-compromise"
+            }
+        }
+    }
 }
 
 /// Which logout tokens are accepted, and what they revoke.

@@ -25,7 +25,10 @@ pub mod status;
 pub mod token_policy;
 pub mod validate;
 
-pub use events::{BackChannelLogoutSpec, IdentityEventsSpec, LogoutScope};
+pub use events::{
+    BackChannelLogoutSpec, IdentityEventsSpec, LogoutScope, SharedSignalsSpec, SsfEvent, SsfPoll,
+    SsfPush, SsfSubjects, SubjectFormat,
+};
 pub use llm::{
     LlmBackend, LlmCredential, LlmKeyHeader, LlmModel, LlmProvider, ObjectType, PromptMessage,
     PromptRole, PromptTemplate, PromptVariables, VariableSchema, VariableType,

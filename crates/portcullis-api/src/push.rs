@@ -489,9 +489,17 @@ pub enum ProxyMessage {
 pub struct IdentityEvent {
     /// The TokenPolicy, `namespace/name`.
     pub policy: String,
-    /// The entries to add: `subject` or `sessionId` selectors only, each with a `source`
-    /// naming the event (whose `jti` makes the event apply once).
+    /// The entries to add: `subject`, `email` or `sessionId` selectors only, each with a
+    /// `source` naming the event (whose `jti` makes the event apply once). Empty for a
+    /// verification event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revocations: Vec<Revocation>,
+    /// The Shared Signals stream it came from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// A verification event's `state` (SSF 1.0 section 8.1.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<String>,
 }
 
 #[cfg(test)]

@@ -415,9 +415,9 @@ pub struct Jwk {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("[has(self.jti), has(self.tokenSha256), has(self.subject), has(self.sessionId), has(self.keyId), has(self.jwkThumbprint), has(self.apiKeyId)].exists_one(x, x)").message("a revocation needs exactly one of jti, tokenSha256, subject (with issuedBefore), sessionId, keyId, jwkThumbprint or apiKeyId"),
-    validation = Rule::new("has(self.subject) == has(self.issuedBefore)").message("subject and issuedBefore go together: they revoke the subject's tokens issued before that instant"),
-    validation = Rule::new("!has(self.issuer) || has(self.subject) || has(self.sessionId)").message("issuer narrows a subject or sessionId revocation to one issuer's tokens; it needs subject or sessionId")
+    validation = Rule::new("[has(self.jti), has(self.tokenSha256), has(self.subject), has(self.email), has(self.sessionId), has(self.keyId), has(self.jwkThumbprint), has(self.apiKeyId)].exists_one(x, x)").message("a revocation needs exactly one of jti, tokenSha256, subject (with issuedBefore), email (with issuedBefore), sessionId, keyId, jwkThumbprint or apiKeyId"),
+    validation = Rule::new("(has(self.subject) || has(self.email)) == has(self.issuedBefore)").message("subject (or email) and issuedBefore go together: they revoke the subject's tokens issued before that instant"),
+    validation = Rule::new("!has(self.issuer) || has(self.subject) || has(self.email) || has(self.sessionId)").message("issuer narrows a subject, email or sessionId revocation to one issuer's tokens; it needs one of them")
 )]
 pub struct Revocation {
     /// Revoke the token with this `jti` claim.
@@ -440,12 +440,18 @@ pub struct Revocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
 
-    /// With `subject`: an RFC 3339 instant; the subject's tokens with an earlier `iat` are
-    /// revoked.
+    /// With `subject` or `email`: an RFC 3339 instant; the subject's tokens with an
+    /// earlier `iat` are revoked.
     #[schemars(length(max = 64))]
     #[schemars(extend("format" = "date-time"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_before: Option<String>,
+
+    /// With `issuedBefore`: revoke the tokens whose `email` claim is this, issued before
+    /// that instant (a Shared Signals subject in the `email` format).
+    #[schemars(length(min = 1, max = 512))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 
     /// Revoke every token whose `sid` claim (the OpenID session id) is this: the tokens of
     /// one login session, as ended by a Back-Channel Logout token carrying `sid`.
@@ -453,7 +459,7 @@ pub struct Revocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
 
-    /// With `subject` or `sessionId`: only tokens whose `iss` is this issuer are revoked
+    /// With `subject`, `email` or `sessionId`: only tokens whose `iss` is this issuer are revoked
     /// (a `sub` or `sid` is unique only within its issuer). Unset: every issuer's.
     #[schemars(length(min = 1, max = 2048))]
     #[serde(default, skip_serializing_if = "Option::is_none")]

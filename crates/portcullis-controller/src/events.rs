@@ -236,6 +236,8 @@ mod tests {
             .apply(IdentityEvent {
                 policy: "default/p".into(),
                 revocations: vec![entry()],
+                stream: None,
+                verification: None,
             })
             .await;
         assert!(r.is_err());

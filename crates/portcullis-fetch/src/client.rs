@@ -186,6 +186,33 @@ impl HttpClient {
         self.send(url, req, &[], timeout, max_bytes).await
     }
 
+    /// POST a JSON body, with `bearer` as `Authorization: Bearer ...` when given.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        bearer: Option<&str>,
+        body: &serde_json::Value,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<Response, FetchError> {
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .header(header::ACCEPT, "application/json")
+            .header(header::USER_AGENT, "portcullis")
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(t) = bearer {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| FetchError::Transport {
+                url: url.into(),
+                message: e.to_string(),
+            })?;
+        self.send(url, req, &[], timeout, max_bytes).await
+    }
+
     async fn send(
         &self,
         url: &str,

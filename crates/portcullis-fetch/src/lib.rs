@@ -11,6 +11,7 @@
 pub mod client;
 pub mod introspect;
 pub mod keys;
+pub mod ssf;
 
 pub use client::{FetchError, HttpClient};
 pub use introspect::Introspector;

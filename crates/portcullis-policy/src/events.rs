@@ -32,6 +32,7 @@ pub(crate) struct CompiledLogout {
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledEvents {
     pub(crate) logout: Option<CompiledLogout>,
+    pub(crate) streams: Vec<CompiledStream>,
     /// How long event revocations live, seconds.
     pub(crate) retention: i64,
 }
@@ -259,4 +260,354 @@ fn check_logout_claims(
         return Err(Invalid("a logout token must not contain nonce"));
     }
     Ok(())
+}
+
+// === Shared Signals ===
+
+/// The SSF verification event (SSF 1.0 section 8.1.4.1).
+pub const VERIFICATION_EVENT: &str = "https://schemas.openid.net/secevent/ssf/event-type/verification";
+/// The SSF stream-updated event (SSF 1.0 section 8.1.5).
+pub const STREAM_UPDATED_EVENT: &str =
+    "https://schemas.openid.net/secevent/ssf/event-type/stream-updated";
+
+/// A Shared Signals stream, compiled.
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledStream {
+    pub(crate) info: StreamInfo,
+    pub(crate) audience: String,
+    pub(crate) algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// `None` while the transmitter's keys are not fetched: SETs wait (503).
+    pub(crate) keys: Option<crate::keys::KeySet>,
+    /// The exact `Authorization` value a push must carry.
+    pub(crate) push_auth: Option<Box<[u8]>>,
+    pub(crate) formats: Vec<portcullis_api::SubjectFormat>,
+    /// The issuer an `opaque` or `email` subject's `sub` belongs to.
+    pub(crate) subject_issuer: Option<String>,
+    /// The policy's issuers (an `iss_sub` subject must name one).
+    pub(crate) policy_issuers: Vec<String>,
+    pub(crate) events: Vec<portcullis_api::SsfEvent>,
+}
+
+/// What a receiver needs to know of a stream to poll it and ask for verification.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// The policy, `namespace/name`.
+    pub policy: Arc<str>,
+    /// The stream's name.
+    pub name: Arc<str>,
+    /// The transmitter's issuer.
+    pub transmitter: Arc<str>,
+    /// The stream's id at the transmitter, if configured.
+    pub stream_id: Option<String>,
+    /// Poll delivery: endpoint, interval, bearer token.
+    pub poll: Option<(String, std::time::Duration, Option<String>)>,
+    /// The management API's bearer token (verification requests).
+    pub management_token: Option<String>,
+    /// How often verification is asked for.
+    pub verify_interval: std::time::Duration,
+}
+
+impl std::fmt::Debug for StreamInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamInfo")
+            .field("policy", &self.policy)
+            .field("name", &self.name)
+            .field("transmitter", &self.transmitter)
+            .field("stream_id", &self.stream_id)
+            .field("poll", &self.poll.as_ref().map(|(e, i, _)| (e, i)))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a SET was refused: the RFC 8935 section 2.3 error code, and a description.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {description}")]
+pub struct SetError {
+    /// `invalid_request`, `invalid_key`, `invalid_issuer`, `invalid_audience`,
+    /// `authentication_failed`, `access_denied`, or `not_found` (no such stream),
+    /// `unavailable` (keys not fetched yet).
+    pub code: &'static str,
+    /// What is wrong; never holds the SET.
+    pub description: &'static str,
+}
+
+fn set_err(code: &'static str, description: &'static str) -> SetError {
+    SetError { code, description }
+}
+
+/// A validated Security Event Token.
+#[derive(Debug, Clone)]
+pub struct ValidatedSet {
+    /// The policy, `namespace/name`.
+    pub policy: Arc<str>,
+    /// The stream's name.
+    pub stream: Arc<str>,
+    /// Issuer and `jti` (the replay-cache key, and the poll acknowledgement).
+    pub id: EventId,
+    /// The event type acted on (or seen).
+    pub event: String,
+    /// The revocations it asks for (empty: acknowledged and ignored, or a verification).
+    pub revocations: Vec<Revocation>,
+    /// A verification event's `state`.
+    pub verification: Option<String>,
+    /// Until when the replay cache must remember it.
+    pub remember_until: i64,
+}
+
+/// SETs are not replayed older than this (RFC 8417 has no `exp`; SSF forbids it): a SET
+/// whose `iat` is older is still applied once (a poll may deliver late) but its `jti`
+/// is remembered this long.
+const SET_REPLAY_WINDOW: i64 = 7 * 24 * 3600;
+
+impl Snapshot {
+    /// The Shared Signals streams of every policy.
+    pub fn ssf_streams(&self) -> Vec<StreamInfo> {
+        self.policies
+            .iter()
+            .filter_map(|p| p.events.as_ref())
+            .flat_map(|e| e.streams.iter().map(|s| s.info.clone()))
+            .collect()
+    }
+
+    /// Checks a push request's `Authorization` value for `policy`'s stream `stream`
+    /// (constant time). `Err` when there is no such push stream.
+    pub fn ssf_push_authorized(
+        &self,
+        policy: &str,
+        stream: &str,
+        authorization: Option<&[u8]>,
+    ) -> Result<bool, SetError> {
+        let s = self.stream(policy, stream)?;
+        let Some(want) = &s.push_auth else {
+            return Err(set_err("not_found", "no push stream of this name"));
+        };
+        let got = authorization.unwrap_or_default();
+        use subtle_eq::ct_eq;
+        Ok(ct_eq(want, got))
+    }
+
+    fn stream(&self, policy: &str, stream: &str) -> Result<&CompiledStream, SetError> {
+        self.policies
+            .iter()
+            .find(|p| &*p.id == policy)
+            .and_then(|p| p.events.as_ref())
+            .and_then(|e| e.streams.iter().find(|s| &*s.info.name == stream))
+            .ok_or(set_err("not_found", "no stream of this name"))
+    }
+
+    /// Validates a Security Event Token of `policy`'s stream `stream` (RFC 8417, SSF 1.0
+    /// section 4 and 10): `typ` `secevent+jwt`, signed by the transmitter's keys with an
+    /// allowed algorithm, `iss` the transmitter, `aud` holding the stream's audience,
+    /// `iat` not in the future, a `jti`, no `sub` or `exp`, and `events`; then maps a
+    /// CAEP/RISC event on a subject the stream acts on to revocations. Unknown events and
+    /// subjects are valid and map to nothing.
+    pub fn security_event(
+        &self,
+        policy: &str,
+        stream: &str,
+        raw: &str,
+        now: i64,
+    ) -> Result<ValidatedSet, SetError> {
+        let p = self
+            .policies
+            .iter()
+            .find(|p| &*p.id == policy)
+            .ok_or(set_err("not_found", "no such policy"))?;
+        let s = self.stream(policy, stream)?;
+        if raw.len() > self.max_token_bytes {
+            return Err(set_err("invalid_request", "the SET is too large"));
+        }
+        let jws = token::parse_jws(raw).map_err(|_| set_err("invalid_request", "not a JWS"))?;
+        match jws.typ.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            Some("secevent+jwt" | "application/secevent+jwt") => {}
+            _ => return Err(set_err("invalid_request", "typ must be secevent+jwt")),
+        }
+        let Some(keys) = &s.keys else {
+            return Err(set_err(
+                "unavailable",
+                "the transmitter's keys are not fetched yet",
+            ));
+        };
+        if !s.algorithms.contains(&jws.alg) {
+            return Err(set_err("invalid_key", "the algorithm is not allowed"));
+        }
+        let key = match keys.lookup(jws.kid.as_deref(), jws.alg) {
+            KeyLookup::Found(k) => k,
+            _ => return Err(set_err("invalid_key", "the signing key is unknown")),
+        };
+        if !matches!(
+            jsonwebtoken::crypto::verify(
+                jws.signature,
+                jws.signing_input.as_bytes(),
+                &key.key,
+                jws.alg
+            ),
+            Ok(true)
+        ) {
+            return Err(set_err("invalid_key", "the signature is invalid"));
+        }
+        let claims = &jws.claims;
+        match token::string_claim(claims, "iss") {
+            Ok(Some(i)) if i == &*s.info.transmitter => {}
+            _ => return Err(set_err("invalid_issuer", "iss is not the transmitter")),
+        }
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(a)) => *a == s.audience,
+            Some(Value::Array(l)) => l.iter().any(|a| a.as_str() == Some(&s.audience)),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(set_err("invalid_audience", "aud does not name this receiver"));
+        }
+        let iat = token::numeric_date(claims, "iat")
+            .ok()
+            .flatten()
+            .ok_or(set_err("invalid_request", "iat is missing"))?;
+        if iat > now.saturating_add(p.clock_skew) {
+            return Err(set_err("invalid_request", "iat is in the future"));
+        }
+        // SSF section 4.1.8/4.1.9: no `sub` (the subject is `sub_id`), no `exp`.
+        if claims.contains_key("sub") || claims.contains_key("exp") {
+            return Err(set_err("invalid_request", "a SET holds neither sub nor exp"));
+        }
+        let jti = token::string_claim(claims, "jti")
+            .ok()
+            .flatten()
+            .ok_or(set_err("invalid_request", "jti is missing"))?;
+        let events = claims
+            .get("events")
+            .and_then(Value::as_object)
+            .filter(|e| !e.is_empty())
+            .ok_or(set_err("invalid_request", "events is missing"))?;
+        let (event_type, event) = events.iter().next().expect("not empty");
+        let mut out = ValidatedSet {
+            policy: p.id.clone(),
+            stream: s.info.name.clone(),
+            id: EventId {
+                issuer: s.info.transmitter.clone(),
+                jti: jti.into(),
+            },
+            event: event_type.clone(),
+            revocations: Vec::new(),
+            verification: None,
+            remember_until: now.saturating_add(SET_REPLAY_WINDOW),
+        };
+        if event_type == VERIFICATION_EVENT {
+            out.verification = Some(
+                event
+                    .get("state")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            return Ok(out);
+        }
+        let Some(kind) = s.events.iter().find(|e| e.uri() == event_type) else {
+            return Ok(out);
+        };
+        let sub_id = claims
+            .get("sub_id")
+            .or_else(|| event.get("subject"))
+            .ok_or(set_err("invalid_request", "sub_id is missing"))?;
+        let events_ret = p.events.as_ref().map_or(86_400, |e| e.retention);
+        let source = RevocationSource {
+            kind: "sharedSignals".into(),
+            issuer: s.info.transmitter.to_string(),
+            jti: jti.to_owned(),
+            event: Some(format!("{}: {}", s.info.name, kind.uri())),
+            received_at: Some(rfc3339(now)),
+        };
+        out.revocations = subject_revocations(s, sub_id, *kind, now, events_ret, &source);
+        Ok(out)
+    }
+}
+
+/// The revocations a subject (RFC 9493) names, by the stream's mapping. A subject in a
+/// format the stream does not act on maps to nothing.
+fn subject_revocations(
+    s: &CompiledStream,
+    sub_id: &Value,
+    kind: portcullis_api::SsfEvent,
+    now: i64,
+    retention: i64,
+    source: &RevocationSource,
+) -> Vec<Revocation> {
+    use portcullis_api::SubjectFormat as F;
+    let entry = |r: Revocation| Revocation {
+        expires_at: Some(rfc3339(now.saturating_add(retention))),
+        source: Some(source.clone()),
+        ..r
+    };
+    let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let mut out = Vec::new();
+    let add_simple = |v: &Value, out: &mut Vec<Revocation>| {
+        let format = v.get("format").and_then(Value::as_str).unwrap_or_default();
+        match format {
+            "iss_sub" if s.formats.contains(&F::IssSub) => {
+                if let (Some(iss), Some(sub)) = (str_of(v, "iss"), str_of(v, "sub"))
+                    && s.policy_issuers.contains(&iss)
+                {
+                    out.push(entry(Revocation {
+                        subject: Some(sub),
+                        issued_before: Some(rfc3339(now)),
+                        issuer: Some(iss),
+                        ..Default::default()
+                    }));
+                }
+            }
+            "email" if s.formats.contains(&F::Email) => {
+                if let Some(email) = str_of(v, "email") {
+                    out.push(entry(Revocation {
+                        email: Some(email),
+                        issued_before: Some(rfc3339(now)),
+                        issuer: s.subject_issuer.clone(),
+                        ..Default::default()
+                    }));
+                }
+            }
+            "opaque" if s.formats.contains(&F::Opaque) => {
+                if let Some(id) = str_of(v, "id") {
+                    out.push(entry(Revocation {
+                        subject: Some(id),
+                        issued_before: Some(rfc3339(now)),
+                        issuer: s.subject_issuer.clone(),
+                        ..Default::default()
+                    }));
+                }
+            }
+            _ => {}
+        }
+    };
+    if sub_id.get("format").and_then(Value::as_str) == Some("complex") {
+        // SSF section 3.2: members describe one principal. `user` names whose tokens;
+        // a session-revoked event naming a `session` ends only that session.
+        let session = sub_id
+            .get("session")
+            .filter(|_| kind == portcullis_api::SsfEvent::SessionRevoked);
+        match session.and_then(|s| s.get("id")).and_then(Value::as_str) {
+            Some(sid) => out.push(entry(Revocation {
+                session_id: Some(sid.to_owned()),
+                issuer: s.subject_issuer.clone(),
+                ..Default::default()
+            })),
+            None => {
+                if let Some(user) = sub_id.get("user") {
+                    add_simple(user, &mut out);
+                }
+            }
+        }
+    } else {
+        add_simple(sub_id, &mut out);
+    }
+    out
+}
+
+/// Constant-time comparison of secrets.
+mod subtle_eq {
+    pub(super) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+        if a.len() != b.len() {
+            return false;
+        }
+        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
 }

@@ -262,6 +262,7 @@ impl PolicyTrust {
         p.subject = token::string_claim(claims, "sub")?.map(Box::from);
         p.jti = token::string_claim(claims, "jti")?.map(Box::from);
         p.session_id = token::string_claim(claims, "sid")?.map(Box::from);
+        p.email = claims.get("email").and_then(Value::as_str).map(Box::from);
         p.audiences = audiences_of(claims);
         p.issued_at = iat;
         p.consumer = consumer_of(claims);
@@ -391,6 +392,7 @@ impl PolicyTrust {
         p.subject = string("sub")?.map(Box::from);
         p.jti = string("jti")?.map(Box::from);
         p.session_id = string("sid")?.map(Box::from);
+        p.email = claims.get("email").and_then(Value::as_str).map(Box::from);
         p.audiences = audiences_of(claims);
         p.issued_at = iat;
         p.consumer = consumer_of(claims);

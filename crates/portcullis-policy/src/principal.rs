@@ -56,6 +56,8 @@ pub struct Principal {
     pub jti: Option<Box<str>>,
     /// `sid` (the OpenID login session), if present: `sessionId` revocations match it.
     pub session_id: Option<Box<str>>,
+    /// `email`, if present (a string): `email` revocations match it.
+    pub email: Option<Box<str>>,
     /// The audiences (`aud`) of a token, as it names them; empty for API keys. MCP
     /// routes demand their resource URI here (RFC 8707).
     pub audiences: Box<[Box<str>]>,
@@ -100,6 +102,7 @@ impl Principal {
             consumer: None,
             jti: None,
             session_id: None,
+            email: None,
             audiences: Box::default(),
             issued_at: None,
             expires_at,

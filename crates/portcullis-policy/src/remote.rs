@@ -147,8 +147,55 @@ pub fn remote_sources(policies: &[TokenPolicy], secrets: &[Secret]) -> Vec<Remot
                 e.policies.push(id.clone());
             }
         }
+        // Shared Signals transmitters: their keys, through their SSF configuration.
+        for s in p
+            .spec
+            .identity_events
+            .iter()
+            .flat_map(|e| &e.shared_signals)
+        {
+            let (key, url, kind) = ssf_source(&s.transmitter);
+            let e = out.entry(key.clone()).or_insert_with(|| RemoteSource {
+                key,
+                url,
+                kind,
+                issuer: s.transmitter.clone(),
+                min_refresh: DEFAULT_MIN_REFRESH.max(MIN_REFRESH_FLOOR),
+                max_refresh: DEFAULT_MAX_REFRESH,
+                ca_pem: Vec::new(),
+                policies: Vec::new(),
+            });
+            if !e.policies.contains(&id) {
+                e.policies.push(id.clone());
+            }
+        }
     }
     out.into_values().collect()
+}
+
+/// The SSF configuration URL of a transmitter (SSF 1.0 section 7.1: the well-known path
+/// goes after the host, before the issuer's own path).
+pub fn ssf_configuration_url(transmitter: &str) -> String {
+    let t = transmitter.trim_end_matches('/');
+    match t.split_once("://").and_then(|(s, rest)| {
+        rest.find('/')
+            .map(|i| (s, &rest[..i], &rest[i..]))
+    }) {
+        Some((scheme, host, path)) => {
+            format!("{scheme}://{host}/.well-known/ssf-configuration{path}")
+        }
+        None => format!("{t}/.well-known/ssf-configuration"),
+    }
+}
+
+/// The key source of a transmitter: its SSF configuration, read like an OpenID discovery
+/// document (`issuer` must equal the transmitter, `jwks_uri` serves the keys).
+pub(crate) fn ssf_source(transmitter: &str) -> (String, String, RemoteSourceKind) {
+    let url = ssf_configuration_url(transmitter);
+    let kind = RemoteSourceKind::Discovery {
+        issuer: transmitter.to_owned(),
+    };
+    (source_key(&url, &kind, None), url, kind)
 }
 
 /// `minRefreshInterval` and `maxRefreshInterval` of a key source, with their defaults; the

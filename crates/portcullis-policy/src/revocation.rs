@@ -22,6 +22,8 @@ pub(crate) struct RevocationSet {
     /// subject -> (issuedBefore, issuer, expiry) entries; an issuer narrows the entry to
     /// that issuer's tokens.
     subject: HashMap<Box<str>, Vec<(i64, Option<Box<str>>, Expiry)>>,
+    /// email -> (issuedBefore, issuer, expiry) entries.
+    email: HashMap<Box<str>, Vec<(i64, Option<Box<str>>, Expiry)>>,
     /// session id (`sid`) -> (issuer, expiry) entries.
     session: HashMap<Box<str>, Vec<(Option<Box<str>>, Expiry)>>,
     key_id: HashMap<Box<str>, Expiry>,
@@ -71,6 +73,21 @@ impl RevocationSet {
     ) {
         self.len += 1;
         self.subject.entry(subject.into()).or_default().push((
+            issued_before,
+            issuer.map(Box::from),
+            expiry,
+        ));
+    }
+
+    pub(crate) fn add_email(
+        &mut self,
+        email: &str,
+        issued_before: i64,
+        issuer: Option<&str>,
+        expiry: Expiry,
+    ) {
+        self.len += 1;
+        self.email.entry(email.into()).or_default().push((
             issued_before,
             issuer.map(Box::from),
             expiry,
@@ -177,6 +194,17 @@ impl RevocationSet {
                 return Err(DenyReason::RevokedSubject);
             }
         }
+        if let Some(email) = &token.email
+            && let Some(entries) = self.email.get(&**email)
+        {
+            let iat = token.issued_at.unwrap_or(i64::MIN);
+            if entries
+                .iter()
+                .any(|(before, iss, exp)| live(exp, now) && iat < *before && same_issuer(iss))
+            {
+                return Err(DenyReason::RevokedSubject);
+            }
+        }
         if let Some(sid) = &token.session_id
             && let Some(entries) = self.session.get(&**sid)
             && entries
@@ -198,6 +226,12 @@ impl RevocationSet {
             + self.api_key_id.values().filter(|e| dead(e)).count()
             + self
                 .subject
+                .values()
+                .flat_map(|v| v.iter())
+                .filter(|(_, _, e)| dead(e))
+                .count()
+            + self
+                .email
                 .values()
                 .flat_map(|v| v.iter())
                 .filter(|(_, _, e)| dead(e))
@@ -247,6 +281,7 @@ impl RevocationSet {
                 r.jti.is_some(),
                 r.token_sha256.is_some(),
                 r.subject.is_some(),
+                r.email.is_some(),
                 r.session_id.is_some(),
                 r.key_id.is_some(),
                 r.jwk_thumbprint.is_some(),
@@ -255,11 +290,11 @@ impl RevocationSet {
             if selectors.iter().filter(|s| **s).count() != 1 {
                 err(
                     at,
-                    "a revocation needs exactly one of jti, tokenSha256, subject (with issuedBefore), sessionId, keyId, jwkThumbprint or apiKeyId",
+                    "a revocation needs exactly one of jti, tokenSha256, subject (with issuedBefore), email (with issuedBefore), sessionId, keyId, jwkThumbprint or apiKeyId",
                 );
                 continue;
             }
-            if r.issuer.is_some() && r.subject.is_none() && r.session_id.is_none() {
+            if r.issuer.is_some() && r.subject.is_none() && r.email.is_none() && r.session_id.is_none() {
                 err(
                     format!("{at}.issuer"),
                     "issuer narrows a subject or sessionId revocation; it needs subject or sessionId",
@@ -284,6 +319,12 @@ impl RevocationSet {
                     Some(Ok(before)) => set.add_subject(sub, before, r.issuer.as_deref(), expiry),
                     Some(Err(e)) => err(format!("{at}.issuedBefore"), &e),
                     None => err(format!("{at}.issuedBefore"), "subject needs issuedBefore"),
+                }
+            } else if let Some(email) = &r.email {
+                match r.issued_before.as_deref().map(parse_time) {
+                    Some(Ok(before)) => set.add_email(email, before, r.issuer.as_deref(), expiry),
+                    Some(Err(e)) => err(format!("{at}.issuedBefore"), &e),
+                    None => err(format!("{at}.issuedBefore"), "email needs issuedBefore"),
                 }
             } else if let Some(sid) = &r.session_id {
                 set.add_session(sid, r.issuer.as_deref(), expiry);

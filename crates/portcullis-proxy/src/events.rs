@@ -34,6 +34,8 @@ use crate::pipeline::{ProxyBody, response};
 
 /// The path prefix of Back-Channel Logout endpoints (then `<namespace>/<policy>`).
 pub const LOGOUT_PATH: &str = "/.portcullis/backchannel-logout/";
+/// The path prefix of Shared Signals push endpoints (then `<namespace>/<policy>/<stream>`).
+pub const SSF_PATH: &str = "/.portcullis/ssf/";
 
 /// Largest logout request body read.
 const MAX_BODY: usize = 64 * 1024;
@@ -243,6 +245,8 @@ impl crate::pipeline::Pipeline {
             .apply(IdentityEvent {
                 policy: event.policy.to_string(),
                 revocations: event.revocations,
+                stream: None,
+                verification: None,
             })
             .await;
         match applied {
@@ -276,6 +280,184 @@ impl crate::pipeline::Pipeline {
     }
 }
 
+/// An RFC 8935 section 2.3 error answer: `{"err": code, "description": text}`.
+fn set_error(status: StatusCode, err: &str, description: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({"err": err, "description": description});
+    response(status, "application/json", body.to_string())
+}
+
+impl crate::pipeline::Pipeline {
+    /// Serves a Shared Signals push (RFC 8935): `POST` with `application/secevent+jwt`
+    /// and the stream's `Authorization` value; 202 when accepted (applied, a replay, a
+    /// verification, or an event the stream does not act on), 400 with `{err,
+    /// description}` when the SET is refused, 401 for a wrong `Authorization`, 503 while
+    /// the transmitter's keys are not fetched or the revocation cannot be written.
+    pub(crate) async fn shared_signals_push(
+        &self,
+        head: &http::request::Parts,
+        body: hyper::body::Incoming,
+        target: &str,
+    ) -> Response<ProxyBody> {
+        const KIND: &str = "shared_signals";
+        let count = |result: &str| {
+            self.metrics
+                .identity_events
+                .with_label_values(&[KIND, result])
+                .inc();
+        };
+        let Some((policy, stream)) = target.rsplit_once('/') else {
+            return set_error(StatusCode::NOT_FOUND, "invalid_request", "no such stream");
+        };
+        if head.method != http::Method::POST {
+            let mut r = set_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "SETs are POSTed",
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return r;
+        }
+        let snapshot = self.config.load();
+        let auth = {
+            let mut all = head.headers.get_all(header::AUTHORIZATION).iter();
+            match (all.next(), all.next()) {
+                (Some(v), None) => Some(v.as_bytes()),
+                (None, None) => None,
+                _ => Some(&b"\0"[..]),
+            }
+        };
+        match snapshot.ssf_push_authorized(policy, stream, auth) {
+            Err(_) => {
+                count("not_accepted");
+                return set_error(StatusCode::NOT_FOUND, "invalid_request", "no such stream");
+            }
+            Ok(false) => {
+                count("rejected");
+                return set_error(
+                    StatusCode::UNAUTHORIZED,
+                    "authentication_failed",
+                    "the Authorization header is not the stream's",
+                );
+            }
+            Ok(true) => {}
+        }
+        let media_ok = head
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/secevent+jwt"));
+        if !media_ok {
+            count("rejected");
+            return set_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the body must be application/secevent+jwt",
+            );
+        }
+        let bytes = match crate::pipeline::read_limited(
+            &head.headers,
+            body,
+            MAX_BODY,
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Ok(b) => b,
+            Err(_) => {
+                count("rejected");
+                return set_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "the body could not be read (at most 64 KiB)",
+                );
+            }
+        };
+        let raw = String::from_utf8_lossy(&bytes);
+        let raw = raw.trim();
+        let now = now_secs();
+        let set = match snapshot.security_event(policy, stream, raw, now) {
+            Ok(s) => s,
+            Err(e) => {
+                let fingerprint = portcullis_policy::token_digest(raw).fingerprint();
+                info!(policy, stream, set = %fingerprint, error = %e, "security event token refused");
+                if e.code == "unavailable" {
+                    count("unavailable");
+                    let mut r = set_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "invalid_key",
+                        e.description,
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                    return r;
+                }
+                count("rejected");
+                return set_error(StatusCode::BAD_REQUEST, e.code, e.description);
+            }
+        };
+        drop(snapshot);
+        let accepted = || response(StatusCode::ACCEPTED, "application/json", String::new());
+        if set.revocations.is_empty() && set.verification.is_none() {
+            count("ignored");
+            info!(policy, stream, event = %set.event, jti = %set.id.jti, "security event acknowledged, nothing to revoke");
+            return accepted();
+        }
+        match self.replay.claim(&set.id, set.remember_until, now) {
+            Seen::New => {}
+            Seen::Again => {
+                count("replay");
+                return accepted();
+            }
+            Seen::Full => {
+                count("unavailable");
+                return set_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "invalid_request",
+                    "too many recent events; retry later",
+                );
+            }
+        }
+        let verification = set.verification.is_some();
+        let applied = self
+            .events
+            .apply(IdentityEvent {
+                policy: set.policy.to_string(),
+                revocations: set.revocations,
+                stream: Some(set.stream.to_string()),
+                verification: set.verification,
+            })
+            .await;
+        match applied {
+            Ok(replay) => {
+                count(if verification {
+                    "verification"
+                } else if replay {
+                    "replay"
+                } else {
+                    "applied"
+                });
+                info!(policy, stream, event = %set.event, jti = %set.id.jti, replay, "security event applied");
+                accepted()
+            }
+            Err(e) => {
+                self.replay.forget(&set.id);
+                count("unavailable");
+                warn!(policy, stream, jti = %set.id.jti, error = %e, "security event not applied");
+                let mut r = set_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "invalid_request",
+                    "the revocation could not be written; retry later",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                r
+            }
+        }
+    }
+}
+
 /// Standalone mode: event revocations kept beside the manifests (and in a file, when one
 /// is given, so a restart does not bring revoked tokens back) and compiled into their
 /// policies.
@@ -285,6 +467,9 @@ pub struct LocalEvents {
     file: Option<PathBuf>,
     /// Signalled on every change: the manifest loop recompiles.
     pub changed: Notify,
+    /// Verification state per (policy, stream): the `state` asked for, and when an
+    /// answer carrying it came.
+    verification: Mutex<HashMap<(String, String), (String, Option<i64>)>>,
 }
 
 impl LocalEvents {
@@ -301,7 +486,26 @@ impl LocalEvents {
             entries: Mutex::new(entries),
             file: Some(file),
             changed: Notify::new(),
+            verification: Mutex::default(),
         })
+    }
+
+    /// A verification event was asked for on a stream with `state`.
+    pub fn verification_requested(&self, policy: &str, stream: &str, state: String) {
+        let mut v = self.verification.lock().unwrap_or_else(|e| e.into_inner());
+        let e = v
+            .entry((policy.to_owned(), stream.to_owned()))
+            .or_insert((String::new(), None));
+        e.0 = state;
+    }
+
+    /// When a stream last answered a verification request with the `state` asked for.
+    pub fn verified_at(&self, policy: &str, stream: &str) -> Option<i64> {
+        self.verification
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(policy.to_owned(), stream.to_owned()))
+            .and_then(|(_, at)| *at)
     }
 
     /// The entries of `policy` (`namespace/name`) not yet expired at `now`.
@@ -341,6 +545,16 @@ impl EventSink for Arc<LocalEvents> {
         let this = self.clone();
         Box::pin(async move {
             let now = now_secs();
+            if let (Some(stream), Some(state)) = (&event.stream, &event.verification) {
+                let mut v = this.verification.lock().unwrap_or_else(|e| e.into_inner());
+                match v.get_mut(&(event.policy.clone(), stream.clone())) {
+                    Some((asked, at)) if asked == state && !state.is_empty() => {
+                        *at = Some(now);
+                        return Ok(false);
+                    }
+                    _ => return Err("a verification event with a state not asked for".into()),
+                }
+            }
             let mut entries = this.entries.lock().unwrap_or_else(|e| e.into_inner());
             let list = entries.entry(event.policy.clone()).or_default();
             list.retain(|r| !expired(r, now));
@@ -364,6 +578,90 @@ impl EventSink for Arc<LocalEvents> {
             this.changed.notify_one();
             Ok(false)
         })
+    }
+}
+
+/// Standalone mode's Shared Signals receiver: polls and verification requests for the
+/// streams of the config in force, applied to the standalone overlay.
+pub struct StandaloneSsf {
+    /// The config in force.
+    pub config: Arc<crate::config::LiveConfig>,
+    /// The overlay.
+    pub events: Arc<LocalEvents>,
+    /// Metrics.
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl portcullis_fetch::ssf::SsfReceiver for StandaloneSsf {
+    fn snapshot(&self) -> Arc<portcullis_policy::Snapshot> {
+        self.config.load()
+    }
+
+    fn apply(
+        &self,
+        set: portcullis_policy::events::ValidatedSet,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let (events, metrics) = (self.events.clone(), self.metrics.clone());
+        Box::pin(async move {
+            let verification = set.verification.is_some();
+            let nothing = set.revocations.is_empty() && !verification;
+            let r = if nothing {
+                Ok(false)
+            } else {
+                events
+                    .apply(IdentityEvent {
+                        policy: set.policy.to_string(),
+                        revocations: set.revocations,
+                        stream: Some(set.stream.to_string()),
+                        verification: set.verification,
+                    })
+                    .await
+            };
+            let result = match &r {
+                Ok(_) if nothing => "ignored",
+                Ok(_) if verification => "verification",
+                Ok(true) => "replay",
+                Ok(false) => "applied",
+                Err(_) => "unavailable",
+            };
+            metrics
+                .identity_events
+                .with_label_values(&["shared_signals", result])
+                .inc();
+            if verification
+                && r.is_ok()
+                && let Some(at) = events.verified_at(&set.policy, &set.stream)
+            {
+                metrics
+                    .ssf_verified
+                    .with_label_values(&[&set.policy, &set.stream])
+                    .set(at);
+            }
+            r.map(|_| ())
+        })
+    }
+
+    fn report(&self, policy: &str, stream: &str, report: portcullis_fetch::ssf::StreamReport) {
+        use portcullis_fetch::ssf::StreamReport;
+        let result = match report {
+            StreamReport::Polled(_) => "ok",
+            StreamReport::Failed(_) => "failed",
+            StreamReport::VerificationRequested(state) => {
+                self.events.verification_requested(policy, stream, state);
+                "verification_requested"
+            }
+            StreamReport::Refused(_) => {
+                self.metrics
+                    .identity_events
+                    .with_label_values(&["shared_signals", "rejected"])
+                    .inc();
+                return;
+            }
+        };
+        self.metrics
+            .ssf_polls
+            .with_label_values(&[policy, stream, result])
+            .inc();
     }
 }
 

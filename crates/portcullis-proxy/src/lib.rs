@@ -203,11 +203,20 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
         keywait::KeyWaiter::new(sink, opts.unknown_kid_hold).with_refetch(opts.unknown_kid_refetch);
     let mut pipeline = Pipeline::new(config.clone(), metrics.clone(), opts.limits.clone())
         .with_key_waiter(Arc::new(keys))
-        .with_events(Arc::new(events));
+        .with_events(Arc::new(events.clone()));
     if let Some(filters) = opts.body_filters.clone() {
         pipeline = pipeline.with_body_filters(filters);
     }
     tokio::spawn(pipeline.quota_client().run());
+    // Shared Signals streams this process drives (poll delivery, verification).
+    tokio::spawn(portcullis_fetch::ssf::run(
+        Arc::new(events::StandaloneSsf {
+            config: config.clone(),
+            events: events.clone(),
+            metrics: metrics.clone(),
+        }),
+        Arc::new(portcullis_fetch::HttpClient::default()),
+    ));
     let running = serve(
         pipeline,
         config.clone(),

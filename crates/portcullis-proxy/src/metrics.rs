@@ -67,6 +67,11 @@ pub struct Metrics {
     /// Identity events received (Back-Channel Logout tokens, Security Event Tokens), by
     /// kind and result (`applied`, `replay`, `rejected`, `not_accepted`, `unavailable`).
     pub identity_events: IntCounterVec,
+    /// Shared Signals streams this process drives (standalone): polls and verification
+    /// requests, by policy, stream and result (`ok`, `failed`, `verification_requested`).
+    pub ssf_polls: IntCounterVec,
+    /// When each stream last answered a verification request (seconds since the epoch).
+    pub ssf_verified: prometheus::IntGaugeVec,
 }
 
 /// The `reason` labels of `portcullis_requests_refused_total`, exported at zero from the
@@ -244,6 +249,20 @@ impl Metrics {
                     "Identity events received (back-channel logout tokens, security event tokens), by kind and result."
                 ),
                 &["kind", "result"]
+            )),
+            ssf_polls: reg!(IntCounterVec::new(
+                Opts::new(
+                    "portcullis_ssf_stream_requests_total",
+                    "Requests to Shared Signals transmitters (polls, verification requests), by policy, stream and result."
+                ),
+                &["policy", "stream", "result"]
+            )),
+            ssf_verified: reg!(prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "portcullis_ssf_stream_verified_timestamp_seconds",
+                    "When each Shared Signals stream last answered a verification request with the state asked for."
+                ),
+                &["policy", "stream"]
             )),
             response_body_bytes: reg!(HistogramVec::new(
                 HistogramOpts::new(

@@ -237,7 +237,12 @@ pub(super) fn compile_policy(
                 max_age,
             }
         });
-        Arc::new(crate::events::CompiledEvents { logout, retention })
+        let streams = compile_streams(options, p, secrets, &mut errs);
+        Arc::new(crate::events::CompiledEvents {
+            logout,
+            streams,
+            retention,
+        })
     });
 
     if !errs.is_empty() {
@@ -337,4 +342,178 @@ fn is_reserved_header(h: &HeaderName) -> bool {
     .contains(h)
         || h.as_str() == "keep-alive"
         || h.as_str() == "proxy-connection"
+}
+
+/// `spec.identityEvents.sharedSignals`: each stream with its transmitter's keys (when
+/// fetched) and its secrets. A stream whose keys are not fetched yet still compiles (its
+/// SETs wait): a transmitter being down must not take the policy's routes with it.
+fn compile_streams(
+    options: &CompileOptions,
+    p: &TokenPolicy,
+    secrets: &SecretIndex<'_>,
+    errs: &mut Vec<CompileError>,
+) -> Vec<crate::events::CompiledStream> {
+    use portcullis_api::SubjectFormat;
+    let Some(ev) = &p.spec.identity_events else {
+        return Vec::new();
+    };
+    let ns = p.ns();
+    let id: Arc<str> = format!("{ns}/{}", p.name_any()).into();
+    let policy_issuers: Vec<String> = p.spec.issuers.iter().map(|i| i.issuer.clone()).collect();
+    let mut out = Vec::new();
+    for (i, s) in ev.shared_signals.iter().enumerate() {
+        let at = format!("spec.identityEvents.sharedSignals[{i}]");
+        let mut secret = |field: &str, r: &portcullis_api::SecretKeyRef| -> Option<String> {
+            let v = secrets
+                .get(&(ns.clone(), r.name.clone()))
+                .and_then(|sec| super::objects::secret_value(sec, &r.key))
+                .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+                .filter(|v| !v.is_empty());
+            if v.is_none() {
+                errs.push(policy_error(
+                    p,
+                    format!("{at}.{field}"),
+                    CompileReason::SecretNotFound,
+                    format!("Secret {ns}/{} has no (non-empty) key {:?}", r.name, r.key),
+                ));
+            }
+            v
+        };
+        let push_auth = match &s.push {
+            Some(push) => match secret("push.authorizationSecretRef", &push.authorization_secret_ref) {
+                Some(v) => Some(v.into_bytes().into_boxed_slice()),
+                None => continue,
+            },
+            None => None,
+        };
+        let poll = match &s.poll {
+            Some(poll) => {
+                let interval = match poll.interval.as_deref().map(parse_duration) {
+                    None => std::time::Duration::from_secs(5),
+                    Some(Ok(d)) if d >= std::time::Duration::from_secs(1)
+                        && d <= std::time::Duration::from_secs(300) => d,
+                    Some(_) => {
+                        errs.push(policy_error(
+                            p,
+                            format!("{at}.poll.interval"),
+                            CompileReason::InvalidDuration,
+                            "interval must be a duration from 1s to 5m",
+                        ));
+                        continue;
+                    }
+                };
+                let token = match &poll.authorization_secret_ref {
+                    Some(r) => match secret("poll.authorizationSecretRef", r) {
+                        Some(v) => Some(v),
+                        None => continue,
+                    },
+                    None => None,
+                };
+                Some((poll.endpoint.clone(), interval, token))
+            }
+            None => None,
+        };
+        if push_auth.is_none() && poll.is_none() {
+            errs.push(policy_error(
+                p,
+                at.clone(),
+                CompileReason::Invalid,
+                "a stream is delivered by exactly one of push or poll",
+            ));
+            continue;
+        }
+        let management_token = match &s.management_secret_ref {
+            Some(r) => match secret("managementSecretRef", r) {
+                Some(v) => Some(v),
+                None => continue,
+            },
+            None => None,
+        };
+        let verify_interval = match s.verify_interval.as_deref().map(parse_duration) {
+            None => std::time::Duration::from_secs(3600),
+            Some(Ok(d)) if d >= std::time::Duration::from_secs(10) => d,
+            Some(_) => {
+                errs.push(policy_error(
+                    p,
+                    format!("{at}.verifyInterval"),
+                    CompileReason::InvalidDuration,
+                    "verifyInterval must be a duration of at least 10s",
+                ));
+                continue;
+            }
+        };
+        let mut algorithms = Vec::new();
+        let names: Vec<&str> = if s.algorithms.is_empty() {
+            vec!["RS256", "PS256", "ES256"]
+        } else {
+            s.algorithms.iter().map(String::as_str).collect()
+        };
+        for (j, a) in names.iter().enumerate() {
+            match crate::keys::parse_algorithm(a).filter(|_| !a.starts_with("HS")) {
+                Some(alg) => algorithms.push(alg),
+                None => errs.push(policy_error(
+                    p,
+                    format!("{at}.algorithms[{j}]"),
+                    CompileReason::Invalid,
+                    format!("{a:?} is not an asymmetric signature algorithm Portcullis verifies"),
+                )),
+            }
+        }
+        let formats = match &s.subjects {
+            Some(sub) if !sub.formats.is_empty() => sub.formats.clone(),
+            _ => vec![SubjectFormat::IssSub, SubjectFormat::Email, SubjectFormat::Opaque],
+        };
+        let subject_issuer = match s.subjects.as_ref().and_then(|x| x.issuer.clone()) {
+            Some(iss) if policy_issuers.contains(&iss) => Some(iss),
+            Some(iss) => {
+                errs.push(policy_error(
+                    p,
+                    format!("{at}.subjects.issuer"),
+                    CompileReason::Invalid,
+                    format!("{iss:?} is not an issuer of this policy"),
+                ));
+                continue;
+            }
+            None if policy_issuers.len() == 1 => Some(policy_issuers[0].clone()),
+            None if formats.iter().any(|f| *f != SubjectFormat::IssSub) => {
+                errs.push(policy_error(
+                    p,
+                    format!("{at}.subjects.issuer"),
+                    CompileReason::Invalid,
+                    "with several issuers, name the one whose sub an opaque or email subject is (or act on iss_sub only)",
+                ));
+                continue;
+            }
+            None => None,
+        };
+        let (key, _, _) = crate::remote::ssf_source(&s.transmitter);
+        let keys = options
+            .remote_jwks
+            .get(&key)
+            .and_then(|doc| crate::keys::KeySet::from_remote_jwks(doc).ok());
+        out.push(crate::events::CompiledStream {
+            info: crate::events::StreamInfo {
+                policy: id.clone(),
+                name: s.name.as_str().into(),
+                transmitter: s.transmitter.as_str().into(),
+                stream_id: s.stream_id.clone(),
+                poll,
+                management_token,
+                verify_interval,
+            },
+            audience: s.audience.clone(),
+            algorithms,
+            keys,
+            push_auth,
+            formats,
+            subject_issuer,
+            policy_issuers: policy_issuers.clone(),
+            events: if s.events.is_empty() {
+                portcullis_api::SsfEvent::ALL.to_vec()
+            } else {
+                s.events.clone()
+            },
+        });
+    }
+    out
 }

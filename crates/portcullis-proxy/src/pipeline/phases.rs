@@ -61,6 +61,15 @@ impl Pipeline {
             log.reason = "backchannel_logout";
             return Outcome::Local(self.back_channel_logout(&head, body, &policy).await);
         }
+        if let Some(target) = head.uri.path().strip_prefix(crate::events::SSF_PATH) {
+            // A Shared Signals transmitter's push: answered here, never forwarded.
+            if let Err(resp) = self.limits_phase(&head.headers, log) {
+                return Outcome::Local(resp);
+            }
+            let target = target.to_owned();
+            log.reason = "shared_signals";
+            return Outcome::Local(self.shared_signals_push(&head, body, &target).await);
+        }
         // The target stays borrowed (canonical path) while the head is rewritten.
         let uri = std::mem::take(&mut head.uri);
         match self.head_phases(&mut head, &uri, log, tls).await {
