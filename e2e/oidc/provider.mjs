@@ -24,6 +24,12 @@
 //                  BACKCHANNEL_LOGOUT=1 in the environment turns it on from the start instead.
 //                  With it on, discovery also shows backchannel_logout_supported and
 //                  backchannel_logout_session_supported, and loopback delivery is allowed.
+//
+// MCP (tests/mcp, scripts/mcp-tests.sh): resources http://127.0.0.1:<port>/mcp[/...] (and
+// localhost, and MCP_RESOURCES) get RS256 JWTs with aud = the resource and scopes
+// mcp:tools mcp:admin; the public client `mcp-client` (PKCE, native: any loopback port of
+// its redirect URIs), open dynamic registration at /reg, and an automatic login + consent
+// (user alice) at /interaction/<uid> for the authorization-code flow.
 import http from 'node:http';
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
@@ -38,6 +44,17 @@ export const SHORT = 'https://short.portcullis.test';
 export const OPAQUE = 'https://opaque.portcullis.test';
 const SCOPES = ['orders:read', 'orders:write', 'admin'];
 
+// MCP (Model Context Protocol) resources: the gateway's MCP endpoints, e.g.
+// http://127.0.0.1:<gateway port>/mcp. Their ports are only known at run time, so besides the
+// explicit MCP_RESOURCES list (space separated) any loopback http URL whose path is /mcp or
+// below is an MCP resource. Tokens for them are JWTs whose `aud` is that URL.
+const MCP_SCOPES = ['mcp:tools', 'mcp:admin'];
+const MCP_RESOURCES = (process.env.MCP_RESOURCES ?? '').split(/\s+/).filter(Boolean);
+const isMcpResource = (r) => MCP_RESOURCES.includes(r)
+  || /^http:\/\/(127\.0\.0\.1|localhost):\d+\/mcp(\/[^?#]*)?$/.test(r);
+// The one end user of the tests; the interaction below signs them in and consents for them.
+const ACCOUNT = 'alice';
+
 function newKey() {
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
   return { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), alg: 'RS256', use: 'sig' };
@@ -48,7 +65,7 @@ let maxAge = 3600;
 // Back-channel logout: off until the first POST /backchannel-logout (or BACKCHANNEL_LOGOUT=1).
 let backchannel = process.env.BACKCHANNEL_LOGOUT === '1';
 let lastLogout; // { status, logoutToken } of the provider's last outgoing logout request
-const stats = { jwks: 0, discovery: 0, introspection: 0, token: 0 };
+const stats = { jwks: 0, discovery: 0, introspection: 0, token: 0, interactions: 0, registration: 0 };
 
 function makeProvider() {
   const provider = new Provider(issuer, {
@@ -62,6 +79,17 @@ function makeProvider() {
         scope: SCOPES.join(' '),
       },
       {
+        // The MCP test client (tests/mcp/client.mjs with MCP_CLIENT_ID=mcp-client): a public
+        // client (PKCE, no secret). 127.0.0.1:3000/callback is the conformance suite's
+        // `authorization --client-id mcp-client` default callback.
+        client_id: 'mcp-client',
+        token_endpoint_auth_method: 'none',
+        application_type: 'native',
+        grant_types: ['authorization_code'],
+        response_types: ['code'],
+        redirect_uris: ['http://127.0.0.1:8090/callback', 'http://127.0.0.1:3000/callback'],
+      },
+      {
         // The gateway's own client: it only introspects.
         client_id: 'portcullis-gateway',
         client_secret: 'portcullis-gateway-secret',
@@ -71,7 +99,23 @@ function makeProvider() {
       },
     ],
     jwks: { keys },
-    scopes: SCOPES,
+    scopes: [...SCOPES, ...MCP_SCOPES],
+    // The MCP SDK registers (RFC 7591) with `scope` = the scope of the first 401 challenge, and
+    // oidc-provider then refuses any other scope for that client (invalid_scope), which breaks
+    // step-up (403 insufficient_scope -> a wider scope). Drop `scope` from dynamic registrations
+    // so they may ask for any supported scope. Hook: the extraClientMetadata validator is called
+    // with the whole metadata for every listed property.
+    extraClientMetadata: {
+      properties: ['x_portcullis_test'],
+      validator(ctx, key, value, metadata) {
+        if (ctx?.oidc?.route === 'registration') delete metadata.scope;
+      },
+    },
+    // Every subject is a known account (the tests have one user, alice).
+    findAccount: (ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
+    // Where the authorization endpoint sends the user agent to log in / consent; the HTTP
+    // server below answers it without a UI (see autoInteraction).
+    interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
     // oidc-provider refuses outgoing requests to special-use addresses (loopback included);
     // the back-channel logout receiver under test listens on 127.0.0.1.
     ...(backchannel ? { fetch: backchannelFetch } : {}),
@@ -79,6 +123,9 @@ function makeProvider() {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
+      // RFC 7591 dynamic client registration at POST /reg, open (no initial access token):
+      // the MCP SDK registers itself when it has no client_id.
+      registration: { enabled: true },
       // Only the gateway's client may introspect.
       introspection: {
         enabled: true,
@@ -91,6 +138,15 @@ function makeProvider() {
         defaultResource: () => API,
         useGrantedResource: () => true,
         getResourceServerInfo: (ctx, resource) => {
+          if (isMcpResource(resource)) {
+            return {
+              scope: MCP_SCOPES.join(' '),
+              audience: resource,
+              accessTokenTTL: 300,
+              accessTokenFormat: 'jwt',
+              jwt: { sign: { alg: 'RS256' } },
+            };
+          }
           if (![API, SHORT, OPAQUE].includes(resource)) {
             throw new Error(`unknown resource ${resource}`);
           }
@@ -120,6 +176,34 @@ async function backchannelFetch(url, { dispatcher, ...options }) {
 let provider = makeProvider();
 let handler = provider.callback();
 
+// The login and consent "pages": no UI, the user is always alice and always consents to what
+// was asked (OIDC scopes, claims, and the scopes of each requested resource indicator), then the
+// provider redirects back to the authorization endpoint, which redirects to the client's
+// redirect_uri with ?code=...&state=...&iss=... .
+async function autoInteraction(req, res) {
+  const details = await provider.interactionDetails(req, res);
+  const { prompt, params, session } = details;
+  let result;
+  if (prompt.name === 'login') {
+    result = { login: { accountId: ACCOUNT } };
+  } else if (prompt.name === 'consent') {
+    const grant = details.grantId
+      ? await provider.Grant.find(details.grantId)
+      : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+    const missing = prompt.details;
+    if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+    if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+    for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
+      grant.addResourceScope(indicator, scopes.join(' '));
+    }
+    result = { consent: { grantId: await grant.save() } };
+  } else {
+    result = { error: 'access_denied', error_description: `unexpected prompt ${prompt.name}` };
+  }
+  stats.interactions += 1;
+  await provider.interactionFinished(req, res, result, { mergeWithLastSubmission: false });
+}
+
 const server = http.createServer((req, res) => {
   const path = req.url.split('?')[0];
   if (path === '/jwks') {
@@ -129,6 +213,24 @@ const server = http.createServer((req, res) => {
   if (path === '/.well-known/openid-configuration') stats.discovery += 1;
   if (path === '/token/introspection') stats.introspection += 1;
   if (path === '/token') stats.token += 1;
+  if (path === '/reg') stats.registration += 1;
+  // oidc-provider answers access_denied ("no scope was granted") to an authorization request
+  // without `scope`, which is valid OAuth and what the MCP conformance suite's
+  // authorization-code-grant scenario sends: give such requests `scope=openid`.
+  if (req.method === 'GET' && path === '/auth') {
+    const u = new URL(req.url, issuer);
+    if (!u.searchParams.has('scope')) {
+      u.searchParams.set('scope', 'openid');
+      req.url = u.pathname + u.search;
+    }
+  }
+  if (req.method === 'GET' && path.startsWith('/interaction/')) {
+    autoInteraction(req, res).catch((e) => {
+      console.error('interaction', e);
+      if (!res.headersSent) { res.writeHead(500); res.end(String(e)); }
+    });
+    return;
+  }
   handler(req, res);
 });
 const sockets = new Set();

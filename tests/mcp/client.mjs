@@ -10,16 +10,24 @@
 //   MCP_ERA        auto (default: server/discover, falls back to initialize) | legacy | 2026-07-28 (pin)
 //   REDIRECT_URL   default http://127.0.0.1:8090/callback (never listened on: the code is read off the Location header)
 //   TIMEOUT_MS     default 30000
+//   MCP_TOKENS_FILE  optional: every access token the client got is written there (JSON array, in
+//                  order), so a test can check that none of them ever reached the MCP server
 //
 // The authorization server is NOT configured here: the SDK finds it from the gateway's 401
 // (WWW-Authenticate resource_metadata -> RFC 9728 document -> authorization_servers[0] ->
 // RFC 8414 / OIDC discovery). The "browser" is fetch following redirects with a cookie jar.
 //
-// Prints ONE line of JSON on stdout, last, for the Rust/Python test to assert on:
-//   {"ok":true,"era":"modern","registered":"dynamic","authorizations":2,"tools":["delete_everything","get_weather"],
+// Prints ONE line of JSON on stdout, last, for the test to assert on (scripts/mcp-tests.sh):
+//   {"ok":true,"era":"modern","registered":"dynamic","authorizations":2,
+//    "tools":["delete_everything","get_forecast","get_weather"],
 //    "weather":"Weather in Oslo: sunny, 21°C","weatherScopes":"mcp:tools",
+//    "forecast":"Forecast for Nordland: sunny for 3 day(s)",
 //    "delete":{"status":"stepped_up","text":"deleted everything","scopes":"mcp:admin mcp:tools"},
-//    "resources":["http://127.0.0.1:<gw>/mcp"],"errors":[]}
+//    "resources":["http://127.0.0.1:<gw>/mcp"],"errors":[],
+//    "trace":[{"method":"POST","path":"/mcp","mcpMethod":"server/discover","mcpName":null,
+//              "status":401,"wwwAuthenticate":"Bearer ...","bearer":false}, ...]}
+// `trace` lists every HTTP exchange with the MCP server's origin (the gateway), including the
+// RFC 9728 metadata fetches; `bearer` says whether an Authorization header was sent.
 // `delete.status` is "stepped_up" (403 insufficient_scope, re-authorized with the union scope,
 // retried), "forbidden" (403 again after step-up), "allowed_without_step_up" (no 403: the gateway
 // did not enforce the scope) or "error". `ok` is false (exit 1) if anything before that failed.
@@ -43,7 +51,31 @@ setTimeout(() => {
   process.exit(1);
 }, TIMEOUT_MS).unref();
 
-const result = { ok: false, era: null, registered: null, authorizations: 0, tools: [], resources: [], errors: [] };
+const result = { ok: false, era: null, registered: null, authorizations: 0, tools: [], resources: [], errors: [], trace: [] };
+const accessTokens = [];
+const TOKENS_FILE = process.env.MCP_TOKENS_FILE;
+const MCP_ORIGIN = new URL(MCP_URL).origin;
+
+// The transport's fetch (MCP requests, and the SDK's OAuth discovery and token requests):
+// records what the gateway answered.
+async function tracingFetch(input, init) {
+  const req = new Request(input, init);
+  const res = await fetch(req);
+  const url = new URL(req.url);
+  if (url.origin === MCP_ORIGIN) {
+    result.trace.push({
+      method: req.method,
+      path: url.pathname,
+      mcpMethod: req.headers.get('mcp-method'),
+      mcpName: req.headers.get('mcp-name'),
+      protocolVersion: req.headers.get('mcp-protocol-version'),
+      status: res.status,
+      wwwAuthenticate: res.headers.get('www-authenticate'),
+      bearer: req.headers.has('authorization'),
+    });
+  }
+  return res;
+}
 const log = (...a) => console.error('[mcp-client]', ...a);
 
 // ---- OAuthClientProvider: in-memory storage + capture of the authorization URL ----------------
@@ -70,7 +102,10 @@ class TestOAuthProvider {
   clientInformation() { return this._client; }
   saveClientInformation(info) { this._client = info; }
   tokens() { return this._tokens; }
-  saveTokens(tokens) { this._tokens = tokens; }
+  saveTokens(tokens) {
+    this._tokens = tokens;
+    if (tokens?.access_token && !accessTokens.includes(tokens.access_token)) accessTokens.push(tokens.access_token);
+  }
   state() { this.lastState = crypto.randomUUID(); return this.lastState; }
   redirectToAuthorization(url) {
     this.pendingAuthorizationUrl = url;
@@ -130,7 +165,12 @@ function newTransport() {
   // onInsufficientScope 'reauthorize' (the default): on 403 insufficient_scope the SDK computes
   // the union of the old and challenged scopes and calls auth() again, which ends in
   // redirectToAuthorization + UnauthorizedError for an interactive grant.
-  return new StreamableHTTPClientTransport(new URL(MCP_URL), { authProvider: provider, onInsufficientScope: 'reauthorize', maxStepUpRetries: 1 });
+  return new StreamableHTTPClientTransport(new URL(MCP_URL), {
+    authProvider: provider,
+    onInsufficientScope: 'reauthorize',
+    maxStepUpRetries: 1,
+    fetch: tracingFetch,
+  });
 }
 
 async function connect() {
@@ -173,6 +213,11 @@ try {
   result.weather = weather.content?.[0]?.text ?? null;
   result.weatherScopes = tokenScopes();
 
+  // x-mcp-header (SEP-2243): the SDK mirrors `region` into Mcp-Param-Region, which the gateway
+  // must forward untouched for the MCP server to check it against the body.
+  const forecast = await withAuthorization('get_forecast', () => client.callTool({ name: 'get_forecast', arguments: { region: 'Nordland', days: 3 } }));
+  result.forecast = forecast.content?.[0]?.text ?? null;
+
   const before = result.authorizations;
   try {
     const del = await withAuthorization('delete_everything', () => client.callTool({ name: 'delete_everything', arguments: {} }));
@@ -191,6 +236,10 @@ try {
   result.errors.push(String(e?.stack ?? e));
 } finally {
   await client?.close().catch(() => {});
+}
+if (TOKENS_FILE) {
+  const { writeFileSync } = await import('node:fs');
+  writeFileSync(TOKENS_FILE, JSON.stringify(accessTokens));
 }
 console.log(JSON.stringify(result));
 process.exit(result.ok ? 0 : 1);

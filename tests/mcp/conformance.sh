@@ -18,10 +18,16 @@
 # Env:
 #   MCP_URL          server scenarios target (skipped when unset)
 #   SCENARIOS        default: "http-header-validation tools-list dns-rebinding-protection"
+#   DIRECT_URL       optional: the MCP server itself (behind the gateway at MCP_URL). Each scenario
+#                    then also runs against DIRECT_URL, and the gateway run passes when it adds no
+#                    failing check to what the server fails on its own (conformance/compare.mjs),
+#                    so the server's own gaps are not blamed on the gateway
+#   MUST_PASS        scenarios that must pass outright through the gateway even with DIRECT_URL
+#                    (default: dns-rebinding-protection, the gateway's job, which the server lacks)
 #   SPEC_VERSION     default 2026-07-28
 #   ISSUER           authorization-server scenarios target (skipped when unset)
 #   AS_CLIENT_ID     default mcp-client (a public client registered with 127.0.0.1:$CALLBACK_PORT/callback)
-#   CALLBACK_PORT    default 3000
+#   CALLBACK_PORT    default 3000 (mcp-client is a native client: any loopback port works)
 #   RESULTS_DIR      default ./results
 #   EXPECTED_FAILURES  optional YAML baseline (conformance --expected-failures)
 # Exit status: 0 when every scenario run passed (or failed as the baseline expects), 1 otherwise,
@@ -57,8 +63,25 @@ record() { # name exit-status
   if [ "$2" -eq 0 ]; then passed=$((passed + 1)); echo "PASS $1"; else failed=$((failed + 1)); echo "FAIL $1 (exit $2)"; fi
 }
 
+MUST_PASS=${MUST_PASS:-dns-rebinding-protection}
 if [ -n "${MCP_URL:-}" ]; then
   for s in $SCENARIOS; do
+    if [ -n "${DIRECT_URL:-}" ]; then
+      mkdir -p "$RESULTS_DIR/direct" "$RESULTS_DIR/gateway"
+      conformance server --url "$DIRECT_URL" --scenario "$s" --spec-version "$SPEC_VERSION" \
+        -o "$RESULTS_DIR/direct" >"$RESULTS_DIR/direct/server-$s.log" 2>&1
+      conformance server --url "$MCP_URL" --scenario "$s" --spec-version "$SPEC_VERSION" \
+        -o "$RESULTS_DIR/gateway" >"$RESULTS_DIR/gateway/server-$s.log" 2>&1
+      st=$?
+      if [[ " $MUST_PASS " == *" $s "* ]]; then
+        record "server/$s (must pass through the gateway)" "$st"
+        [ "$st" -ne 0 ] && grep -a -E 'FAILURE|Passed:' "$RESULTS_DIR/gateway/server-$s.log" | tail -n 20
+      else
+        node conformance/compare.mjs "$RESULTS_DIR/direct" "$RESULTS_DIR/gateway" "$s"
+        record "server/$s (no failure added by the gateway)" $?
+      fi
+      continue
+    fi
     conformance server --url "$MCP_URL" --scenario "$s" --spec-version "$SPEC_VERSION" \
       -o "$RESULTS_DIR" "${BASELINE[@]}" >"$RESULTS_DIR/server-$s.log" 2>&1
     st=$?
@@ -76,7 +99,10 @@ if [ -n "${ISSUER:-}" ]; then
   pid=$!
   url=""
   for _ in $(seq 1 100); do
-    url=$(grep -m1 -o 'http[^ ]*/auth?[^ ]*' "$log" 2>/dev/null || true)
+    # The URL is printed before the callback server listens: wait for both.
+    if grep -q 'Callback server started' "$log" 2>/dev/null; then
+      url=$(grep -m1 -o 'http[^ ]*/auth?[^ ]*' "$log" 2>/dev/null || true)
+    fi
     [ -n "$url" ] && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1

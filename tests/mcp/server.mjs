@@ -9,12 +9,19 @@
 //
 // Tools:
 //   get_weather        {city: string}  -> "Weather in <city>: sunny, 21°C"
+//   get_forecast       {region: string (x-mcp-header "Region": clients mirror it in
+//                      `Mcp-Param-Region`, SEP-2243), days?: integer} -> "Forecast for <region>: ..."
 //   delete_everything  {}              -> "deleted everything" (the gateway should demand a wider scope)
+//
+// Paths: any path ending in /mcp (/mcp, /public/mcp, ...) is the MCP endpoint, so one server
+// can sit behind several gateway routes.
 //
 // The server does NO authorization itself: the gateway in front of it is the OAuth resource
 // server. To prove the gateway never forwards the client's token (the MCP spec forbids token
 // passthrough), every request's headers are recorded:
-//   GET  /__seen    JSON array of {method, path, headers} for every request seen (not /__seen itself)
+//   GET  /__seen    JSON array of {method, path, headers, rawHeaders, body} for every request seen
+//                   (not /__seen itself); `body` is the parsed JSON body (or the raw text when
+//                   it is not JSON, null when empty), as the MCP handler got it
 //   POST /__reset   clears the list
 import http from 'node:http';
 import { createMcpHandler, McpServer } from '@modelcontextprotocol/server';
@@ -34,6 +41,19 @@ const handler = createMcpHandler(
         inputSchema: z.object({ city: z.string() }),
       },
       async ({ city }) => ({ content: [{ type: 'text', text: `Weather in ${city}: sunny, 21°C` }] }),
+    );
+    server.registerTool(
+      'get_forecast',
+      {
+        description: 'Forecast for a region (the region travels in the Mcp-Param-Region header too)',
+        inputSchema: z.object({
+          region: z.string().meta({ 'x-mcp-header': 'Region' }),
+          days: z.number().int().optional(),
+        }),
+      },
+      async ({ region, days }) => ({
+        content: [{ type: 'text', text: `Forecast for ${region}: sunny for ${days ?? 1} day(s)` }],
+      }),
     );
     server.registerTool(
       'delete_everything',
@@ -66,15 +86,32 @@ const server = http.createServer((req, res) => {
     return json(res, 200, { reset: true });
   }
   // rawHeaders keeps duplicates and the casing the gateway sent; headers is the lower-cased map.
-  seen.push({ method: req.method, path: req.url, headers: { ...req.headers }, rawHeaders: req.rawHeaders });
-  if (path === '/mcp') {
-    mcp(req, res).catch((e) => {
+  const entry = { method: req.method, path: req.url, headers: { ...req.headers }, rawHeaders: req.rawHeaders, body: null };
+  seen.push(entry);
+  const chunks = [];
+  req.on('data', (c) => chunks.push(c));
+  req.on('error', (e) => console.error('request error:', e));
+  req.on('end', () => {
+    const text = Buffer.concat(chunks).toString('utf8');
+    let parsed;
+    if (text) {
+      try {
+        parsed = JSON.parse(text);
+        entry.body = parsed;
+      } catch {
+        entry.body = text;
+        if (path.endsWith('/mcp') && req.method === 'POST') {
+          return json(res, 400, { jsonrpc: '2.0', id: null, error: { code: -32700, message: 'Parse error' } });
+        }
+      }
+    }
+    if (!path.endsWith('/mcp')) return json(res, 404, { error: 'not found', path });
+    // The body was read here (to record it): hand it over parsed.
+    mcp(req, res, parsed).catch((e) => {
       console.error('mcp error:', e);
       if (!res.headersSent) json(res, 500, { error: String(e) });
     });
-    return;
-  }
-  return json(res, 404, { error: 'not found', path });
+  });
 });
 
 server.listen(port, '127.0.0.1', () => {

@@ -151,9 +151,7 @@ pub struct SsfSubjects {
 }
 
 /// A subject identifier format (RFC 9493 section 3).
-#[derive(
-    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash,
-)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum SubjectFormat {
     /// `{"format": "iss_sub", "iss": ..., "sub": ...}`.
@@ -165,9 +163,7 @@ pub enum SubjectFormat {
 }
 
 /// A CAEP or RISC event that revokes tokens.
-#[derive(
-    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash,
-)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "kebab-case")]
 pub enum SsfEvent {
     /// CAEP `session-revoked`: the subject's sessions (or the one named) ended.
@@ -249,4 +245,27 @@ pub enum LogoutScope {
     Subject,
     /// Only the session's tokens (`sid`).
     Session,
+}
+
+/// The state of one Shared Signals stream, in the TokenPolicy's status (written by the
+/// controller's leader).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamStatus {
+    /// The stream's name.
+    pub name: String,
+    /// `push` or `poll`.
+    pub delivery: String,
+    /// When a verification event was last asked for (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_requested_at: Option<String>,
+    /// When the transmitter last answered one with the state asked for (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<String>,
+    /// When the transmitter was last polled successfully (RFC 3339; poll delivery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_poll_at: Option<String>,
+    /// The last failure talking to the transmitter, if the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }

@@ -27,7 +27,7 @@ pub mod validate;
 
 pub use events::{
     BackChannelLogoutSpec, IdentityEventsSpec, LogoutScope, SharedSignalsSpec, SsfEvent, SsfPoll,
-    SsfPush, SsfSubjects, SubjectFormat,
+    SsfPush, SsfSubjects, StreamStatus, SubjectFormat,
 };
 pub use llm::{
     LlmBackend, LlmCredential, LlmKeyHeader, LlmModel, LlmProvider, ObjectType, PromptMessage,

@@ -27,6 +27,10 @@ pub struct ResourceStatus {
     /// controller's ledger.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budgets: Vec<crate::quota::BudgetStatus>,
+
+    /// TokenPolicy only: each Shared Signals stream's delivery and verification.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<crate::events::StreamStatus>,
 }
 
 /// A status condition, as in Kubernetes `metav1.Condition`.

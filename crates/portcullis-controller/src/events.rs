@@ -6,6 +6,9 @@
 //! Any replica writes (the API server orders the writes); an event whose `source` (issuer
 //! and `jti`) is already on the policy is a replay and is not written again.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use portcullis_api::push::IdentityEvent;
 use portcullis_api::{Revocation, TokenPolicy};
 use prometheus::IntCounterVec;
@@ -24,10 +27,12 @@ const MAX_ENTRIES: usize = 4;
 /// issuer and a source, expiring. A proxy (or whoever holds its token) cannot revoke by
 /// key, token or API key through this path, nor forever.
 fn check_entry(r: &Revocation) -> Result<(), String> {
-    let selector_ok = match (&r.subject, &r.issued_before, &r.session_id) {
-        (Some(_), Some(_), None) | (None, None, Some(_)) => true,
-        _ => false,
-    };
+    let selector_ok = matches!(
+        (&r.subject, &r.email, &r.issued_before, &r.session_id),
+        (Some(_), None, Some(_), None)
+            | (None, Some(_), Some(_), None)
+            | (None, None, None, Some(_))
+    );
     if !selector_ok
         || r.jti.is_some()
         || r.token_sha256.is_some()
@@ -35,7 +40,7 @@ fn check_entry(r: &Revocation) -> Result<(), String> {
         || r.jwk_thumbprint.is_some()
         || r.api_key_id.is_some()
     {
-        return Err("an event may only revoke by subject or sessionId".into());
+        return Err("an event may only revoke by subject, email or sessionId".into());
     }
     if r.issuer.is_none() || r.expires_at.is_none() {
         return Err("an event's entries name their issuer and expire".into());
@@ -96,6 +101,9 @@ impl EventService {
             .policy
             .split_once('/')
             .ok_or_else(|| Refused("the policy is namespace/name".into()))?;
+        if let (Some(stream), Some(state)) = (&event.stream, &event.verification) {
+            return self.verified(ns, name, stream, state).await.map(|()| false);
+        }
         if event.revocations.is_empty() || event.revocations.len() > MAX_ENTRIES {
             return Err(Refused(format!(
                 "an event carries 1 to {MAX_ENTRIES} revocations"
@@ -167,11 +175,197 @@ impl EventService {
     }
 }
 
+impl EventService {
+    /// Records that `stream` answered a verification request with `state`: an
+    /// annotation on the policy, which the leader (whichever replica asked) compares with
+    /// the state it asked for.
+    async fn verified(
+        &self,
+        ns: &str,
+        name: &str,
+        stream: &str,
+        state: &str,
+    ) -> Result<(), Refusal> {
+        use Refusal::{Failed, Refused};
+        if state.is_empty() || state.len() > 256 || stream.len() > 63 {
+            return Err(Refused(
+                "a verification state of 1 to 256 characters".into(),
+            ));
+        }
+        let client = self
+            .client
+            .clone()
+            .ok_or_else(|| Failed("this controller has no API client".into()))?;
+        let api: kube::Api<TokenPolicy> = kube::Api::namespaced(client, ns);
+        let value = format!("{state} {}", k8s_openapi::jiff::Timestamp::now());
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            verification_annotation(stream): value,
+        }}});
+        api.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| Failed(format!("annotating TokenPolicy {ns}/{name}: {e}")))
+    }
+}
+
+/// The annotation recording a stream's last verification answer: `<state> <RFC 3339>`.
+pub fn verification_annotation(stream: &str) -> String {
+    format!("ssf.portcullis.dev/verified-{stream}")
+}
+
 enum Refusal {
     /// Not an event this path writes.
     Refused(String),
     /// The write failed (the API server, a race lost too often).
     Failed(String),
+}
+
+/// The controller's Shared Signals receiver: the leader polls poll streams and asks for
+/// verification; SETs are validated against a snapshot compiled from what is published
+/// (the transmitters' keys included) and written through the [`EventService`].
+pub struct ControllerSsf {
+    publisher: Arc<crate::publisher::Publisher>,
+    leader: tokio::sync::watch::Receiver<bool>,
+    events: Arc<EventService>,
+    compiled: Mutex<Option<(u64, Arc<portcullis_policy::Snapshot>)>>,
+    /// (policy, stream) -> what the leader did and saw.
+    state: Mutex<HashMap<(String, String), StreamState>>,
+}
+
+#[derive(Default, Clone)]
+struct StreamState {
+    /// The state asked for, and when.
+    requested: Option<(String, String)>,
+    last_poll_at: Option<String>,
+    last_error: Option<String>,
+}
+
+impl ControllerSsf {
+    /// A receiver for the leader `leader`.
+    pub fn new(
+        publisher: Arc<crate::publisher::Publisher>,
+        leader: tokio::sync::watch::Receiver<bool>,
+        events: Arc<EventService>,
+    ) -> Self {
+        Self {
+            publisher,
+            leader,
+            events,
+            compiled: Mutex::default(),
+            state: Mutex::default(),
+        }
+    }
+
+    /// The status of `policy`'s streams: `spec` the policy, its annotations holding the
+    /// verification answers.
+    pub fn stream_status(&self, spec: &TokenPolicy) -> Vec<portcullis_api::StreamStatus> {
+        let Some(ev) = &spec.spec.identity_events else {
+            return Vec::new();
+        };
+        let id = format!(
+            "{}/{}",
+            spec.metadata.namespace.as_deref().unwrap_or_default(),
+            spec.metadata.name.as_deref().unwrap_or_default()
+        );
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let annotations = spec.metadata.annotations.clone().unwrap_or_default();
+        ev.shared_signals
+            .iter()
+            .map(|s| {
+                let st = state
+                    .get(&(id.clone(), s.name.clone()))
+                    .cloned()
+                    .unwrap_or_default();
+                let answered = annotations
+                    .get(&verification_annotation(&s.name))
+                    .and_then(|v| v.split_once(' '));
+                let verified_at = match (&st.requested, answered) {
+                    (Some((asked, _)), Some((state, at))) if asked == state => Some(at.to_owned()),
+                    _ => None,
+                };
+                portcullis_api::StreamStatus {
+                    name: s.name.clone(),
+                    delivery: if s.poll.is_some() { "poll" } else { "push" }.into(),
+                    verification_requested_at: st.requested.map(|(_, at)| at),
+                    verified_at,
+                    last_poll_at: st.last_poll_at,
+                    last_error: st.last_error,
+                }
+            })
+            .collect()
+    }
+}
+
+impl portcullis_fetch::ssf::SsfReceiver for ControllerSsf {
+    fn snapshot(&self) -> Arc<portcullis_policy::Snapshot> {
+        let (version, sources) = self.publisher.current();
+        let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((v, s)) = &*compiled
+            && *v == version
+        {
+            return s.clone();
+        }
+        let out = portcullis_policy::compile_sources(
+            &portcullis_policy::CompileOptions::default(),
+            &sources,
+            None,
+        );
+        let snapshot = Arc::new(out.snapshot);
+        *compiled = Some((version, snapshot.clone()));
+        snapshot
+    }
+
+    fn apply(
+        &self,
+        set: portcullis_policy::events::ValidatedSet,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+        let events = self.events.clone();
+        Box::pin(async move {
+            if set.revocations.is_empty() && set.verification.is_none() {
+                return Ok(());
+            }
+            events
+                .apply(IdentityEvent {
+                    policy: set.policy.to_string(),
+                    revocations: set.revocations,
+                    stream: Some(set.stream.to_string()),
+                    verification: set.verification,
+                })
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn report(&self, policy: &str, stream: &str, report: portcullis_fetch::ssf::StreamReport) {
+        use portcullis_fetch::ssf::StreamReport;
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = state
+            .entry((policy.to_owned(), stream.to_owned()))
+            .or_default();
+        match report {
+            StreamReport::Polled(_) => {
+                st.last_poll_at = Some(now);
+                st.last_error = None;
+            }
+            StreamReport::VerificationRequested(s) => {
+                st.requested = Some((s, now));
+                st.last_error = None;
+            }
+            StreamReport::Failed(e) => st.last_error = Some(e),
+            StreamReport::Refused(code) => {
+                st.last_error = Some(format!("a SET was refused: {code}"));
+            }
+        }
+    }
+
+    fn active(&self) -> bool {
+        *self.leader.borrow()
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,8 @@ pub struct ObjectReport<'a> {
     pub keys: Option<(bool, &'static str, String)>,
     /// For a TokenPolicy with LLM budgets: their use, from the leader's ledger.
     pub budgets: Vec<portcullis_api::BudgetStatus>,
+    /// For a TokenPolicy with Shared Signals streams: their delivery and verification.
+    pub streams: Vec<portcullis_api::StreamStatus>,
 }
 
 fn condition(
@@ -197,6 +199,7 @@ pub fn desired(
             connected: connected as i32,
         }),
         budgets: report.budgets.clone(),
+        streams: report.streams.clone(),
     }
 }
 
@@ -206,6 +209,7 @@ pub fn differs(a: Option<&ResourceStatus>, b: &ResourceStatus) -> bool {
     if a.observed_generation != b.observed_generation
         || a.proxies != b.proxies
         || a.budgets != b.budgets
+        || a.streams != b.streams
         || a.conditions.len() != b.conditions.len()
     {
         return true;
@@ -243,6 +247,7 @@ mod tests {
                 proxies: (3, 3),
                 keys: None,
                 budgets: Vec::new(),
+                streams: Vec::new(),
             },
             None,
             "t0",
@@ -274,6 +279,7 @@ mod tests {
                 proxies: (2, 3),
                 keys: None,
                 budgets: Vec::new(),
+                streams: Vec::new(),
             },
             None,
             "t0",
@@ -291,6 +297,7 @@ mod tests {
                 proxies: (0, 0),
                 keys: None,
                 budgets: Vec::new(),
+                streams: Vec::new(),
             },
             None,
             "t0",
@@ -311,6 +318,7 @@ mod tests {
                 proxies: (1, 1),
                 keys: None,
                 budgets: Vec::new(),
+                streams: Vec::new(),
             },
             None,
             "t0",
@@ -334,6 +342,7 @@ mod tests {
                 proxies: (1, 1),
                 keys: None,
                 budgets: Vec::new(),
+                streams: Vec::new(),
             },
             None,
             "t0",
@@ -354,6 +363,7 @@ mod tests {
                 proxies: (0, 1),
                 keys: None,
                 budgets: Vec::new(),
+                streams: Vec::new(),
             },
             None,
             "t0",
@@ -365,6 +375,7 @@ mod tests {
                 proxies: (1, 1),
                 keys: None,
                 budgets: Vec::new(),
+                streams: Vec::new(),
             },
             Some(&first),
             "t1",
@@ -379,6 +390,7 @@ mod tests {
                 proxies: (1, 1),
                 keys: None,
                 budgets: Vec::new(),
+                streams: Vec::new(),
             },
             Some(&second),
             "t2",
@@ -406,6 +418,7 @@ mod tests {
                 proxies: (1, 1),
                 keys: None,
                 budgets: Vec::new(),
+                streams: Vec::new(),
             },
             None,
             "t0",
@@ -437,6 +450,7 @@ mod tests {
                 proxies: (1, 1),
                 keys: None,
                 budgets: Vec::new(),
+                streams: Vec::new(),
             },
             None,
             "t0",

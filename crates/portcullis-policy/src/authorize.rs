@@ -85,9 +85,15 @@ impl Snapshot {
         };
         if let Some(mcp) = &rule.info.mcp
             && !rule.info.serves_mcp_metadata
-            && let Err(reason) = mcp.check_request(&req.mcp, req.method)
         {
-            return deny(reason, Some(&rule.info), None, false);
+            if let Err(reason) = mcp.check_request(&req.mcp) {
+                return deny(reason, Some(&rule.info), None, false);
+            }
+            // A public path rule cannot check scopes: a call an MCP rule names is refused
+            // there (closed), whatever the rule demands.
+            if matches!(rule.requirement, Requirement::Public) && mcp.rule_for(&req.mcp).is_some() {
+                return deny(DenyReason::McpDenied, Some(&rule.info), None, false);
+            }
         }
         let Requirement::Token { policy, .. } = &rule.requirement else {
             return allow_public(rule);

@@ -265,7 +265,8 @@ fn check_logout_claims(
 // === Shared Signals ===
 
 /// The SSF verification event (SSF 1.0 section 8.1.4.1).
-pub const VERIFICATION_EVENT: &str = "https://schemas.openid.net/secevent/ssf/event-type/verification";
+pub const VERIFICATION_EVENT: &str =
+    "https://schemas.openid.net/secevent/ssf/event-type/verification";
 /// The SSF stream-updated event (SSF 1.0 section 8.1.5).
 pub const STREAM_UPDATED_EVENT: &str =
     "https://schemas.openid.net/secevent/ssf/event-type/stream-updated";
@@ -457,7 +458,10 @@ impl Snapshot {
             _ => false,
         };
         if !aud_ok {
-            return Err(set_err("invalid_audience", "aud does not name this receiver"));
+            return Err(set_err(
+                "invalid_audience",
+                "aud does not name this receiver",
+            ));
         }
         let iat = token::numeric_date(claims, "iat")
             .ok()
@@ -468,7 +472,10 @@ impl Snapshot {
         }
         // SSF section 4.1.8/4.1.9: no `sub` (the subject is `sub_id`), no `exp`.
         if claims.contains_key("sub") || claims.contains_key("exp") {
-            return Err(set_err("invalid_request", "a SET holds neither sub nor exp"));
+            return Err(set_err(
+                "invalid_request",
+                "a SET holds neither sub nor exp",
+            ));
         }
         let jti = token::string_claim(claims, "jti")
             .ok()

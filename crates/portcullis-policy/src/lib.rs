@@ -55,7 +55,8 @@ pub use keys::{KeyError, KeyThumbprint, key_thumbprints, usable_keys};
 pub use portcullis_api::ConditionType;
 pub use principal::VerifiedToken;
 pub use remote::{
-    RemoteSource, RemoteSourceKind, discovery_url, remote_sources, source_key, ssf_configuration_url,
+    RemoteSource, RemoteSourceKind, discovery_url, remote_sources, source_key,
+    ssf_configuration_url,
 };
 pub use snapshot::{Snapshot, SnapshotStats};
 pub use sources::{CompiledSources, PreviousCompile, SourceChanges, compile_sources};

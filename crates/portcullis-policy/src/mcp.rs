@@ -92,27 +92,28 @@ impl McpRoute {
             .or(m.any_name.as_ref())
     }
 
-    /// The checks made before any token is looked at: the `Origin` (403) and, while
-    /// per-method rules exist, the protocol version of a POST (400): absent, older than
-    /// the minimum or not a version, the `Mcp-Method`/`Mcp-Name` headers the rules read
-    /// are not promised (MCP 2026-07-28, transport, "Request Metadata": intermediaries
-    /// SHOULD reject rather than trust the headers).
-    pub(crate) fn check_request(&self, h: &McpHeaders<'_>, method: &str) -> Result<(), DenyReason> {
+    /// The check made before any token is looked at: the `Origin` (403).
+    pub(crate) fn check_request(&self, h: &McpHeaders<'_>) -> Result<(), DenyReason> {
         if let Some(origin) = h.origin
             && !self.origins.iter().any(|o| **o == *origin)
         {
             return Err(DenyReason::McpOrigin);
         }
-        // Versions are dates (YYYY-MM-DD): they compare as strings. A version that is not
-        // a date is refused too, rather than guessed at.
-        if self.strict
-            && method == "POST"
-            && h.protocol_version
-                .is_none_or(|v| !is_version(v) || v < &*self.min_version)
-        {
-            return Err(DenyReason::McpHeaders);
-        }
         Ok(())
+    }
+
+    /// Whether a POST's `MCP-Protocol-Version` promises the `Mcp-Method`/`Mcp-Name`
+    /// headers the rules are matched on (MCP 2026-07-28, transport, "Request Metadata":
+    /// intermediaries SHOULD reject rather than trust the headers of older versions).
+    /// Always true without rules. Versions are dates (YYYY-MM-DD) and compare as
+    /// strings; one that is not a date is refused rather than guessed at.
+    pub fn version_accepted(&self, version: Option<&str>) -> bool {
+        !self.strict || version.is_some_and(|v| is_version(v) && v >= &*self.min_version)
+    }
+
+    /// The oldest protocol version accepted while rules exist.
+    pub fn min_version(&self) -> &str {
+        &self.min_version
     }
 }
 
@@ -403,26 +404,26 @@ mod tests {
             ..Default::default()
         };
         const V: Option<&str> = Some("2026-07-28");
-        assert!(r.check_request(&with(None, V), "POST").is_ok());
+        assert!(r.check_request(&with(None, V)).is_ok());
         assert!(
-            r.check_request(&with(Some("https://mcp.example.com"), V), "POST")
+            r.check_request(&with(Some("https://mcp.example.com"), V))
                 .is_ok()
         );
         assert_eq!(
-            r.check_request(&with(Some("https://evil.example"), V), "POST"),
+            r.check_request(&with(Some("https://evil.example"), V)),
             Err(DenyReason::McpOrigin)
         );
         // 2025-06-18 clients do not promise Mcp-Method: refused while rules exist, and so
         // is a POST that names no version at all.
         for v in [Some("2025-06-18"), Some("garbage"), None] {
-            assert_eq!(
-                r.check_request(&with(None, v), "POST"),
-                Err(DenyReason::McpHeaders),
-                "{v:?}"
-            );
+            assert!(!r.version_accepted(v), "{v:?}");
         }
-        // A GET (the SSE stream) carries no JSON-RPC call.
-        assert!(r.check_request(&with(None, None), "GET").is_ok());
+        assert!(r.version_accepted(V));
+        assert!(r.version_accepted(Some("2027-01-01")));
+        assert!(
+            route(json!([])).version_accepted(None),
+            "no rules, no demand"
+        );
     }
 
     #[test]

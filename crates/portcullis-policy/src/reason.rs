@@ -98,10 +98,6 @@ pub enum DenyReason {
     /// MCP route: a browser `Origin` that is neither the resource's nor allowed (403, the
     /// Streamable HTTP transport's DNS-rebinding defence).
     McpOrigin,
-    /// MCP route with per-method rules: a POST without `Mcp-Method`, a JSON-RPC batch, or
-    /// an `MCP-Protocol-Version` too old to promise the `Mcp-Method`/`Mcp-Name` headers
-    /// (400).
-    McpHeaders,
     /// MCP route: a method or tool the route refuses whatever the token holds (403).
     McpDenied,
 }
@@ -145,7 +141,6 @@ impl DenyReason {
         DenyReason::IntrospectionUnavailable,
         DenyReason::RevokedSession,
         DenyReason::McpOrigin,
-        DenyReason::McpHeaders,
         DenyReason::McpDenied,
     ];
 
@@ -154,9 +149,7 @@ impl DenyReason {
         use DenyReason::*;
         match self {
             NoRoute => 404,
-            MalformedHeader | DuplicateHeader | TokenInQuery | MultipleCredentials | McpHeaders => {
-                400
-            }
+            MalformedHeader | DuplicateHeader | TokenInQuery | MultipleCredentials => 400,
             InsufficientScope | McpOrigin | McpDenied => 403,
             IntrospectionUnavailable => 503,
             _ => 401,
@@ -173,7 +166,7 @@ impl DenyReason {
             | IntrospectionUnavailable
             | McpOrigin
             | McpDenied => None,
-            MalformedHeader | DuplicateHeader | TokenInQuery | MultipleCredentials | McpHeaders => {
+            MalformedHeader | DuplicateHeader | TokenInQuery | MultipleCredentials => {
                 Some("invalid_request")
             }
             InsufficientScope => Some("insufficient_scope"),
@@ -215,7 +208,6 @@ impl DenyReason {
             RevokedSubject => "revoked_subject",
             RevokedSession => "revoked_session",
             McpOrigin => "mcp_origin",
-            McpHeaders => "mcp_headers",
             McpDenied => "mcp_denied",
             RevokedKey => "revoked_key",
             WrongTokenType => "wrong_token_type",
@@ -256,9 +248,6 @@ impl DenyReason {
             RevokedJti | RevokedToken | RevokedSubject | RevokedSession | RevokedKey
             | RevokedApiKey => "the token has been revoked",
             McpOrigin => "this origin may not call the MCP server",
-            McpHeaders => {
-                "Mcp-Method (and Mcp-Name) headers matching the body and MCP-Protocol-Version 2026-07-28 or later are required"
-            }
             McpDenied => "this MCP method or tool is not available",
             WrongTokenType => "the token is not an access token",
             UnforwardableClaim => "a claim of the token cannot be passed on",

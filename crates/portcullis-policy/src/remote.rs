@@ -177,10 +177,10 @@ pub fn remote_sources(policies: &[TokenPolicy], secrets: &[Secret]) -> Vec<Remot
 /// goes after the host, before the issuer's own path).
 pub fn ssf_configuration_url(transmitter: &str) -> String {
     let t = transmitter.trim_end_matches('/');
-    match t.split_once("://").and_then(|(s, rest)| {
-        rest.find('/')
-            .map(|i| (s, &rest[..i], &rest[i..]))
-    }) {
+    match t
+        .split_once("://")
+        .and_then(|(s, rest)| rest.find('/').map(|i| (s, &rest[..i], &rest[i..])))
+    {
         Some((scheme, host, path)) => {
             format!("{scheme}://{host}/.well-known/ssf-configuration{path}")
         }

@@ -294,7 +294,11 @@ impl RevocationSet {
                 );
                 continue;
             }
-            if r.issuer.is_some() && r.subject.is_none() && r.email.is_none() && r.session_id.is_none() {
+            if r.issuer.is_some()
+                && r.subject.is_none()
+                && r.email.is_none()
+                && r.session_id.is_none()
+            {
                 err(
                     format!("{at}.issuer"),
                     "issuer narrows a subject or sessionId revocation; it needs subject or sessionId",

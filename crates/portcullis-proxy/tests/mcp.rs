@@ -350,6 +350,15 @@ async fn a_body_that_disagrees_with_its_headers_never_reaches_the_server() {
         seen.lock().unwrap().is_empty(),
         "a mismatched call reached the MCP server"
     );
+    // HeaderMismatch (-32020), answering the request's id.
+    let mut headers = base.to_vec();
+    headers.extend([("mcp-method", "tools/call"), ("mcp-name", "get_weather")]);
+    let r = send(&gw, "POST", "/mcp", &headers, &call("delete_everything")).await;
+    let body: Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(
+        (body["error"]["code"].clone(), body["id"].clone()),
+        (json!(-32020), json!(1))
+    );
     // A JSON-RPC response from the client (no method) needs no Mcp-Method.
     let r = send(
         &gw,
@@ -382,6 +391,11 @@ async fn old_protocol_versions_are_refused_while_method_rules_exist() {
     )
     .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // MCP 2026-07-28: UnsupportedProtocolVersionError, answering the request's id.
+    let body: Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(body["error"]["code"], -32022);
+    assert_eq!(body["id"], 1);
+    assert_eq!(body["error"]["data"]["requested"], "2025-06-18");
     assert!(seen.lock().unwrap().is_empty());
 }
 

@@ -170,6 +170,10 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("binding {}", args.metrics_listen))?;
+    let events = Arc::new(portcullis_controller::events::EventService::new(
+        Some(client.clone()),
+        metrics.registry(),
+    ));
     let state = Arc::new(push::PushState {
         publisher: publisher.clone(),
         registry: registry.clone(),
@@ -177,10 +181,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         heartbeat: args.heartbeat,
         quota: quota.clone(),
-        events: Arc::new(portcullis_controller::events::EventService::new(
-            Some(client.clone()),
-            metrics.registry(),
-        )),
+        events: events.clone(),
     });
     eprintln!(
         "portcullis controller {identity}: push endpoint on {}, metrics on {}",
@@ -204,7 +205,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let ctl = tokio::spawn(cluster::run(
-        client, opts, publisher, registry, metrics, quota, shutdown,
+        client, opts, publisher, registry, metrics, quota, events, shutdown,
     ));
     crate::shutdown_signal().await;
     let _ = shutdown_tx.send(true);

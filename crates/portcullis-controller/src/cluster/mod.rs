@@ -107,6 +107,7 @@ pub async fn run(
     registry: Arc<ProxyRegistry>,
     metrics: Metrics,
     quota: Arc<crate::quota::QuotaService>,
+    events: Arc<crate::events::EventService>,
     shutdown: watch::Receiver<bool>,
 ) {
     let store = Arc::new(Store::default());
@@ -134,6 +135,17 @@ pub async fn run(
         );
         tokio::spawn(quota.clone().run(shutdown.clone()));
     }
+
+    // Shared Signals streams the leader drives (poll delivery, verification).
+    let ssf = Arc::new(crate::events::ControllerSsf::new(
+        publisher.clone(),
+        leader.subscribe(),
+        events,
+    ));
+    tokio::spawn(portcullis_fetch::ssf::run(
+        ssf.clone(),
+        Arc::new(portcullis_fetch::HttpClient::default()),
+    ));
 
     let (remote_acks_tx, remote_acks) = watch::channel(None);
     tokio::spawn(acks::share_acks(
@@ -191,6 +203,7 @@ pub async fn run(
         remote_sources: sources_tx,
         statuses,
         quota: Some(quota),
+        ssf: Some(ssf),
         planner: StatusPlanner::default(),
         programmed: Programmed::new(),
         errors: Vec::new(),
@@ -222,6 +235,8 @@ struct Controller {
     statuses: Arc<StatusQueue>,
     /// The quota ledger, whose budget use goes into TokenPolicy status.
     quota: Option<Arc<crate::quota::QuotaService>>,
+    /// The Shared Signals receiver, whose streams go into TokenPolicy status.
+    ssf: Option<Arc<crate::events::ControllerSsf>>,
     planner: StatusPlanner,
     programmed: Programmed,
     /// The last compile's errors.
@@ -333,9 +348,21 @@ impl Controller {
             &self.programmed,
             &self.errors,
             &self.keys.borrow(),
-            &|policy: &str| match &self.quota {
-                Some(q) => q.budget_status(policy),
-                None => Vec::new(),
+            &status_pass::PolicyExtras {
+                budgets: &|policy: &str| match &self.quota {
+                    Some(q) => q.budget_status(policy),
+                    None => Vec::new(),
+                },
+                streams: &|policy: &str| {
+                    let (Some(ssf), Some((ns, name))) = (&self.ssf, policy.split_once('/')) else {
+                        return Vec::new();
+                    };
+                    let g = self.store.lock();
+                    g.policies
+                        .get(&(ns.to_owned(), name.to_owned()))
+                        .map(|p| ssf.stream_status(p))
+                        .unwrap_or_default()
+                },
             },
             &now,
         );

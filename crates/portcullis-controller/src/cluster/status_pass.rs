@@ -15,6 +15,15 @@ use super::status_writer::{ObjectId, StatusEvent, StatusUpdate};
 use super::store::{Key, Store, key_of};
 use crate::status::{self, ObjectReport};
 
+/// What the status of a TokenPolicy shows beside its conditions, by policy
+/// (`namespace/name`): its budgets' use and its Shared Signals streams.
+pub(crate) struct PolicyExtras<'a> {
+    /// Budget use, from the leader's ledger.
+    pub(crate) budgets: &'a dyn Fn(&str) -> Vec<portcullis_api::BudgetStatus>,
+    /// Stream delivery and verification, from the leader's receiver.
+    pub(crate) streams: &'a dyn Fn(&str) -> Vec<portcullis_api::StreamStatus>,
+}
+
 /// Per object (kind, key): the generation last published, and the version that first
 /// held it.
 pub(crate) type Programmed = HashMap<(String, Key), (Option<i64>, u64)>;
@@ -57,7 +66,7 @@ impl StatusPlanner {
         programmed: &Programmed,
         errors: &[CompileError],
         keys: &KeysReports,
-        budgets: &dyn Fn(&str) -> Vec<portcullis_api::BudgetStatus>,
+        extras: &PolicyExtras<'_>,
         now: &str,
     ) -> Vec<StatusUpdate> {
         let targets: Vec<Target> = {
@@ -96,7 +105,7 @@ impl StatusPlanner {
                     .get(&(t.kind, t.key.0.as_str(), t.key.1.as_str()))
                     .cloned()
                     .unwrap_or_default();
-                self.plan_one(t, errs, acks, programmed, keys, budgets, now)
+                self.plan_one(t, errs, acks, programmed, keys, extras, now)
             })
             .collect()
     }
@@ -109,7 +118,7 @@ impl StatusPlanner {
         acks: &Acks<'_>,
         programmed: &Programmed,
         keys: &KeysReports,
-        budgets: &dyn Fn(&str) -> Vec<portcullis_api::BudgetStatus>,
+        extras: &PolicyExtras<'_>,
         now: &str,
     ) -> StatusUpdate {
         let Target {
@@ -168,7 +177,12 @@ impl StatusPlanner {
             proxies,
             keys: keys_report,
             budgets: if kind == "TokenPolicy" {
-                budgets(&format!("{}/{}", key.0, key.1))
+                (extras.budgets)(&format!("{}/{}", key.0, key.1))
+            } else {
+                Vec::new()
+            },
+            streams: if kind == "TokenPolicy" {
+                (extras.streams)(&format!("{}/{}", key.0, key.1))
             } else {
                 Vec::new()
             },

@@ -415,6 +415,7 @@ pub(crate) mod tests {
                 connected: 0,
             }),
             budgets: Vec::new(),
+            streams: Vec::new(),
         }
     }
 

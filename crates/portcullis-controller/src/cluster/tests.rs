@@ -82,6 +82,7 @@ fn harness(fake: FakeApi) -> Harness {
         remote_sources,
         statuses: queue.clone(),
         quota: None,
+        ssf: None,
         planner: StatusPlanner::default(),
         programmed: Programmed::new(),
         errors: Vec::new(),

@@ -380,7 +380,10 @@ fn compile_streams(
             v
         };
         let push_auth = match &s.push {
-            Some(push) => match secret("push.authorizationSecretRef", &push.authorization_secret_ref) {
+            Some(push) => match secret(
+                "push.authorizationSecretRef",
+                &push.authorization_secret_ref,
+            ) {
                 Some(v) => Some(v.into_bytes().into_boxed_slice()),
                 None => continue,
             },
@@ -390,8 +393,12 @@ fn compile_streams(
             Some(poll) => {
                 let interval = match poll.interval.as_deref().map(parse_duration) {
                     None => std::time::Duration::from_secs(5),
-                    Some(Ok(d)) if d >= std::time::Duration::from_secs(1)
-                        && d <= std::time::Duration::from_secs(300) => d,
+                    Some(Ok(d))
+                        if d >= std::time::Duration::from_secs(1)
+                            && d <= std::time::Duration::from_secs(300) =>
+                    {
+                        d
+                    }
                     Some(_) => {
                         errs.push(policy_error(
                             p,
@@ -461,7 +468,11 @@ fn compile_streams(
         }
         let formats = match &s.subjects {
             Some(sub) if !sub.formats.is_empty() => sub.formats.clone(),
-            _ => vec![SubjectFormat::IssSub, SubjectFormat::Email, SubjectFormat::Opaque],
+            _ => vec![
+                SubjectFormat::IssSub,
+                SubjectFormat::Email,
+                SubjectFormat::Opaque,
+            ],
         };
         let subject_issuer = match s.subjects.as_ref().and_then(|x| x.issuer.clone()) {
             Some(iss) if policy_issuers.contains(&iss) => Some(iss),

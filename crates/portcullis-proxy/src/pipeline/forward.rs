@@ -45,6 +45,8 @@ struct McpCheck {
     method: Option<String>,
     name: Option<String>,
     strict: bool,
+    /// The request's `MCP-Protocol-Version`, when the route does not accept it.
+    refused_version: Option<(Option<String>, String)>,
 }
 
 /// The most an MCP request body may hold (it is read whole to be checked).
@@ -146,10 +148,13 @@ impl Pipeline {
             let seen = super::phases::mcp_headers(headers, &mut decoded);
             let (method, name) = (seen.method.map(str::to_owned), seen.name.map(str::to_owned));
             if head.method == http::Method::POST && (mcp.strict || method.is_some()) {
+                let version = seen.protocol_version;
                 mcp_check = Some(McpCheck {
                     name,
                     method,
                     strict: mcp.strict,
+                    refused_version: (!mcp.version_accepted(version))
+                        .then(|| (version.map(str::to_owned), mcp.min_version().to_owned())),
                 });
             }
         }
@@ -217,20 +222,36 @@ impl Pipeline {
                 Ok(b) => b,
                 Err(e) => return Outcome::Local(self.fail(log, e)),
             };
-            let verdict = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .map_err(|_| "the body is not JSON")
-                .and_then(|v| {
-                    portcullis_policy::mcp::body_agrees(
-                        &v,
-                        check.method.as_deref(),
-                        check.name.as_deref(),
-                        check.strict,
-                    )
+            let parsed = serde_json::from_slice::<serde_json::Value>(&bytes);
+            let id = parsed
+                .as_ref()
+                .ok()
+                .and_then(|v| v.get("id"))
+                .cloned()
+                .unwrap_or(serde_json::Value::Null);
+            if let Some((requested, min)) = &check.refused_version {
+                // MCP 2026-07-28: UnsupportedProtocolVersionError. Older versions do not
+                // promise the headers the route's rules are matched on.
+                let error = serde_json::json!({
+                    "code": -32022,
+                    "message": "Unsupported protocol version",
+                    "data": {"supported": [min], "requested": requested},
                 });
+                return Outcome::Local(self.mcp_refusal(log, id, error));
+            }
+            let verdict = parsed.map_err(|_| "the body is not JSON").and_then(|v| {
+                portcullis_policy::mcp::body_agrees(
+                    &v,
+                    check.method.as_deref(),
+                    check.name.as_deref(),
+                    check.strict,
+                )
+            });
             if let Err(why) = verdict {
                 // The decision was made on the headers: a body saying otherwise is refused
-                // before the MCP server sees it.
-                return Outcome::Local(self.mcp_mismatch(log, why));
+                // before the MCP server sees it (MCP 2026-07-28 HeaderMismatch).
+                let error = serde_json::json!({"code": -32020, "message": why});
+                return Outcome::Local(self.mcp_refusal(log, id, error));
             }
             head.headers.remove(header::TRANSFER_ENCODING);
             head.headers
@@ -259,20 +280,21 @@ impl Pipeline {
         self.send_upstream(head, body, body_failed, fwd, log).await
     }
 
-    /// A 400 for an MCP body that disagrees with its headers (JSON-RPC error format).
-    fn mcp_mismatch(&self, log: &mut RequestLog, why: &'static str) -> Response<ProxyBody> {
+    /// A 400 for an MCP request refused on its headers and body, as a JSON-RPC error
+    /// answering the request's `id`.
+    fn mcp_refusal(
+        &self,
+        log: &mut RequestLog,
+        id: serde_json::Value,
+        error: serde_json::Value,
+    ) -> Response<ProxyBody> {
         self.metrics
             .requests_refused
             .with_label_values(&["mcp_headers"])
             .inc();
         log.reason = "mcp_headers";
         log.close = true;
-        let body = serde_json::json!({
-            "jsonrpc": "2.0",
-            "id": null,
-            // MCP 2026-07-28 HeaderMismatch.
-            "error": {"code": -32020, "message": why},
-        });
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "error": error});
         super::response(
             http::StatusCode::BAD_REQUEST,
             "application/json",
