@@ -8,9 +8,13 @@
 # cargo-fuzz, installed once into ~/.cache/portcullis-fuzz).
 # After the Rust tests, the AI-gateway suite (scripts/ai-tests.sh: the real openai and
 # anthropic Python SDKs through a standalone Portcullis to the LLM stub; a venv with pinned
-# packages in ~/.cache/portcullis-ai).
+# packages in ~/.cache/portcullis-ai), and the MCP suite (scripts/mcp-tests.sh: the official
+# MCP SDK client doing OAuth against the real oidc-provider through a standalone
+# Portcullis, and the @modelcontextprotocol/conformance scenarios; npm packages pinned in
+# tests/mcp).
 # Called by .ci/run; run it yourself before sending a change. SKIP_E2E=1 skips the e2e
-# step, SKIP_FUZZ=1 the fuzz smoke, SKIP_AI=1 the AI-gateway suite and SKIP_CHART=1 the
+# step, SKIP_FUZZ=1 the fuzz smoke, SKIP_AI=1 the AI-gateway suite, SKIP_MCP=1 the MCP
+# suite and SKIP_CHART=1 the
 # chart step (each says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +30,13 @@ if [ "${SKIP_AI:-0}" = 1 ]; then
 else
   echo "== AI gateway: openai + anthropic SDKs through Portcullis to the LLM stub"
   scripts/ai-tests.sh
+fi
+if [ "${SKIP_MCP:-0}" = 1 ]; then
+  echo "== MCP suite SKIPPED (SKIP_MCP=1)"
+else
+  echo "== MCP: the official SDK client (OAuth against oidc-provider) and the conformance suite through Portcullis"
+  cargo build --locked -q -p portcullis
+  PORTCULLIS_BIN="$PWD/${CARGO_TARGET_DIR:-target}/debug/portcullis" scripts/mcp-tests.sh
 fi
 if [ "${SKIP_FUZZ:-0}" = 1 ]; then
   echo "== fuzz smoke SKIPPED (SKIP_FUZZ=1)"

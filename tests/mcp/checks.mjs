@@ -115,7 +115,10 @@ async function legacySection(file) {
   const r = JSON.parse(readFileSync(file, 'utf8').trim().split('\n').pop());
   const first = r.trace[0];
   check('legacy client: refused', r.ok === false, r);
-  check('legacy client: initialize without MCP-Protocol-Version/Mcp-Method answered 400 by the gateway (route with mcp.rules)', first?.status === 400 && !first?.mcpMethod, first);
+  // Without a token the gateway answers 401 first (the token is checked before the body is
+  // read); with one, 400 UnsupportedProtocolVersionError (-32022). Never a 2xx.
+  const mcpTrace = r.trace.filter((x) => x.path === '/mcp');
+  check('legacy client (no MCP-Protocol-Version 2026-07-28, no Mcp-Method): every call to the route with mcp.rules refused (401 before a token, 400 after)', mcpTrace.length > 0 && !first?.mcpMethod && mcpTrace.every((x) => x.status === 401 || x.status === 400), mcpTrace);
   const s = await seen();
   check('legacy client: no initialize ever reached the MCP server', !s.some((e) => e.body?.method === 'initialize'), s.filter((e) => e.body?.method === 'initialize').length);
   done();
