@@ -110,6 +110,55 @@ impl OidcProvider {
         serde_json::from_str(&body).unwrap()
     }
 
+    fn admin_json(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        let (code, _, resp) = request(
+            self.admin,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            &body.to_string(),
+        );
+        assert_eq!(code, 200, "provider admin {path}: {resp}");
+        serde_json::from_str(&resp).unwrap()
+    }
+
+    /// An access token for user `sub` (audience `aud`, `scope`), signed with the
+    /// provider's current key.
+    pub fn user_token(&self, sub: &str, aud: &str, scope: &str) -> String {
+        self.admin_json(
+            "/mint",
+            &serde_json::json!({"sub": sub, "aud": aud, "scope": scope}),
+        )["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Makes oidc-provider itself (its back-channel logout feature) send a logout token
+    /// for `sub` (and `sid`) to `uri`, as client `logout-client`. Returns the HTTP status
+    /// the receiver answered.
+    pub fn back_channel_logout(&self, uri: &str, sub: &str, sid: Option<&str>) -> u16 {
+        self.back_channel_logout_token(uri, sub, sid).0
+    }
+
+    /// [`Self::back_channel_logout`], and the logout token that was sent.
+    pub fn back_channel_logout_token(
+        &self,
+        uri: &str,
+        sub: &str,
+        sid: Option<&str>,
+    ) -> (u16, String) {
+        let mut body = serde_json::json!({"uri": uri, "sub": sub});
+        if let Some(s) = sid {
+            body["sid"] = s.into();
+        }
+        let r = self.admin_json("/backchannel-logout", &body);
+        (
+            r["status"].as_u64().unwrap_or(0) as u16,
+            r["logout_token"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
     /// A new signing key; the old one stays published.
     pub fn rotate(&self) {
         self.admin("POST", "/rotate");

@@ -24,6 +24,10 @@
 //                  BACKCHANNEL_LOGOUT=1 in the environment turns it on from the start instead.
 //                  With it on, discovery also shows backchannel_logout_supported and
 //                  backchannel_logout_session_supported, and loopback delivery is allowed.
+//   POST /mint  {"sub": "...", "aud": "...", "scope": "...", "sid": "...", "ttl": 300}  an RS256
+//                  access token (typ at+jwt) for that user, signed with the provider's current
+//                  key: a user's token without an interactive login (the identity-event tests
+//                  log out many users). Answers 200 {"token": "..."}.
 //
 // MCP (tests/mcp, scripts/mcp-tests.sh): resources http://127.0.0.1:<port>/mcp[/...] (and
 // localhost, and MCP_RESOURCES) get RS256 JWTs with aud = the resource and scopes
@@ -315,6 +319,24 @@ const admin = http.createServer(async (req, res) => {
     if (req.method === 'POST' && req.url === '/backchannel-logout') {
       const { code, body } = await backchannelLogout(JSON.parse((await readBody(req)) || '{}'));
       return reply(code, body);
+    }
+    if (req.method === 'POST' && req.url === '/mint') {
+      const { sub, aud, scope, sid, ttl } = JSON.parse((await readBody(req)) || '{}');
+      const { SignJWT, importJWK } = await import('jose');
+      const k = keys[0];
+      const now = Math.floor(Date.now() / 1000);
+      const claims = { scope: scope ?? '', client_id: 'orders-client' };
+      if (sid) claims.sid = sid;
+      const token = await new SignJWT(claims)
+        .setProtectedHeader({ alg: 'RS256', typ: 'at+jwt', kid: k.kid })
+        .setIssuer(issuer)
+        .setSubject(sub)
+        .setAudience(aud ?? API)
+        .setIssuedAt(now)
+        .setExpirationTime(now + (ttl ?? 300))
+        .setJti(randomUUID())
+        .sign(await importJWK(k, 'RS256'));
+      return reply(200, { token });
     }
     if (req.method === 'GET' && req.url === '/stats') {
       return reply(200, { ...stats, kids: keys.map((k) => k.kid) });

@@ -230,10 +230,11 @@ async fn stream_task(receiver: Arc<dyn SsfReceiver>, http: Arc<HttpClient>, info
             && tokio::time::Instant::now() >= next_verify
         {
             let state = new_state();
+            // Recorded before asking: the answer may come before the request returns.
+            report(StreamReport::VerificationRequested(state.clone()));
             match request_verification(&http, &info.transmitter, token, stream_id, &state).await {
                 Ok(()) => {
                     debug!(policy = %policy, stream = %name, "verification requested");
-                    report(StreamReport::VerificationRequested(state));
                     next_verify = tokio::time::Instant::now() + info.verify_interval;
                 }
                 Err(e) => {

@@ -175,10 +175,12 @@ impl Snapshot {
         if let Some(sub) = sub
             && (sid.is_none() || logout.scope == LogoutScope::Subject)
         {
-            // Every token of the user issued before now: the logout ended them.
+            // Every token of the user issued up to now: the logout ended them. `iat` has
+            // a one-second grain, so the cut-off is the next second: a token issued in the
+            // same second as the logout cannot be told apart from one issued before it.
             revocations.push(Revocation {
                 subject: Some(sub.to_owned()),
-                issued_before: Some(rfc3339(now)),
+                issued_before: Some(rfc3339(now.saturating_add(1))),
                 issuer: Some(iss.to_owned()),
                 expires_at: expires_at.clone(),
                 source: Some(source.clone()),
@@ -556,7 +558,7 @@ fn subject_revocations(
                 {
                     out.push(entry(Revocation {
                         subject: Some(sub),
-                        issued_before: Some(rfc3339(now)),
+                        issued_before: Some(rfc3339(now.saturating_add(1))),
                         issuer: Some(iss),
                         ..Default::default()
                     }));
@@ -566,7 +568,7 @@ fn subject_revocations(
                 if let Some(email) = str_of(v, "email") {
                     out.push(entry(Revocation {
                         email: Some(email),
-                        issued_before: Some(rfc3339(now)),
+                        issued_before: Some(rfc3339(now.saturating_add(1))),
                         issuer: s.subject_issuer.clone(),
                         ..Default::default()
                     }));
@@ -576,7 +578,7 @@ fn subject_revocations(
                 if let Some(id) = str_of(v, "id") {
                     out.push(entry(Revocation {
                         subject: Some(id),
-                        issued_before: Some(rfc3339(now)),
+                        issued_before: Some(rfc3339(now.saturating_add(1))),
                         issuer: s.subject_issuer.clone(),
                         ..Default::default()
                     }));

@@ -144,6 +144,30 @@ pub(crate) fn source_set(
             }
             api_key_namespaces.insert(ns.clone());
         }
+        // Shared Signals streams: the push Authorization value (proxies check it), the poll
+        // and management tokens (the leader's receiver compiles from what is published).
+        for s in p
+            .spec
+            .identity_events
+            .iter()
+            .flat_map(|e| &e.shared_signals)
+        {
+            for r in [
+                s.push.as_ref().map(|x| &x.authorization_secret_ref),
+                s.poll
+                    .as_ref()
+                    .and_then(|x| x.authorization_secret_ref.as_ref()),
+                s.management_secret_ref.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                used.entry((ns.clone(), r.name.clone()))
+                    .or_default()
+                    .keys
+                    .insert(r.key.clone());
+            }
+        }
         let mut clean = TokenPolicy::new(&p.name_any(), p.spec.clone());
         clean.metadata = slim_meta(&p.metadata);
         set.upsert(SourceObject::TokenPolicy(clean));
