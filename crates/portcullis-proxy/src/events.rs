@@ -37,6 +37,9 @@ pub const LOGOUT_PATH: &str = "/.portcullis/backchannel-logout/";
 /// The path prefix of Shared Signals push endpoints (then `<namespace>/<policy>/<stream>`).
 pub const SSF_PATH: &str = "/.portcullis/ssf/";
 
+/// The standalone overlay's refusal of a verification answer it did not ask for.
+const UNKNOWN_STATE: &str = "a verification event with a state not asked for";
+
 /// Largest logout request body read.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -420,6 +423,7 @@ impl crate::pipeline::Pipeline {
             }
         }
         let verification = set.verification.is_some();
+        let (set_policy, set_stream) = (set.policy.clone(), set.stream.clone());
         let applied = self
             .events
             .apply(IdentityEvent {
@@ -431,6 +435,12 @@ impl crate::pipeline::Pipeline {
             .await;
         match applied {
             Ok(replay) => {
+                if verification {
+                    self.metrics
+                        .ssf_verified
+                        .with_label_values(&[&set_policy, &set_stream])
+                        .set(now);
+                }
                 count(if verification {
                     "verification"
                 } else if replay {
@@ -440,6 +450,11 @@ impl crate::pipeline::Pipeline {
                 });
                 info!(policy, stream, event = %set.event, jti = %set.id.jti, replay, "security event applied");
                 accepted()
+            }
+            Err(e) if e == UNKNOWN_STATE => {
+                // SSF 1.0 section 8.1.4.1: a state the receiver did not ask for.
+                count("rejected");
+                set_error(StatusCode::BAD_REQUEST, "invalid_state", UNKNOWN_STATE)
             }
             Err(e) => {
                 self.replay.forget(&set.id);
@@ -552,7 +567,7 @@ impl EventSink for Arc<LocalEvents> {
                         *at = Some(now);
                         return Ok(false);
                     }
-                    _ => return Err("a verification event with a state not asked for".into()),
+                    _ => return Err(UNKNOWN_STATE.into()),
                 }
             }
             let mut entries = this.entries.lock().unwrap_or_else(|e| e.into_inner());
