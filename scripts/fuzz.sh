@@ -34,7 +34,7 @@ CACHE=${PORTCULLIS_FUZZ_CACHE:-$HOME/.cache/portcullis-fuzz}
 TARGET_DIR=target/fuzz
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 BIN_DIR=$TARGET_DIR/$TRIPLE/release
-ALL_TARGETS=(path bearer jwt jwks route manifest push_frame quota_ledger)
+ALL_TARGETS=(path bearer jwt jwks route manifest push_frame quota_ledger identity_event)
 export PATH="$CACHE/bin:$PATH"
 export RUSTC_BOOTSTRAP=1
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
@@ -68,7 +68,7 @@ build() {
 dict_for() {
   case "$1" in
     path|route) echo "-dict=fuzz/dicts/path.dict" ;;
-    jwt|bearer) echo "-dict=fuzz/dicts/jwt.dict" ;;
+    jwt|bearer|identity_event) echo "-dict=fuzz/dicts/jwt.dict" ;;
     jwks|push_frame|manifest|quota_ledger) echo "-dict=fuzz/dicts/json.dict" ;;
   esac
 }

@@ -502,5 +502,51 @@ fn main() {
         .concat(),
     );
 
+    // === identity_event === (mode byte, then a token or `header\0claims` to be signed)
+    let mut t = corpus.target("identity_event");
+    let logout = json!({
+        "iss": ISSUER, "aud": "gw", "iat": NOW - 5, "exp": NOW + 115, "jti": "l-1",
+        "sub": "alice", "sid": "s-1",
+        "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+    });
+    let signed = |mode: u8, header: Value, claims: &Value| {
+        let mut v = vec![mode];
+        v.extend_from_slice(header.to_string().as_bytes());
+        v.push(0);
+        v.extend_from_slice(claims.to_string().as_bytes());
+        v
+    };
+    let rsa_kid = fixture::keys().rsa.kid.clone();
+    t.add(
+        "logout-valid",
+        signed(2, json!({"alg": "RS256", "kid": rsa_kid, "typ": "logout+jwt"}), &logout),
+    );
+    let mut with_nonce = logout.clone();
+    with_nonce["nonce"] = json!("n");
+    t.add(
+        "logout-nonce",
+        signed(2, json!({"alg": "RS256", "kid": rsa_kid, "typ": "logout+jwt"}), &with_nonce),
+    );
+    let set = json!({
+        "iss": "https://tx.example.com", "aud": "gw", "iat": NOW - 5, "jti": "set-1",
+        "sub_id": {"format": "complex", "user": {"format": "iss_sub", "iss": ISSUER, "sub": "bob"},
+                   "session": {"format": "opaque", "id": "s-9"}},
+        "events": {"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {}},
+    });
+    t.add(
+        "set-session-revoked",
+        signed(3, json!({"alg": "RS256", "kid": rsa_kid, "typ": "secevent+jwt"}), &set),
+    );
+    let mut email = set.clone();
+    email["sub_id"] = json!({"format": "email", "email": "carol@example.com"});
+    email["events"] = json!({"https://schemas.openid.net/secevent/risc/event-type/account-disabled": {}});
+    t.add(
+        "set-email",
+        signed(3, json!({"alg": "RS256", "kid": rsa_kid, "typ": "secevent+jwt"}), &email),
+    );
+    let mut raw = vec![0u8];
+    raw.extend_from_slice(b"eyJhbGciOiJub25lIn0.eyJpc3MiOiJ4In0.");
+    t.add("logout-alg-none", raw);
+
     println!("seeds written under {}", corpus.root.display());
 }

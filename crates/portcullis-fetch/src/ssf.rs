@@ -183,8 +183,9 @@ fn new_state() -> String {
 /// Runs the streams of the snapshot in force until the process ends: a task per stream
 /// that polls and/or asks for verification, restarted when its settings change.
 pub async fn run(receiver: Arc<dyn SsfReceiver>, http: Arc<HttpClient>) {
-    let mut tasks: HashMap<(Arc<str>, Arc<str>), (StreamInfo, tokio::task::JoinHandle<()>)> =
-        HashMap::new();
+    // (policy, stream) -> the settings a task runs with, and the task.
+    type Running = (StreamInfo, tokio::task::JoinHandle<()>);
+    let mut tasks: HashMap<(Arc<str>, Arc<str>), Running> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;

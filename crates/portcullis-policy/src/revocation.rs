@@ -14,6 +14,13 @@ use crate::token::TokenDigest;
 /// An entry's expiry: `None` lives forever; `Some(t)` is ignored from `t` on.
 type Expiry = Option<i64>;
 
+/// The issuer an entry is narrowed to (`None`: every issuer's tokens).
+type Issuer = Option<Box<str>>;
+
+/// A "tokens issued before" entry: the cut-off (`iat` below it is revoked), the issuer it
+/// is narrowed to, and its expiry.
+type CutOff = (i64, Issuer, Expiry);
+
 /// The revocations of one TokenPolicy.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct RevocationSet {
@@ -21,11 +28,11 @@ pub(crate) struct RevocationSet {
     token: HashMap<[u8; 32], Expiry>,
     /// subject -> (issuedBefore, issuer, expiry) entries; an issuer narrows the entry to
     /// that issuer's tokens.
-    subject: HashMap<Box<str>, Vec<(i64, Option<Box<str>>, Expiry)>>,
+    subject: HashMap<Box<str>, Vec<CutOff>>,
     /// email -> (issuedBefore, issuer, expiry) entries.
-    email: HashMap<Box<str>, Vec<(i64, Option<Box<str>>, Expiry)>>,
+    email: HashMap<Box<str>, Vec<CutOff>>,
     /// session id (`sid`) -> (issuer, expiry) entries.
-    session: HashMap<Box<str>, Vec<(Option<Box<str>>, Expiry)>>,
+    session: HashMap<Box<str>, Vec<(Issuer, Expiry)>>,
     key_id: HashMap<Box<str>, Expiry>,
     /// RFC 7638 JWK thumbprints (SHA-256) of revoked keys.
     jwk_thumbprint: HashMap<[u8; 32], Expiry>,

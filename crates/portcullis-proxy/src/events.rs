@@ -473,6 +473,12 @@ impl crate::pipeline::Pipeline {
     }
 }
 
+/// A stream's verification: the `state` asked for, and when the answer carrying it came.
+type Verification = (String, Option<i64>);
+
+/// An event waiting for the controller's answer, and since when.
+type Waiting = (oneshot::Sender<Result<bool, String>>, Instant);
+
 /// Standalone mode: event revocations kept beside the manifests (and in a file, when one
 /// is given, so a restart does not bring revoked tokens back) and compiled into their
 /// policies.
@@ -484,7 +490,7 @@ pub struct LocalEvents {
     pub changed: Notify,
     /// Verification state per (policy, stream): the `state` asked for, and when an
     /// answer carrying it came.
-    verification: Mutex<HashMap<(String, String), (String, Option<i64>)>>,
+    verification: Mutex<HashMap<(String, String), Verification>>,
 }
 
 impl LocalEvents {
@@ -684,7 +690,7 @@ impl portcullis_fetch::ssf::SsfReceiver for StandaloneSsf {
 /// the TokenPolicy; answered by `applied`.
 pub struct ControllerEvents {
     outgoing: Arc<Mutex<Option<mpsc::Sender<Bytes>>>>,
-    pending: Mutex<HashMap<u64, (oneshot::Sender<Result<bool, String>>, Instant)>>,
+    pending: Mutex<HashMap<u64, Waiting>>,
     next: AtomicU64,
 }
 

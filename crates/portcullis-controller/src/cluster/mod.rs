@@ -100,6 +100,7 @@ impl Default for ControllerOptions {
 }
 
 /// Runs the controller until `shutdown`: watchers, compile loop, leader election, status.
+#[allow(clippy::too_many_arguments)] // each is one part the binary builds and shares
 pub async fn run(
     client: Client,
     opts: ControllerOptions,
