@@ -138,13 +138,16 @@ pub struct SsfPoll {
 pub struct SsfSubjects {
     /// Formats acted on, of `iss_sub` (the token's `iss` and `sub`; `iss` must be one of
     /// the policy's issuers), `email` (the token's `email` claim) and `opaque` (the
-    /// token's `sub`, of `opaqueIssuer`). Default all three. Other formats are ignored;
-    /// in a `complex` subject, `user` is read (and `session`, as a `sid`).
+    /// token's `sub`, of `issuer`). Default all three. Other formats are ignored; in a
+    /// `complex` subject, `user` is read (and, for `session-revoked`, `session`, as a
+    /// `sid`). Email addresses compare case-insensitively.
     #[schemars(length(max = 3))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub formats: Vec<SubjectFormat>,
-    /// The policy issuer whose `sub` an `opaque` or `email` subject names. Default: the
-    /// only issuer of the policy (with several, required for those formats).
+    /// The policy issuer this stream speaks for: whose `sub` an `opaque` or `email`
+    /// subject names, and the only one an `iss_sub` subject may name. Default: the only
+    /// issuer of the policy; with several and none named, `iss_sub` may name any of them
+    /// and the other formats need this set.
     #[schemars(length(max = 2048))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,

@@ -206,7 +206,7 @@ fn revocation_needs_exactly_one_selector() {
     assert!(messages(token_policy(&p)).contains("exactly one of jti, tokenSha256"));
     let mut p = policy(POLICY);
     p.spec.revocations[1].issued_before = None;
-    assert!(messages(token_policy(&p)).contains("subject and issuedBefore go together"));
+    assert!(messages(token_policy(&p)).contains("and issuedBefore go together"));
 }
 
 #[test]
@@ -381,7 +381,7 @@ fn jwk_thumbprint_is_a_revocation_selector() {
     p.spec.revocations[3].jwk_thumbprint =
         Some("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs".into());
     assert!(messages(token_policy(&p)).contains(
-        "exactly one of jti, tokenSha256, subject (with issuedBefore), keyId, jwkThumbprint or apiKeyId"
+        "exactly one of jti, tokenSha256, subject (with issuedBefore), email (with issuedBefore), sessionId, keyId, jwkThumbprint or apiKeyId"
     ));
     // Its shape is checked by the schema (a pattern, as for tokenSha256: cheaper than CEL
     // over 5,000 entries).
@@ -473,4 +473,34 @@ fn api_key_header_cannot_be_a_header_that_means_something_else() {
             "{header}: {m}"
         );
     }
+}
+
+#[test]
+fn session_and_email_revocations_and_the_issuer_qualifier() {
+    // sessionId alone; email with issuedBefore; issuer only beside subject/email/sessionId.
+    let mut p = policy(POLICY);
+    p.spec.revocations.push(portcullis_api::Revocation {
+        session_id: Some("s-1".into()),
+        issuer: Some("https://idp.example.com".into()),
+        ..Default::default()
+    });
+    p.spec.revocations.push(portcullis_api::Revocation {
+        email: Some("a@example.com".into()),
+        issued_before: Some("2026-01-01T00:00:00Z".into()),
+        ..Default::default()
+    });
+    assert_eq!(messages(token_policy(&p)), "");
+    let mut p = policy(POLICY);
+    p.spec.revocations.push(portcullis_api::Revocation {
+        jti: Some("j".into()),
+        issuer: Some("https://idp.example.com".into()),
+        ..Default::default()
+    });
+    assert!(messages(token_policy(&p)).contains("issuer narrows"));
+    let mut p = policy(POLICY);
+    p.spec.revocations.push(portcullis_api::Revocation {
+        email: Some("a@example.com".into()),
+        ..Default::default()
+    });
+    assert!(messages(token_policy(&p)).contains("and issuedBefore go together"));
 }

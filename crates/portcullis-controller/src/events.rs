@@ -23,9 +23,10 @@ pub struct EventService {
 /// Most entries one event may ask for (a logout makes at most two).
 const MAX_ENTRIES: usize = 4;
 
-/// The entries a proxy may ask for: `subject` + `issuedBefore` or `sessionId`, naming an
-/// issuer and a source, expiring. A proxy (or whoever holds its token) cannot revoke by
-/// key, token or API key through this path, nor forever.
+/// The entries a proxy may ask for: `subject` or `email` + `issuedBefore`, or
+/// `sessionId`, naming an issuer and a source, expiring (within the policy's retention,
+/// [`check_bounds`]). A proxy (or whoever holds its token) cannot revoke by key, token or
+/// API key through this path, nor for longer than the policy keeps event entries.
 fn check_entry(r: &Revocation) -> Result<(), String> {
     let selector_ok = matches!(
         (&r.subject, &r.email, &r.issued_before, &r.session_id),
@@ -138,23 +139,8 @@ impl EventService {
             }) {
                 return Ok(true);
             }
-            // An append, not a server-side apply: `spec.revocations` is an atomic list
-            // others write too (kubectl, `portcullis revoke`).
-            let ops = if policy.spec.revocations.is_empty() {
-                serde_json::json!([
-                    {"op": "test", "path": "/metadata/resourceVersion",
-                     "value": policy.metadata.resource_version},
-                    {"op": "add", "path": "/spec/revocations", "value": event.revocations},
-                ])
-            } else {
-                let mut ops = Vec::new();
-                for r in &event.revocations {
-                    ops.push(
-                        serde_json::json!({"op": "add", "path": "/spec/revocations/-", "value": r}),
-                    );
-                }
-                serde_json::Value::Array(ops)
-            };
+            check_bounds(&policy, &event.revocations).map_err(Refused)?;
+            let ops = merge_ops(&policy, &event.revocations).map_err(Failed)?;
             let body = serde_json::to_vec(&ops).map_err(|e| Failed(e.to_string()))?;
             let req = http::Request::patch(format!(
                 "/apis/portcullis.dev/v1alpha1/namespaces/{ns}/tokenpolicies/{name}"
@@ -210,6 +196,116 @@ impl EventService {
         .map(|_| ())
         .map_err(|e| Failed(format!("annotating TokenPolicy {ns}/{name}: {e}")))
     }
+}
+
+/// The most entries `spec.revocations` may hold (the CRD's bound).
+const MAX_REVOCATIONS: usize = 5000;
+
+/// Parses an RFC 3339 instant.
+fn instant(s: Option<&str>) -> Option<i64> {
+    s?.parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_second())
+}
+
+/// How long the policy keeps event revocations (as the compiler computes it).
+fn retention(policy: &TokenPolicy) -> i64 {
+    let secs = |v: &Option<String>| {
+        v.as_deref()
+            .and_then(|d| portcullis_api::parse_duration(d).ok())
+            .map(|d| d.as_secs() as i64)
+    };
+    let ev = policy.spec.identity_events.as_ref();
+    secs(&ev.and_then(|e| e.retention.clone()))
+        .or_else(|| {
+            secs(&policy.spec.max_token_lifetime)
+                .map(|m| m.saturating_add(secs(&policy.spec.clock_skew).unwrap_or(30)))
+        })
+        .unwrap_or(86_400)
+}
+
+/// What an event may ask of this policy: its entries name one of the policy's issuers,
+/// cut off no later than now (plus slack for clocks), and expire within the policy's
+/// retention. So whoever holds a proxy's credentials cannot lock a user out for good.
+fn check_bounds(policy: &TokenPolicy, entries: &[Revocation]) -> Result<(), String> {
+    const SLACK: i64 = 300;
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let keep = retention(policy);
+    for r in entries {
+        let iss = r.issuer.as_deref().unwrap_or_default();
+        if !policy.spec.issuers.iter().any(|i| i.issuer == iss) {
+            return Err(format!("{iss:?} is not an issuer of this policy"));
+        }
+        if instant(r.expires_at.as_deref()).is_none_or(|t| t > now + keep + SLACK) {
+            return Err("expiresAt lies beyond the policy's retention".into());
+        }
+        if r.issued_before.is_some()
+            && instant(r.issued_before.as_deref()).is_none_or(|t| t > now + SLACK)
+        {
+            return Err("issuedBefore lies in the future".into());
+        }
+    }
+    Ok(())
+}
+
+/// The same user (or session) of the same issuer: an event-made entry for it is updated
+/// rather than added, so event entries are bounded by distinct users, not by events.
+fn same_target(a: &Revocation, b: &Revocation) -> bool {
+    a.source.is_some()
+        && a.issuer == b.issuer
+        && a.subject == b.subject
+        && a.email == b.email
+        && a.session_id == b.session_id
+}
+
+/// The JSON patch writing `entries`: the policy's `resourceVersion` tested first (so a
+/// concurrent write makes this one fail and be retried on the fresh object), then each
+/// entry replacing the event entry for its user, with the later cut-off and expiry, or
+/// appended. An append, not a server-side apply: `spec.revocations` is an atomic list
+/// others write too (kubectl, `portcullis revoke`).
+fn merge_ops(policy: &TokenPolicy, entries: &[Revocation]) -> Result<serde_json::Value, String> {
+    let later = |a: &Option<String>, b: &Option<String>| match (
+        instant(a.as_deref()),
+        instant(b.as_deref()),
+    ) {
+        (Some(x), Some(y)) if x > y => a.clone(),
+        _ => b.clone(),
+    };
+    let list = &policy.spec.revocations;
+    let mut ops = vec![
+        serde_json::json!({"op": "test", "path": "/metadata/resourceVersion",
+                                           "value": policy.metadata.resource_version}),
+    ];
+    let mut appended = Vec::new();
+    for new in entries {
+        match list.iter().position(|old| same_target(old, new)) {
+            Some(i) => {
+                let old = &list[i];
+                let merged = Revocation {
+                    issued_before: later(&old.issued_before, &new.issued_before),
+                    expires_at: later(&old.expires_at, &new.expires_at),
+                    ..new.clone()
+                };
+                ops.push(serde_json::json!({"op": "replace",
+                    "path": format!("/spec/revocations/{i}"), "value": merged}));
+            }
+            None => appended.push(new.clone()),
+        }
+    }
+    if list.len() + appended.len() > MAX_REVOCATIONS {
+        return Err(format!(
+            "spec.revocations holds {} entries, the most it may hold is {MAX_REVOCATIONS}: shorten identityEvents.retention or maxTokenLifetime",
+            list.len()
+        ));
+    }
+    if list.is_empty() && !appended.is_empty() {
+        ops.push(serde_json::json!({"op": "add", "path": "/spec/revocations", "value": appended}));
+    } else {
+        for r in appended {
+            ops.push(serde_json::json!({"op": "add", "path": "/spec/revocations/-", "value": r}));
+        }
+    }
+    Ok(serde_json::Value::Array(ops))
 }
 
 /// The annotation recording a stream's last verification answer: `<state> <RFC 3339>`.
@@ -420,6 +516,98 @@ mod tests {
             ..entry()
         };
         assert!(check_entry(&any_issuer).is_err());
+    }
+
+    fn policy_with(entries: Vec<Revocation>) -> TokenPolicy {
+        let mut p: TokenPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "portcullis.dev/v1alpha1", "kind": "TokenPolicy",
+            "metadata": {"name": "p", "namespace": "default", "resourceVersion": "7"},
+            "spec": {"issuers": [{"issuer": "https://idp", "audiences": ["a"],
+                      "algorithms": ["RS256"], "jwks": {"uri": "https://idp/jwks"}}],
+                     "identityEvents": {"retention": "1h"}},
+        }))
+        .unwrap();
+        p.spec.revocations = entries;
+        p
+    }
+
+    fn at(offset: i64) -> String {
+        k8s_openapi::jiff::Timestamp::from_second(
+            k8s_openapi::jiff::Timestamp::now().as_second() + offset,
+        )
+        .unwrap()
+        .to_string()
+    }
+
+    #[test]
+    fn an_event_for_a_user_already_revoked_updates_that_entry_instead_of_adding_one() {
+        // Entries stay bounded by distinct users, not by events.
+        let old = Revocation {
+            issued_before: Some(at(-600)),
+            expires_at: Some(at(600)),
+            ..entry()
+        };
+        let p = policy_with(vec![old]);
+        let newer = Revocation {
+            issued_before: Some(at(0)),
+            expires_at: Some(at(3000)),
+            ..entry()
+        };
+        let bob = Revocation {
+            subject: Some("bob".into()),
+            ..newer.clone()
+        };
+        let ops = merge_ops(&p, &[newer.clone(), bob]).unwrap();
+        let ops = ops.as_array().unwrap();
+        assert_eq!(ops[0]["op"], "test", "the resourceVersion is tested first");
+        assert_eq!(ops[0]["value"], "7");
+        assert_eq!(ops[1]["op"], "replace");
+        assert_eq!(ops[1]["path"], "/spec/revocations/0");
+        assert_eq!(
+            ops[1]["value"]["issuedBefore"],
+            serde_json::json!(newer.issued_before)
+        );
+        assert_eq!(ops[2]["op"], "add");
+        assert_eq!(ops[2]["path"], "/spec/revocations/-");
+        // A full list refuses rather than being rejected by the API server over and over.
+        let full = policy_with(vec![
+            Revocation {
+                jti: Some("x".into()),
+                ..Default::default()
+            };
+            MAX_REVOCATIONS
+        ]);
+        let bob = Revocation {
+            subject: Some("bob".into()),
+            ..entry()
+        };
+        assert!(merge_ops(&full, &[bob]).unwrap_err().contains("5000"));
+    }
+
+    #[test]
+    fn entries_beyond_the_policys_retention_or_issuers_are_refused() {
+        let p = policy_with(vec![]);
+        let ok = Revocation {
+            issued_before: Some(at(1)),
+            expires_at: Some(at(3600)),
+            ..entry()
+        };
+        assert!(check_bounds(&p, std::slice::from_ref(&ok)).is_ok());
+        let forever = Revocation {
+            expires_at: Some(at(10 * 86_400)),
+            ..ok.clone()
+        };
+        assert!(check_bounds(&p, &[forever]).is_err());
+        let future_cut = Revocation {
+            issued_before: Some(at(86_400)),
+            ..ok.clone()
+        };
+        assert!(check_bounds(&p, &[future_cut]).is_err());
+        let stranger = Revocation {
+            issuer: Some("https://evil".into()),
+            ..ok
+        };
+        assert!(check_bounds(&p, &[stranger]).is_err());
     }
 
     #[tokio::test]

@@ -98,6 +98,13 @@ pub async fn request_verification(
         .get("verification_endpoint")
         .and_then(Value::as_str)
         .ok_or("the transmitter has no verification_endpoint")?;
+    // The management token goes only to the transmitter's own origin (not to whatever URL
+    // its configuration names: an internal address, plain http).
+    if origin(endpoint) != origin(transmitter) {
+        return Err(format!(
+            "verification_endpoint {endpoint} is not on the transmitter's origin"
+        ));
+    }
     let resp = http
         .post_json(
             endpoint,
@@ -160,6 +167,13 @@ pub async fn poll(
         }
     }
     Ok(out)
+}
+
+/// `scheme://authority` of a URL, lower-cased.
+fn origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    Some(format!("{scheme}://{authority}").to_ascii_lowercase())
 }
 
 fn now_secs() -> i64 {
@@ -265,22 +279,39 @@ async fn stream_task(receiver: Arc<dyn SsfReceiver>, http: Arc<HttpClient>, info
         };
         report(StreamReport::Polled(answer.sets.len()));
         let snapshot = receiver.snapshot();
+        let mut progress = false;
+        let mut failures = 0u32;
         for (jti, set) in &answer.sets {
             match snapshot.security_event(&policy, &name, set, now_secs()) {
                 Ok(v) => match receiver.apply(v).await {
-                    Ok(()) => ack.push(jti.clone()),
+                    Ok(()) => {
+                        progress = true;
+                        ack.push(jti.clone());
+                    }
                     // Not acknowledged: the transmitter sends it again.
-                    Err(e) => report(StreamReport::Failed(e)),
+                    Err(e) => {
+                        failures += 1;
+                        report(StreamReport::Failed(e));
+                    }
                 },
-                Err(e) if e.code == "unavailable" => {}
+                // Keys not fetched (yet): neither acknowledged nor refused.
+                Err(e) if e.code == "unavailable" => failures += 1,
                 Err(e) => {
+                    progress = true;
                     report(StreamReport::Refused(e.code));
                     errs.insert(jti.clone(), (e.code, e.description));
                 }
             }
         }
-        if !answer.more {
-            tokio::time::sleep(*interval).await;
+        // At once again only while the last poll moved the queue: a transmitter saying
+        // "more" without giving any, or SETs that cannot be applied yet, wait.
+        if !(answer.more && progress) {
+            let backoff = if failures > 0 {
+                (*interval * 2).max(Duration::from_secs(5))
+            } else {
+                *interval
+            };
+            tokio::time::sleep(backoff).await;
         }
     }
 }

@@ -47,6 +47,10 @@ pub enum EventError {
     /// The token is not a valid event for this policy (400); the text says why.
     #[error("{0}")]
     Invalid(&'static str),
+    /// Signed with a key the issuer's key set does not hold (yet): answered 503 so the
+    /// sender retries once the keys are fetched again, never 400 (which would lose it).
+    #[error("the signing key is unknown; retry later")]
+    UnknownKey,
 }
 
 /// An event's `jti`, qualified by its issuer: the replay-cache key.
@@ -137,7 +141,7 @@ impl Snapshot {
         }
         let key = match issuer.keys.lookup(jws.kid.as_deref(), jws.alg) {
             KeyLookup::Found(k) => k,
-            KeyLookup::Unknown => return Err(Invalid("the signing key is unknown")),
+            KeyLookup::Unknown => return Err(EventError::UnknownKey),
             KeyLookup::Mismatch => return Err(Invalid("the key does not fit the algorithm")),
         };
         if !matches!(
@@ -170,17 +174,22 @@ impl Snapshot {
             event: None,
             received_at: Some(rfc3339(now)),
         };
+        let iat = token::numeric_date(claims, "iat")
+            .ok()
+            .flatten()
+            .unwrap_or(now);
         let expires_at = Some(rfc3339(now.saturating_add(events.retention)));
         let mut revocations = Vec::new();
         if let Some(sub) = sub
             && (sid.is_none() || logout.scope == LogoutScope::Subject)
         {
-            // Every token of the user issued up to now: the logout ended them. `iat` has
-            // a one-second grain, so the cut-off is the next second: a token issued in the
-            // same second as the logout cannot be told apart from one issued before it.
+            // Every token of the user issued up to the logout: its `iat`, on the issuer's
+            // clock (the clock the access tokens' `iat` come from), so a replay cannot move
+            // the cut-off forward. `iat` has a one-second grain: the cut-off is the next
+            // second, as a token issued in the logout's second cannot be told apart.
             revocations.push(Revocation {
                 subject: Some(sub.to_owned()),
-                issued_before: Some(rfc3339(now.saturating_add(1))),
+                issued_before: Some(rfc3339(iat.saturating_add(1))),
                 issuer: Some(iss.to_owned()),
                 expires_at: expires_at.clone(),
                 source: Some(source.clone()),
@@ -202,9 +211,21 @@ impl Snapshot {
                 issuer: iss.into(),
                 jti: jti.into(),
             },
-            remember_until: now.saturating_add(logout.max_age + p.clock_skew),
+            // Accepted until `iat + maxAge + skew`: remembered as long.
+            remember_until: iat
+                .saturating_add(logout.max_age)
+                .saturating_add(p.clock_skew.saturating_mul(2)),
             revocations,
         })
+    }
+
+    /// The key refetch a logout token signed with an unknown `kid` calls for, when its
+    /// issuer's keys are fetched.
+    pub fn logout_refetch(&self, policy: &str, raw: &str) -> Option<crate::decision::Refetch> {
+        self.policies
+            .iter()
+            .find(|p| &*p.id == policy)?
+            .refetch_for(raw)
     }
 
     /// Whether `policy` accepts Back-Channel Logout tokens.
@@ -372,6 +393,19 @@ impl Snapshot {
             .collect()
     }
 
+    /// The key refetch a SET of `policy`'s stream `stream` signed with an unknown key (or
+    /// arriving before the transmitter's keys were fetched) calls for.
+    pub fn ssf_refetch(&self, policy: &str, stream: &str) -> Option<crate::decision::Refetch> {
+        let s = self.stream(policy, stream).ok()?;
+        let (key, _, _) = crate::remote::ssf_source(&s.info.transmitter);
+        Some(crate::decision::Refetch {
+            url: key.into(),
+            issuer: s.info.transmitter.clone(),
+            min_interval: crate::remote::DEFAULT_MIN_REFRESH
+                .min(std::time::Duration::from_secs(10)),
+        })
+    }
+
     /// Checks a push request's `Authorization` value for `policy`'s stream `stream`
     /// (constant time). `Err` when there is no such push stream.
     pub fn ssf_push_authorized(
@@ -436,7 +470,17 @@ impl Snapshot {
         }
         let key = match keys.lookup(jws.kid.as_deref(), jws.alg) {
             KeyLookup::Found(k) => k,
-            _ => return Err(set_err("invalid_key", "the signing key is unknown")),
+            // Perhaps rotated in since the last fetch: wait for the keys (503, not acked),
+            // never refuse (the transmitter would drop the event).
+            KeyLookup::Unknown => {
+                return Err(set_err(
+                    "unavailable",
+                    "the signing key is unknown; retry later",
+                ));
+            }
+            KeyLookup::Mismatch => {
+                return Err(set_err("invalid_key", "the key does not fit the algorithm"));
+            }
         };
         if !matches!(
             jsonwebtoken::crypto::verify(
@@ -488,6 +532,13 @@ impl Snapshot {
             .and_then(Value::as_object)
             .filter(|e| !e.is_empty())
             .ok_or(set_err("invalid_request", "events is missing"))?;
+        // SSF 1.0 section 4.1.4: one event per SET; more would be acknowledged unread.
+        if events.len() > 1 {
+            return Err(set_err(
+                "invalid_request",
+                "a SET carries exactly one event",
+            ));
+        }
         let (event_type, event) = events.iter().next().expect("not empty");
         let mut out = ValidatedSet {
             policy: p.id.clone(),
@@ -499,7 +550,11 @@ impl Snapshot {
             event: event_type.clone(),
             revocations: Vec::new(),
             verification: None,
-            remember_until: now.saturating_add(SET_REPLAY_WINDOW),
+            remember_until: now.saturating_add(
+                p.events
+                    .as_ref()
+                    .map_or(SET_REPLAY_WINDOW, |e| e.retention.min(SET_REPLAY_WINDOW)),
+            ),
         };
         if event_type == VERIFICATION_EVENT {
             out.verification = Some(
@@ -519,6 +574,17 @@ impl Snapshot {
             .or_else(|| event.get("subject"))
             .ok_or(set_err("invalid_request", "sub_id is missing"))?;
         let events_ret = p.events.as_ref().map_or(86_400, |e| e.retention);
+        // When it happened, on the transmitter's clock: `event_timestamp` (CAEP) when
+        // given and not in the future, else `iat`. A replay cannot move the cut-off.
+        let happened = event
+            .get("event_timestamp")
+            .and_then(Value::as_i64)
+            .filter(|t| *t <= now.saturating_add(p.clock_skew))
+            .map_or(iat, |t| t.max(iat));
+        if happened.saturating_add(events_ret) < now {
+            // Older than every token the policy still honours: nothing left to revoke.
+            return Ok(out);
+        }
         let source = RevocationSource {
             kind: "sharedSignals".into(),
             issuer: s.info.transmitter.to_string(),
@@ -526,7 +592,7 @@ impl Snapshot {
             event: Some(format!("{}: {}", s.info.name, kind.uri())),
             received_at: Some(rfc3339(now)),
         };
-        out.revocations = subject_revocations(s, sub_id, *kind, now, events_ret, &source);
+        out.revocations = subject_revocations(s, sub_id, *kind, happened, now, events_ret, &source);
         Ok(out)
     }
 }
@@ -537,6 +603,7 @@ fn subject_revocations(
     s: &CompiledStream,
     sub_id: &Value,
     kind: portcullis_api::SsfEvent,
+    happened: i64,
     now: i64,
     retention: i64,
     source: &RevocationSource,
@@ -553,12 +620,15 @@ fn subject_revocations(
         let format = v.get("format").and_then(Value::as_str).unwrap_or_default();
         match format {
             "iss_sub" if s.formats.contains(&F::IssSub) => {
+                // The named issuer must be one this stream may speak for: `subjects.issuer`
+                // when set (else any issuer of the policy).
                 if let (Some(iss), Some(sub)) = (str_of(v, "iss"), str_of(v, "sub"))
                     && s.policy_issuers.contains(&iss)
+                    && s.subject_issuer.as_ref().is_none_or(|i| *i == iss)
                 {
                     out.push(entry(Revocation {
                         subject: Some(sub),
-                        issued_before: Some(rfc3339(now.saturating_add(1))),
+                        issued_before: Some(rfc3339(happened.saturating_add(1))),
                         issuer: Some(iss),
                         ..Default::default()
                     }));
@@ -567,8 +637,11 @@ fn subject_revocations(
             "email" if s.formats.contains(&F::Email) => {
                 if let Some(email) = str_of(v, "email") {
                     out.push(entry(Revocation {
-                        email: Some(email),
-                        issued_before: Some(rfc3339(now.saturating_add(1))),
+                        // Compared case-insensitively (RFC 5321's local part may be
+                        // case-sensitive, but no provider issues two users that differ in
+                        // case only; a miss would fail open).
+                        email: Some(email.to_lowercase()),
+                        issued_before: Some(rfc3339(happened.saturating_add(1))),
                         issuer: s.subject_issuer.clone(),
                         ..Default::default()
                     }));
@@ -578,7 +651,7 @@ fn subject_revocations(
                 if let Some(id) = str_of(v, "id") {
                     out.push(entry(Revocation {
                         subject: Some(id),
-                        issued_before: Some(rfc3339(now.saturating_add(1))),
+                        issued_before: Some(rfc3339(happened.saturating_add(1))),
                         issuer: s.subject_issuer.clone(),
                         ..Default::default()
                     }));
@@ -592,14 +665,24 @@ fn subject_revocations(
         // a session-revoked event naming a `session` ends only that session.
         let session = sub_id
             .get("session")
-            .filter(|_| kind == portcullis_api::SsfEvent::SessionRevoked);
-        match session.and_then(|s| s.get("id")).and_then(Value::as_str) {
-            Some(sid) => out.push(entry(Revocation {
+            .filter(|_| kind == portcullis_api::SsfEvent::SessionRevoked)
+            .and_then(|s| s.get("id"))
+            .and_then(Value::as_str);
+        // The session's issuer: the stream's subject issuer, else the `user`'s when it is
+        // an `iss_sub` of the policy. Without one, a `sid` cannot be scoped: the user's
+        // tokens go instead (closed).
+        let user_iss = sub_id
+            .get("user")
+            .filter(|u| u.get("format").and_then(Value::as_str) == Some("iss_sub"))
+            .and_then(|u| str_of(u, "iss"))
+            .filter(|i| s.policy_issuers.contains(i));
+        match (session, s.subject_issuer.clone().or(user_iss)) {
+            (Some(sid), Some(issuer)) => out.push(entry(Revocation {
                 session_id: Some(sid.to_owned()),
-                issuer: s.subject_issuer.clone(),
+                issuer: Some(issuer),
                 ..Default::default()
             })),
-            None => {
+            _ => {
                 if let Some(user) = sub_id.get("user") {
                     add_simple(user, &mut out);
                 }

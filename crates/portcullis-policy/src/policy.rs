@@ -262,7 +262,10 @@ impl PolicyTrust {
         p.subject = token::string_claim(claims, "sub")?.map(Box::from);
         p.jti = token::string_claim(claims, "jti")?.map(Box::from);
         p.session_id = token::string_claim(claims, "sid")?.map(Box::from);
-        p.email = claims.get("email").and_then(Value::as_str).map(Box::from);
+        p.email = claims
+            .get("email")
+            .and_then(Value::as_str)
+            .map(|e| e.to_lowercase().into_boxed_str());
         p.audiences = audiences_of(claims);
         p.issued_at = iat;
         p.consumer = consumer_of(claims);
@@ -392,7 +395,10 @@ impl PolicyTrust {
         p.subject = string("sub")?.map(Box::from);
         p.jti = string("jti")?.map(Box::from);
         p.session_id = string("sid")?.map(Box::from);
-        p.email = claims.get("email").and_then(Value::as_str).map(Box::from);
+        p.email = claims
+            .get("email")
+            .and_then(Value::as_str)
+            .map(|e| e.to_lowercase().into_boxed_str());
         p.audiences = audiences_of(claims);
         p.issued_at = iat;
         p.consumer = consumer_of(claims);

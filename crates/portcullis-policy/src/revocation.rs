@@ -333,7 +333,9 @@ impl RevocationSet {
                 }
             } else if let Some(email) = &r.email {
                 match r.issued_before.as_deref().map(parse_time) {
-                    Some(Ok(before)) => set.add_email(email, before, r.issuer.as_deref(), expiry),
+                    Some(Ok(before)) => {
+                        set.add_email(&email.to_lowercase(), before, r.issuer.as_deref(), expiry)
+                    }
                     Some(Err(e)) => err(format!("{at}.issuedBefore"), &e),
                     None => err(format!("{at}.issuedBefore"), "email needs issuedBefore"),
                 }

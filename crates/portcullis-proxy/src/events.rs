@@ -63,7 +63,8 @@ impl EventSink for NoEvents {
 /// again. Bounded: past `capacity` live entries, new events are refused (503) rather than
 /// forgotten.
 pub struct ReplayCache {
-    seen: Mutex<HashMap<EventId, i64>>,
+    /// Until when, and whether it was applied (false: under way).
+    seen: Mutex<HashMap<EventId, (i64, bool)>>,
     capacity: usize,
 }
 
@@ -80,24 +81,41 @@ impl Default for ReplayCache {
 #[derive(Debug, PartialEq, Eq)]
 enum Seen {
     New,
+    /// Applied before.
     Again,
+    /// Being applied by another request: the sender should retry (its answer is not yet
+    /// known; "applied" could turn out false).
+    Pending,
     Full,
 }
 
 impl ReplayCache {
     fn claim(&self, id: &EventId, until: i64, now: i64) -> Seen {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.get(id).is_some_and(|t| *t > now) {
-            return Seen::Again;
+        match seen.get(id) {
+            Some((t, true)) if *t > now => return Seen::Again,
+            Some((t, false)) if *t > now => return Seen::Pending,
+            _ => {}
         }
         if seen.len() >= self.capacity {
-            seen.retain(|_, t| *t > now);
+            seen.retain(|_, (t, _)| *t > now);
             if seen.len() >= self.capacity {
                 return Seen::Full;
             }
         }
-        seen.insert(id.clone(), until);
+        seen.insert(id.clone(), (until, false));
         Seen::New
+    }
+
+    fn applied(&self, id: &EventId) {
+        if let Some(e) = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(id)
+        {
+            e.1 = true;
+        }
     }
 
     fn forget(&self, id: &EventId) {
@@ -213,14 +231,37 @@ impl crate::pipeline::Pipeline {
         };
         let fingerprint = portcullis_policy::token_digest(&token).fingerprint();
         let now = now_secs();
-        let event = match snapshot.logout_token(policy, &token, now) {
+        let mut result = snapshot.logout_token(policy, &token, now);
+        if matches!(result, Err(EventError::UnknownKey))
+            && let Some(refetch) = snapshot.logout_refetch(policy, &token)
+            && let Some(newer) = self
+                .keys
+                .wait_for_keys(&refetch, &self.config, &snapshot)
+                .await
+        {
+            // A key the issuer rotated in since the last fetch.
+            result = newer.logout_token(policy, &token, now);
+        }
+        let event = match result {
             Ok(e) => e,
+            Err(EventError::UnknownKey) => {
+                count("unavailable");
+                info!(policy, token = %fingerprint, "logout token signed with an unknown key");
+                let mut r = json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the signing key is unknown; retry later",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return r;
+            }
             Err(e) => {
                 count("rejected");
                 info!(policy, token = %fingerprint, error = %e, "logout token refused");
                 let status = match e {
                     EventError::NotAccepted => StatusCode::NOT_FOUND,
-                    EventError::Invalid(_) => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::BAD_REQUEST,
                 };
                 return json_error(status, "invalid_request", &e.to_string());
             }
@@ -232,6 +273,16 @@ impl crate::pipeline::Pipeline {
                 count("replay");
                 info!(policy, issuer = %event.id.issuer, jti = %event.id.jti, "logout token already applied");
                 return response(StatusCode::OK, "application/json", "{}".into());
+            }
+            Seen::Pending => {
+                let mut r = json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "this logout token is being applied; retry shortly",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
             }
             Seen::Full => {
                 count("unavailable");
@@ -254,6 +305,7 @@ impl crate::pipeline::Pipeline {
             .await;
         match applied {
             Ok(replay) => {
+                self.replay.applied(&event.id);
                 count(if replay { "replay" } else { "applied" });
                 info!(
                     policy,
@@ -380,7 +432,17 @@ impl crate::pipeline::Pipeline {
         let raw = String::from_utf8_lossy(&bytes);
         let raw = raw.trim();
         let now = now_secs();
-        let set = match snapshot.security_event(policy, stream, raw, now) {
+        let mut result = snapshot.security_event(policy, stream, raw, now);
+        if matches!(&result, Err(e) if e.code == "unavailable")
+            && let Some(refetch) = snapshot.ssf_refetch(policy, stream)
+            && let Some(newer) = self
+                .keys
+                .wait_for_keys(&refetch, &self.config, &snapshot)
+                .await
+        {
+            result = newer.security_event(policy, stream, raw, now);
+        }
+        let set = match result {
             Ok(s) => s,
             Err(e) => {
                 let fingerprint = portcullis_policy::token_digest(raw).fingerprint();
@@ -413,6 +475,16 @@ impl crate::pipeline::Pipeline {
                 count("replay");
                 return accepted();
             }
+            Seen::Pending => {
+                let mut r = set_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "invalid_request",
+                    "this SET is being applied; retry shortly",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
             Seen::Full => {
                 count("unavailable");
                 return set_error(
@@ -435,6 +507,7 @@ impl crate::pipeline::Pipeline {
             .await;
         match applied {
             Ok(replay) => {
+                self.replay.applied(&set.id);
                 if verification {
                     self.metrics
                         .ssf_verified
@@ -772,6 +845,8 @@ mod tests {
             jti: j.into(),
         };
         assert_eq!(c.claim(&id("a"), 100, 0), Seen::New);
+        assert_eq!(c.claim(&id("a"), 100, 10), Seen::Pending, "under way");
+        c.applied(&id("a"));
         assert_eq!(c.claim(&id("a"), 100, 50), Seen::Again);
         assert_eq!(
             c.claim(&id("a"), 200, 100),

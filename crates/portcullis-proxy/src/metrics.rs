@@ -290,6 +290,19 @@ impl Metrics {
         for reason in CONNECTION_CLOSE_REASONS {
             metrics.connections_closed.with_label_values(&[reason]);
         }
+        for kind in ["backchannel_logout", "shared_signals"] {
+            for result in [
+                "applied",
+                "replay",
+                "rejected",
+                "not_accepted",
+                "unavailable",
+                "ignored",
+                "verification",
+            ] {
+                metrics.identity_events.with_label_values(&[kind, result]);
+            }
+        }
         for reason in REFUSAL_REASONS {
             metrics.requests_refused.with_label_values(&[reason]);
         }

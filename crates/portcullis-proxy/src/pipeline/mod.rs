@@ -154,7 +154,7 @@ pub struct Pipeline {
     limits: Limits,
     pub(crate) client: upstream::UpstreamClient,
     introspector: Arc<portcullis_fetch::Introspector>,
-    keys: Arc<KeyWaiter>,
+    pub(crate) keys: Arc<KeyWaiter>,
     body_filters: Option<Arc<dyn BodyFilters>>,
     /// Provider key cooldowns of LLM routes, shared by every worker.
     pub(crate) key_pools: Arc<crate::llm::KeyPools>,
