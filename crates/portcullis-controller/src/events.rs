@@ -327,10 +327,16 @@ pub struct ControllerSsf {
     publisher: Arc<crate::publisher::Publisher>,
     leader: tokio::sync::watch::Receiver<bool>,
     events: Arc<EventService>,
-    compiled: Mutex<Option<(u64, Arc<portcullis_policy::Snapshot>)>>,
+    /// The controller's view of the cluster: the stream Secrets not published to proxies.
+    store: Arc<crate::cluster::store::Store>,
+    /// The snapshot last compiled: its published version, when, and the snapshot.
+    compiled: Mutex<Option<Compiled>>,
     /// (policy, stream) -> what the leader did and saw.
     state: Mutex<HashMap<(String, String), StreamState>>,
 }
+
+/// A snapshot compiled for the receiver: the published version it came from, and when.
+type Compiled = (u64, std::time::Instant, Arc<portcullis_policy::Snapshot>);
 
 #[derive(Default, Clone)]
 struct StreamState {
@@ -346,11 +352,13 @@ impl ControllerSsf {
         publisher: Arc<crate::publisher::Publisher>,
         leader: tokio::sync::watch::Receiver<bool>,
         events: Arc<EventService>,
+        store: Arc<crate::cluster::store::Store>,
     ) -> Self {
         Self {
             publisher,
             leader,
             events,
+            store,
             compiled: Mutex::default(),
             state: Mutex::default(),
         }
@@ -400,10 +408,39 @@ impl portcullis_fetch::ssf::SsfReceiver for ControllerSsf {
     fn snapshot(&self) -> Arc<portcullis_policy::Snapshot> {
         let (version, sources) = self.publisher.current();
         let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((v, s)) = &*compiled
+        // Compiled again when the published version changes, and each half-minute: the
+        // stream Secrets are not published, so their edits bring no new version.
+        if let Some((v, at, s)) = &*compiled
             && *v == version
+            && at.elapsed() < std::time::Duration::from_secs(30)
         {
             return s.clone();
+        }
+        let mut sources = (*sources).clone();
+        {
+            let g = self.store.lock();
+            for p in g.policies.values() {
+                let ns = p.metadata.namespace.clone().unwrap_or_default();
+                let refs = p
+                    .spec
+                    .identity_events
+                    .iter()
+                    .flat_map(|e| &e.shared_signals)
+                    .flat_map(|s| {
+                        [
+                            s.poll
+                                .as_ref()
+                                .and_then(|x| x.authorization_secret_ref.as_ref()),
+                            s.management_secret_ref.as_ref(),
+                        ]
+                    })
+                    .flatten();
+                for r in refs {
+                    if let Some(secret) = g.secrets.get(&(ns.clone(), r.name.clone())) {
+                        sources.upsert(portcullis_api::push::SourceObject::Secret(secret.clone()));
+                    }
+                }
+            }
         }
         let out = portcullis_policy::compile_sources(
             &portcullis_policy::CompileOptions::default(),
@@ -411,7 +448,7 @@ impl portcullis_fetch::ssf::SsfReceiver for ControllerSsf {
             None,
         );
         let snapshot = Arc::new(out.snapshot);
-        *compiled = Some((version, snapshot.clone()));
+        *compiled = Some((version, std::time::Instant::now(), snapshot.clone()));
         snapshot
     }
 

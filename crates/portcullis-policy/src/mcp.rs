@@ -149,6 +149,78 @@ pub(crate) fn origin_of(url: &str) -> Option<String> {
     (!authority.is_empty()).then(|| format!("{}://{}", scheme.to_ascii_lowercase(), authority))
 }
 
+/// Parses an MCP request body as JSON in which no object repeats a member, at any depth:
+/// `{"method":"tools/list","method":"tools/call"}` reads as `tools/call` to a last-wins
+/// parser and `tools/list` to a first-wins one, so the gateway and the MCP server could
+/// decide on different calls. Refused instead.
+pub fn parse_body(bytes: &[u8]) -> Result<Value, &'static str> {
+    use serde::Deserialize;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = StrictValue::deserialize(&mut de)
+        .map_err(|_| "the body is not JSON with unique members")?;
+    de.end().map_err(|_| "the body is not one JSON value")?;
+    Ok(v.0)
+}
+
+/// A JSON value whose objects have unique members, at every depth.
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StrictValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("JSON with unique object members")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<StrictValue, E> {
+                Ok(StrictValue(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<StrictValue, E> {
+                Ok(StrictValue(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<StrictValue, E> {
+                Ok(StrictValue(
+                    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+                ))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::String(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::String(v)))
+            }
+            fn visit_unit<E>(self) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::Null))
+            }
+            fn visit_none<E>(self) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::Null))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<StrictValue, A::Error> {
+                let mut out = Vec::new();
+                while let Some(StrictValue(v)) = a.next_element()? {
+                    out.push(v);
+                }
+                Ok(StrictValue(Value::Array(out)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<StrictValue, A::Error> {
+                let mut map = serde_json::Map::new();
+                while let Some((k, StrictValue(v))) = a.next_entry::<String, StrictValue>()? {
+                    if map.insert(k, v).is_some() {
+                        return Err(A::Error::custom("duplicate member"));
+                    }
+                }
+                Ok(StrictValue(Value::Object(map)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// The JSON-RPC method and name a request body carries: `(method, name)` for a request or
 /// notification, `None` for a response (no `method`). `Err` when the body is not one
 /// JSON-RPC message (a batch, a non-object, a non-string method).
@@ -453,6 +525,18 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_body_repeating_a_member_is_refused_at_any_depth() {
+        assert!(parse_body(br#"{"method":"tools/list","method":"tools/call"}"#).is_err());
+        assert!(
+            parse_body(br#"{"method":"tools/call","params":{"name":"a","name":"b"}}"#).is_err()
+        );
+        assert!(parse_body(br#"{"a":[{"x":1,"x":2}]}"#).is_err());
+        assert!(parse_body(br#"{"a":1} {"b":2}"#).is_err(), "two values");
+        let v = parse_body(br#"{"method":"tools/call","params":{"name":"a"},"id":1.5}"#).unwrap();
+        assert_eq!(v["params"]["name"], "a");
     }
 
     #[test]

@@ -372,6 +372,42 @@ async fn a_body_that_disagrees_with_its_headers_never_reaches_the_server() {
 }
 
 #[tokio::test]
+async fn other_methods_and_repeated_members_cannot_smuggle_a_call() {
+    let (gw, seen) = gateway().await;
+    let t = token(RESOURCE, "mcp tools:call");
+    let auth = format!("Bearer {t}");
+    // A PUT carrying tools/call: a server routing on the body alone would run it.
+    let r = send(
+        &gw,
+        "PUT",
+        "/mcp",
+        &[JSON, VERSION, ("authorization", &auth)],
+        &call("delete_everything"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // A name given twice: a first-wins parser and a last-wins one disagree (RFC 8259
+    // section 4: names SHOULD be unique; here they must).
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","name":"delete_everything"}}"#;
+    let r = send(
+        &gw,
+        "POST",
+        "/mcp",
+        &[
+            JSON,
+            VERSION,
+            ("authorization", &auth),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "get_weather"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn old_protocol_versions_are_refused_while_method_rules_exist() {
     let (gw, seen) = gateway().await;
     let t = token(RESOURCE, "mcp tools:call");

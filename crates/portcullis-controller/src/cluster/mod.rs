@@ -27,7 +27,7 @@ mod remote_keys;
 mod sources;
 mod status_pass;
 mod status_writer;
-mod store;
+pub(crate) mod store;
 #[cfg(test)]
 mod tests;
 
@@ -142,6 +142,7 @@ pub async fn run(
         publisher.clone(),
         leader.subscribe(),
         events,
+        store.clone(),
     ));
     tokio::spawn(portcullis_fetch::ssf::run(
         ssf.clone(),

@@ -144,24 +144,16 @@ pub(crate) fn source_set(
             }
             api_key_namespaces.insert(ns.clone());
         }
-        // Shared Signals streams: the push Authorization value (proxies check it), the poll
-        // and management tokens (the leader's receiver compiles from what is published).
+        // Shared Signals push streams: the Authorization value proxies check. The poll and
+        // management tokens stay with the controller (its leader polls and asks for
+        // verification): proxies never hold them.
         for s in p
             .spec
             .identity_events
             .iter()
             .flat_map(|e| &e.shared_signals)
         {
-            for r in [
-                s.push.as_ref().map(|x| &x.authorization_secret_ref),
-                s.poll
-                    .as_ref()
-                    .and_then(|x| x.authorization_secret_ref.as_ref()),
-                s.management_secret_ref.as_ref(),
-            ]
-            .into_iter()
-            .flatten()
-            {
+            if let Some(r) = s.push.as_ref().map(|x| &x.authorization_secret_ref) {
                 used.entry((ns.clone(), r.name.clone()))
                     .or_default()
                     .keys

@@ -87,6 +87,11 @@ pub struct CompileOptions {
     pub connect_timeout: Duration,
     /// Default time allowed for upstream response headers (30s).
     pub request_timeout: Duration,
+    /// Whether this process drives Shared Signals streams (polls, asks for verification)
+    /// and so needs their poll and management tokens: true in standalone mode and in the
+    /// controller; false in a cluster's proxies, which only take pushes and are never
+    /// sent those tokens.
+    pub stream_receiver: bool,
 }
 
 impl Default for CompileOptions {
@@ -101,6 +106,7 @@ impl Default for CompileOptions {
             clock: Arc::new(crate::SystemClock),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            stream_receiver: true,
         }
     }
 }

@@ -410,6 +410,7 @@ fn compile_streams(
                     }
                 };
                 let token = match &poll.authorization_secret_ref {
+                    Some(_) if !options.stream_receiver => None,
                     Some(r) => match secret("poll.authorizationSecretRef", r) {
                         Some(v) => Some(v),
                         None => continue,
@@ -430,6 +431,7 @@ fn compile_streams(
             continue;
         }
         let management_token = match &s.management_secret_ref {
+            Some(_) if !options.stream_receiver => None,
             Some(r) => match secret("managementSecretRef", r) {
                 Some(v) => Some(v),
                 None => continue,

@@ -147,7 +147,16 @@ impl Pipeline {
             let mut decoded = None;
             let seen = super::phases::mcp_headers(headers, &mut decoded);
             let (method, name) = (seen.method.map(str::to_owned), seen.name.map(str::to_owned));
-            if head.method == http::Method::POST && (mcp.strict || method.is_some()) {
+            // Any method that may carry a JSON-RPC body is checked like POST (a server that
+            // routes without looking at the method would run it).
+            let bodiless = matches!(
+                head.method,
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::DELETE
+                    | http::Method::OPTIONS
+            );
+            if !bodiless && (mcp.strict || method.is_some()) {
                 let version = seen.protocol_version;
                 mcp_check = Some(McpCheck {
                     name,
@@ -222,7 +231,7 @@ impl Pipeline {
                 Ok(b) => b,
                 Err(e) => return Outcome::Local(self.fail(log, e)),
             };
-            let parsed = serde_json::from_slice::<serde_json::Value>(&bytes);
+            let parsed = portcullis_policy::mcp::parse_body(&bytes);
             let id = parsed
                 .as_ref()
                 .ok()
@@ -239,7 +248,7 @@ impl Pipeline {
                 });
                 return Outcome::Local(self.mcp_refusal(log, id, error));
             }
-            let verdict = parsed.map_err(|_| "the body is not JSON").and_then(|v| {
+            let verdict = parsed.and_then(|v| {
                 portcullis_policy::mcp::body_agrees(
                     &v,
                     check.method.as_deref(),

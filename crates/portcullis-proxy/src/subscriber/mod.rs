@@ -132,6 +132,8 @@ impl Subscriber {
     pub fn new(opts: SubscriberOptions, config: Arc<LiveConfig>, metrics: Metrics) -> Self {
         let compile = CompileOptions {
             validate_cel: false,
+            // The controller's leader polls and verifies streams: proxies only take pushes.
+            stream_receiver: false,
             ..opts.compile.clone()
         };
         let outgoing: Arc<std::sync::Mutex<Option<mpsc::Sender<Bytes>>>> = Default::default();
