@@ -490,7 +490,11 @@ fn main() {
     t.add("budget-race", &race);
     t.add(
         "bucket",
-        [lease(1, "bob", bucket, 20, 1, 15), lease(2, "bob", bucket, 20, 1, 15)].concat(),
+        [
+            lease(1, "bob", bucket, 20, 1, 15),
+            lease(2, "bob", bucket, 20, 1, 15),
+        ]
+        .concat(),
     );
     t.add(
         "extremes",
@@ -519,13 +523,21 @@ fn main() {
     let rsa_kid = fixture::keys().rsa.kid.clone();
     t.add(
         "logout-valid",
-        signed(2, json!({"alg": "RS256", "kid": rsa_kid, "typ": "logout+jwt"}), &logout),
+        signed(
+            2,
+            json!({"alg": "RS256", "kid": rsa_kid, "typ": "logout+jwt"}),
+            &logout,
+        ),
     );
     let mut with_nonce = logout.clone();
     with_nonce["nonce"] = json!("n");
     t.add(
         "logout-nonce",
-        signed(2, json!({"alg": "RS256", "kid": rsa_kid, "typ": "logout+jwt"}), &with_nonce),
+        signed(
+            2,
+            json!({"alg": "RS256", "kid": rsa_kid, "typ": "logout+jwt"}),
+            &with_nonce,
+        ),
     );
     let set = json!({
         "iss": "https://tx.example.com", "aud": "gw", "iat": NOW - 5, "jti": "set-1",
@@ -535,14 +547,23 @@ fn main() {
     });
     t.add(
         "set-session-revoked",
-        signed(3, json!({"alg": "RS256", "kid": rsa_kid, "typ": "secevent+jwt"}), &set),
+        signed(
+            3,
+            json!({"alg": "RS256", "kid": rsa_kid, "typ": "secevent+jwt"}),
+            &set,
+        ),
     );
     let mut email = set.clone();
     email["sub_id"] = json!({"format": "email", "email": "carol@example.com"});
-    email["events"] = json!({"https://schemas.openid.net/secevent/risc/event-type/account-disabled": {}});
+    email["events"] =
+        json!({"https://schemas.openid.net/secevent/risc/event-type/account-disabled": {}});
     t.add(
         "set-email",
-        signed(3, json!({"alg": "RS256", "kid": rsa_kid, "typ": "secevent+jwt"}), &email),
+        signed(
+            3,
+            json!({"alg": "RS256", "kid": rsa_kid, "typ": "secevent+jwt"}),
+            &email,
+        ),
     );
     let mut raw = vec![0u8];
     raw.extend_from_slice(b"eyJhbGciOiJub25lIn0.eyJpc3MiOiJ4In0.");

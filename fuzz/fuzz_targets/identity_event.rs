@@ -56,12 +56,8 @@ fn snapshot() -> &'static Snapshot {
         options
             .remote_jwks
             .insert(key, json!({"keys": [fixture::keys().rsa.jwk]}));
-        let (s, errors) = portcullis_policy::compile_with(
-            &options,
-            &[],
-            &[policy],
-            &[fixture::hmac_secret()],
-        );
+        let (s, errors) =
+            portcullis_policy::compile_with(&options, &[], &[policy], &[fixture::hmac_secret()]);
         assert!(errors.is_empty(), "{errors:#?}");
         s
     })
@@ -74,8 +70,12 @@ fn sign(header: &[u8], claims: &[u8]) -> String {
         URL_SAFE_NO_PAD.encode(claims)
     );
     let key = &fixture::keys().rsa;
-    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key.encoding, jsonwebtoken::Algorithm::RS256)
-        .expect("signs");
+    let sig = jsonwebtoken::crypto::sign(
+        input.as_bytes(),
+        &key.encoding,
+        jsonwebtoken::Algorithm::RS256,
+    )
+    .expect("signs");
     format!("{input}.{sig}")
 }
 
@@ -87,7 +87,10 @@ fn check_entries(entries: &[Revocation], jti: &str) {
             r.session_id.is_some(),
         );
         assert!(
-            matches!(selectors, (true, false, false) | (false, true, false) | (false, false, true)),
+            matches!(
+                selectors,
+                (true, false, false) | (false, true, false) | (false, false, true)
+            ),
             "{r:?}"
         );
         assert_eq!(
@@ -131,13 +134,18 @@ fuzz_target!(|data: &[u8]| {
             let c = claims_of(&token).expect("accepted claims decode");
             assert_eq!(c["iss"], ISSUER);
             let aud_ok = c["aud"] == "gw"
-                || c["aud"].as_array().is_some_and(|a| a.iter().any(|x| x == "gw"));
+                || c["aud"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == "gw"));
             assert!(aud_ok, "{c}");
             assert!(c["events"][EVENT].is_object(), "{c}");
             assert!(c.get("nonce").is_none());
             assert!(c["sub"].is_string() || c["sid"].is_string());
             let iat = c["iat"].as_f64().expect("iat");
-            assert!(iat <= (NOW + 30) as f64 && iat >= (NOW - 150) as f64, "{iat}");
+            assert!(
+                iat <= (NOW + 30) as f64 && iat >= (NOW - 150) as f64,
+                "{iat}"
+            );
             assert!(!ev.revocations.is_empty());
             check_entries(&ev.revocations, &ev.id.jti);
         }

@@ -72,7 +72,7 @@ impl Proxy {
             }
             ServerMessage::Heartbeat { .. } => Outcome::Nothing,
             // A quota grant changes no config; the proxy hands it to the waiting lease.
-            ServerMessage::Grant { .. } => Outcome::Nothing,
+            ServerMessage::Grant { .. } | ServerMessage::Applied { .. } => Outcome::Nothing,
         }
     }
 

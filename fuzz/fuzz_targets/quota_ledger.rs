@@ -81,7 +81,9 @@ fuzz_target!(|data: &[u8]| {
                 }
                 ledger.release(&r, now);
             }
-            ProxyMessage::Ack { .. } | ProxyMessage::Refetch { .. } => {}
+            ProxyMessage::Ack { .. }
+            | ProxyMessage::Refetch { .. }
+            | ProxyMessage::Event { .. } => {}
         }
         if i % 4 == 3 {
             ledger.tighten();

@@ -333,6 +333,8 @@ pub struct ControllerSsf {
     compiled: Mutex<Option<Compiled>>,
     /// (policy, stream) -> what the leader did and saw.
     state: Mutex<HashMap<(String, String), StreamState>>,
+    /// When each stream last answered a verification request with the state asked for.
+    verified: prometheus::IntGaugeVec,
 }
 
 /// A snapshot compiled for the receiver: the published version it came from, and when.
@@ -353,7 +355,17 @@ impl ControllerSsf {
         leader: tokio::sync::watch::Receiver<bool>,
         events: Arc<EventService>,
         store: Arc<crate::cluster::store::Store>,
+        registry: &prometheus::Registry,
     ) -> Self {
+        let verified = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "portcullis_ssf_stream_verified_timestamp_seconds",
+                "When each Shared Signals stream last answered a verification request with the state asked for (the leader's view).",
+            ),
+            &["policy", "stream"],
+        )
+        .expect("valid metric");
+        let _ = registry.register(Box::new(verified.clone()));
         Self {
             publisher,
             leader,
@@ -361,6 +373,7 @@ impl ControllerSsf {
             store,
             compiled: Mutex::default(),
             state: Mutex::default(),
+            verified,
         }
     }
 
@@ -391,6 +404,16 @@ impl ControllerSsf {
                     (Some((asked, _)), Some((state, at))) if asked == state => Some(at.to_owned()),
                     _ => None,
                 };
+                if let Some(t) = verified_at
+                    .as_deref()
+                    .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                {
+                    // The same series a proxy exports for a pushed answer: one alert for
+                    // both deliveries.
+                    self.verified
+                        .with_label_values(&[&id, &s.name])
+                        .set(t.as_second());
+                }
                 portcullis_api::StreamStatus {
                     name: s.name.clone(),
                     delivery: if s.poll.is_some() { "poll" } else { "push" }.into(),

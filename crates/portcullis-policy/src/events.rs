@@ -303,13 +303,23 @@ pub(crate) struct CompiledStream {
     /// `None` while the transmitter's keys are not fetched: SETs wait (503).
     pub(crate) keys: Option<crate::keys::KeySet>,
     /// The exact `Authorization` value a push must carry.
-    pub(crate) push_auth: Option<Box<[u8]>>,
+    pub(crate) push_auth: Option<PushSecret>,
     pub(crate) formats: Vec<portcullis_api::SubjectFormat>,
     /// The issuer an `opaque` or `email` subject's `sub` belongs to.
     pub(crate) subject_issuer: Option<String>,
     /// The policy's issuers (an `iss_sub` subject must name one).
     pub(crate) policy_issuers: Vec<String>,
     pub(crate) events: Vec<portcullis_api::SsfEvent>,
+}
+
+/// A push stream's `Authorization` value: never printed.
+#[derive(Clone)]
+pub(crate) struct PushSecret(pub(crate) Box<[u8]>);
+
+impl std::fmt::Debug for PushSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PushSecret(<redacted>)")
+    }
 }
 
 /// What a receiver needs to know of a stream to poll it and ask for verification.
@@ -420,7 +430,7 @@ impl Snapshot {
         };
         let got = authorization.unwrap_or_default();
         use subtle_eq::ct_eq;
-        Ok(ct_eq(want, got))
+        Ok(ct_eq(&want.0, got))
     }
 
     fn stream(&self, policy: &str, stream: &str) -> Result<&CompiledStream, SetError> {

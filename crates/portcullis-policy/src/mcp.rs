@@ -146,7 +146,8 @@ pub fn decode_header_value(v: &str) -> Option<Result<String, ()>> {
 pub(crate) fn origin_of(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
-    (!authority.is_empty()).then(|| format!("{}://{}", scheme.to_ascii_lowercase(), authority))
+    // Browsers send the host lower-cased (RFC 6454 section 6.2, from the URL's host).
+    (!authority.is_empty()).then(|| format!("{scheme}://{authority}").to_ascii_lowercase())
 }
 
 /// Parses an MCP request body as JSON in which no object repeats a member, at any depth:

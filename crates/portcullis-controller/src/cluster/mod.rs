@@ -143,6 +143,7 @@ pub async fn run(
         leader.subscribe(),
         events,
         store.clone(),
+        metrics.registry(),
     ));
     tokio::spawn(portcullis_fetch::ssf::run(
         ssf.clone(),

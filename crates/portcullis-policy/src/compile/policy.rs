@@ -384,7 +384,7 @@ fn compile_streams(
                 "push.authorizationSecretRef",
                 &push.authorization_secret_ref,
             ) {
-                Some(v) => Some(v.into_bytes().into_boxed_slice()),
+                Some(v) => Some(crate::events::PushSecret(v.into_bytes().into_boxed_slice())),
                 None => continue,
             },
             None => None,
