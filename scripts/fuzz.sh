@@ -81,7 +81,8 @@ smoke_runs() {
   local n
   case "$1" in
     path) n=600000 ;; bearer) n=4000000 ;; jwt) n=50000 ;; jwks) n=300000 ;;
-    route) n=500000 ;; manifest) n=30000 ;; push_frame) n=150000 ;; quota_ledger) n=200000 ;; *) n=100000 ;;
+    route) n=500000 ;; manifest) n=30000 ;; push_frame) n=150000 ;; quota_ledger) n=200000 ;;
+    identity_event) n=25000 ;; *) n=100000 ;;
   esac
   awk -v n="$n" -v s="${FUZZ_SMOKE_SCALE:-1}" 'BEGIN { printf "%.0f", n * s }'
 }
