@@ -34,6 +34,13 @@
 // mcp:tools mcp:admin; the public client `mcp-client` (PKCE, native: any loopback port of
 // its redirect URIs), open dynamic registration at /reg, and an automatic login + consent
 // (user alice) at /interaction/<uid> for the authorization-code flow.
+//
+// DPoP (RFC 9449; tests/dpop, scripts/dpop-tests.sh): features.dPoP is on (as oidc-provider 9
+// has it by default; no nonces, replayed proofs refused, proof algorithms ES256 Ed25519 EdDSA).
+// A token request with a `DPoP` proof gets a JWT access token bound to the proof's key
+// (`cnf.jkt`, RFC 7638 thumbprint) and `token_type` DPoP; without a proof it is a Bearer token
+// as before. The confidential client `dpop-client` (secret `dpop-client-secret`,
+// client_credentials, dpop_bound_access_tokens) must send a proof: its tokens are always bound.
 import http from 'node:http';
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
@@ -94,6 +101,17 @@ function makeProvider() {
         redirect_uris: ['http://127.0.0.1:8090/callback', 'http://127.0.0.1:3000/callback'],
       },
       {
+        // The DPoP test client (tests/dpop): client_credentials only with a DPoP proof
+        // (dpop_bound_access_tokens), so every token it gets carries cnf.jkt.
+        client_id: 'dpop-client',
+        client_secret: 'dpop-client-secret',
+        grant_types: ['client_credentials'],
+        redirect_uris: [],
+        response_types: [],
+        scope: SCOPES.join(' '),
+        dpop_bound_access_tokens: true,
+      },
+      {
         // The gateway's own client: it only introspects.
         client_id: 'portcullis-gateway',
         client_secret: 'portcullis-gateway-secret',
@@ -136,6 +154,9 @@ function makeProvider() {
         allowedPolicy: (ctx, client) => client.clientId === 'portcullis-gateway',
       },
       revocation: { enabled: true },
+      // DPoP-bound access tokens (RFC 9449). The defaults, spelled out: no DPoP-Nonce
+      // (requireNonce false, no nonceSecret), a proof's jti used once (allowReplay false).
+      dPoP: { enabled: true, requireNonce: () => false, allowReplay: false },
       backchannelLogout: { enabled: backchannel },
       resourceIndicators: {
         enabled: true,

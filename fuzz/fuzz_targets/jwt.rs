@@ -544,6 +544,10 @@ fn model_allows(token: &str, rule: usize) -> Result<(), String> {
     if header.contains_key("crit") || header.contains_key("enc") {
         return Err("crit or enc header".into());
     }
+    // RFC 9449 section 7.1: a DPoP-bound token is never accepted as Bearer.
+    if claims.get("cnf").is_some_and(|c| c.get("jkt").is_some()) {
+        return Err("a DPoP-bound token sent as Bearer".into());
+    }
     let alg = header.get("alg").and_then(Value::as_str).ok_or("no alg")?;
     let kid = match header.get("kid") {
         None => None,

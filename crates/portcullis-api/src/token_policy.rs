@@ -212,6 +212,50 @@ pub struct IssuerSpec {
     /// signed JWTs, only tokens that are not shaped like a JWS are introspected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub introspection: Option<IntrospectionSpec>,
+
+    /// DPoP (RFC 9449) for this issuer's tokens. A token bound to a key (`cnf.jkt`) is
+    /// always accepted only with `Authorization: DPoP` and a valid proof of that key, never
+    /// as `Bearer`; `mode` says what happens to tokens that are not bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop: Option<DpopSpec>,
+}
+
+/// Sender-constrained tokens by DPoP (RFC 9449).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DpopSpec {
+    /// `Required`: every token must be DPoP-bound and come with a proof (a token without
+    /// `cnf.jkt` is refused). `Optional` (default): bound tokens need a proof, others may
+    /// be sent as `Bearer`. `Off`: same as `Optional` (a bound token is never accepted
+    /// without its proof: it would be a bearer token a thief could replay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<DpopMode>,
+    /// Algorithms a proof may be signed with (asymmetric only). Default ES256, PS256,
+    /// RS256, EdDSA.
+    #[schemars(length(max = 8), inner(length(max = 8)))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub algorithms: Vec<String>,
+    /// How old a proof's `iat` may be, as a duration. Default `60s`. A proof's `jti` is
+    /// remembered this long (plus `clockSkew`) on each proxy: a proof is refused when seen
+    /// again by the same proxy; another proxy could accept it once within this window.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("maxAge must be a positive duration such as 60s"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+/// Whether an issuer's tokens must be DPoP-bound.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum DpopMode {
+    /// Bound tokens need their proof; others are bearer tokens.
+    Off,
+    /// Bound tokens need their proof; others are bearer tokens.
+    #[default]
+    Optional,
+    /// Every token must be bound and come with its proof.
+    Required,
 }
 
 /// Key material for an issuer: exactly one of `inline`, `secretRef`, `uri` or

@@ -328,6 +328,9 @@ impl Snapshot {
         if let Err(reason) = policy.revocations.check(&a.digest, &a.principal, now) {
             return deny(reason, route, fp, a.cache_hit);
         }
+        if let Err(reason) = check_binding(policy, &a, req, now) {
+            return deny(reason, route, fp, a.cache_hit);
+        }
         let p = &a.principal;
         let mut missing: Vec<&str> = all
             .iter()
@@ -385,6 +388,64 @@ impl Snapshot {
                 .and_then(|t| t.as_deref())
                 .and_then(|t| t.header.as_ref()),
         })
+    }
+}
+
+/// The DPoP settings of an issuer that names none: bound tokens need their proof.
+static DEFAULT_DPOP: std::sync::LazyLock<crate::dpop::DpopConfig> =
+    std::sync::LazyLock::new(crate::dpop::DpopConfig::default);
+
+/// Sender constraint (RFC 9449): a token bound to a key (`cnf.jkt`) only with
+/// `Authorization: DPoP` and a proof of that key; `DPoP` only with a bound token; with
+/// `mode: Required`, no unbound token at all. Checked on every request, cached or not: a
+/// proof is per request.
+fn check_binding(
+    policy: &CompiledPolicy,
+    a: &Authenticated,
+    req: &RequestParts<'_>,
+    now: i64,
+) -> Result<(), DenyReason> {
+    use crate::credentials::TokenScheme;
+    use crate::principal::Confirmation;
+    let p = &a.principal;
+    let scheme = crate::credentials::token_scheme(req.credentials.authorization);
+    let cfg = p
+        .issuer
+        .as_deref()
+        .and_then(|i| policy.dpop.get(i))
+        .unwrap_or(&DEFAULT_DPOP);
+    match (p.confirmation, scheme) {
+        (Some(Confirmation::JwkThumbprint(jkt)), Some(TokenScheme::Dpop)) => {
+            let proof = match req.credentials.dpop {
+                HeaderField::One(v) => {
+                    std::str::from_utf8(v).map_err(|_| DenyReason::InvalidDpopProof)?
+                }
+                // Section 4.3 step 1: exactly one DPoP header.
+                _ => return Err(DenyReason::InvalidDpopProof),
+            };
+            crate::dpop::check_proof(
+                proof,
+                crate::dpop::ProofTarget {
+                    method: req.method,
+                    scheme: req.scheme,
+                    host: req.host,
+                    path: req.path,
+                },
+                &a.digest.0,
+                &jkt,
+                cfg,
+                policy.clock_skew,
+                now,
+                &policy.dpop_replay,
+            )
+        }
+        // Section 7.1: a bound token sent as a bearer token is refused.
+        (Some(Confirmation::JwkThumbprint(_)), _) => Err(DenyReason::DpopBoundToken),
+        (_, Some(TokenScheme::Dpop)) => Err(DenyReason::DpopRequired),
+        (None, _) if cfg.required && p.kind != crate::principal::PrincipalKind::ApiKey => {
+            Err(DenyReason::DpopRequired)
+        }
+        _ => Ok(()),
     }
 }
 

@@ -170,8 +170,33 @@ impl Iterator for FormDecoded<'_> {
     }
 }
 
-/// Extracts the token from `Authorization: Bearer <token>` (scheme case-insensitive),
-/// checking it is a well-formed `b64token` (RFC 6750 section 2.1).
+/// The scheme an access token was sent under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenScheme {
+    /// `Authorization: Bearer` (RFC 6750).
+    Bearer,
+    /// `Authorization: DPoP` (RFC 9449 section 7.1), with a `DPoP` proof header.
+    Dpop,
+}
+
+/// The scheme of an `Authorization` header that [`bearer_token`] accepts.
+pub fn token_scheme(h: AuthorizationHeader<'_>) -> Option<TokenScheme> {
+    let AuthorizationHeader::One(raw) = h else {
+        return None;
+    };
+    let sp = raw.iter().position(|b| *b == b' ')?;
+    if raw[..sp].eq_ignore_ascii_case(b"bearer") {
+        Some(TokenScheme::Bearer)
+    } else if raw[..sp].eq_ignore_ascii_case(b"dpop") {
+        Some(TokenScheme::Dpop)
+    } else {
+        None
+    }
+}
+
+/// Extracts the token from `Authorization: Bearer <token>` or `Authorization: DPoP
+/// <token>` (schemes case-insensitive), checking it is a well-formed `b64token` (RFC 6750
+/// section 2.1, RFC 9449 section 7.1).
 pub fn bearer_token(h: AuthorizationHeader<'_>) -> Result<&str, DenyReason> {
     let raw = match h {
         AuthorizationHeader::Absent => return Err(DenyReason::MissingToken),
@@ -179,13 +204,15 @@ pub fn bearer_token(h: AuthorizationHeader<'_>) -> Result<&str, DenyReason> {
         AuthorizationHeader::One(raw) => raw,
     };
     let Some(sp) = raw.iter().position(|b| *b == b' ') else {
-        return Err(if raw.eq_ignore_ascii_case(b"bearer") {
-            DenyReason::MalformedHeader
-        } else {
-            DenyReason::UnsupportedScheme
-        });
+        return Err(
+            if raw.eq_ignore_ascii_case(b"bearer") || raw.eq_ignore_ascii_case(b"dpop") {
+                DenyReason::MalformedHeader
+            } else {
+                DenyReason::UnsupportedScheme
+            },
+        );
     };
-    if !raw[..sp].eq_ignore_ascii_case(b"bearer") {
+    if !raw[..sp].eq_ignore_ascii_case(b"bearer") && !raw[..sp].eq_ignore_ascii_case(b"dpop") {
         return Err(DenyReason::UnsupportedScheme);
     }
     // RFC 7235 section 2.1: one or more SP, and nothing else, separate scheme and token.

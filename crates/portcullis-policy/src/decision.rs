@@ -31,6 +31,9 @@ pub struct RequestParts<'a> {
     pub query: Option<&'a str>,
     /// The credentials the request carries, extracted once.
     pub credentials: Credentials<'a>,
+    /// How the client reached the gateway (`https` or `http`): the scheme a DPoP proof's
+    /// `htu` must name.
+    pub scheme: &'a str,
     /// The MCP headers (`Mcp-Method`, `Mcp-Name`, `MCP-Protocol-Version`, `Origin`),
     /// read on MCP routes.
     pub mcp: crate::mcp::McpHeaders<'a>,
@@ -45,6 +48,7 @@ impl<'a> RequestParts<'a> {
             path,
             query: None,
             credentials: Credentials::default(),
+            scheme: "https",
             mcp: crate::mcp::McpHeaders::default(),
         }
     }
@@ -268,7 +272,15 @@ impl Deny<'_> {
         ) {
             return None;
         }
-        let mut v = String::from("Bearer realm=\"portcullis\"");
+        let mut v = if self.reason.dpop_challenge() {
+            // RFC 9449 section 7.1: a DPoP challenge, with the algorithms proofs may use.
+            format!(
+                "DPoP realm=\"portcullis\", algs=\"{}\"",
+                crate::dpop::DEFAULT_ALGS_HEADER
+            )
+        } else {
+            String::from("Bearer realm=\"portcullis\"")
+        };
         // MCP: where the client finds the authorization servers (RFC 9728 section 5.1).
         if let Some(mcp) = self.route.and_then(|r| r.mcp.as_ref()) {
             v.push_str(", resource_metadata=\"");

@@ -20,6 +20,7 @@ mod clock;
 mod compile;
 mod credentials;
 mod decision;
+mod dpop;
 pub mod events;
 mod index;
 mod keys;
@@ -45,7 +46,7 @@ pub use compile::{
     CompileError, CompileOptions, CompileReason, INTROSPECTION_CLIENT_ID_KEY,
     INTROSPECTION_CLIENT_SECRET_KEY, SpecRules, compile, compile_with, url_allowed,
 };
-pub use credentials::{DPOP, bearer_token};
+pub use credentials::{DPOP, TokenScheme, bearer_token, token_scheme};
 pub use decision::{
     Allow, Answer, AuthorizationHeader, Confirmation, Credentials, Decision, Deny, DenyReason,
     HeaderField, IntrospectionEndpoint, Need, Pending, Principal, PrincipalKind, Refetch,

@@ -150,6 +150,11 @@ pub(crate) struct PolicyTrust {
     pub(crate) quotas: Option<Arc<crate::quota::Quotas>>,
     /// Identity events (Back-Channel Logout); `None` when the policy takes none.
     pub(crate) events: Option<Arc<crate::events::CompiledEvents>>,
+    /// DPoP settings by issuer (every issuer has them: a bound token always needs its
+    /// proof).
+    pub(crate) dpop: HashMap<String, crate::dpop::DpopConfig>,
+    /// DPoP proofs seen recently, kept across recompiles of the policy.
+    pub(crate) dpop_replay: Arc<crate::dpop::ReplayCache>,
 }
 
 impl PolicyTrust {

@@ -95,6 +95,18 @@ pub enum DenyReason {
     /// The introspection endpoint could not be reached in time: the token was not judged,
     /// so the answer is 503 with `Retry-After`, not 401.
     IntrospectionUnavailable,
+    /// A DPoP proof (RFC 9449 section 4.3) that does not check out: missing, malformed,
+    /// mistyped, an algorithm not allowed, a private or wrong key, another method, URI or
+    /// token, too old (401 `invalid_dpop_proof`).
+    InvalidDpopProof,
+    /// A DPoP proof already used (its `jti`, section 11.1).
+    DpopReplay,
+    /// A DPoP-bound token (`cnf.jkt`) sent as `Bearer` (section 7.1), or a token bound to a
+    /// key the request does not prove.
+    DpopBoundToken,
+    /// `Authorization: DPoP` with a token that is not DPoP-bound, or, where the issuer
+    /// requires DPoP, a token that is not bound at all.
+    DpopRequired,
     /// MCP route: a browser `Origin` that is neither the resource's nor allowed (403, the
     /// Streamable HTTP transport's DNS-rebinding defence).
     McpOrigin,
@@ -140,6 +152,10 @@ impl DenyReason {
         DenyReason::InactiveToken,
         DenyReason::IntrospectionUnavailable,
         DenyReason::RevokedSession,
+        DenyReason::InvalidDpopProof,
+        DenyReason::DpopReplay,
+        DenyReason::DpopBoundToken,
+        DenyReason::DpopRequired,
         DenyReason::McpOrigin,
         DenyReason::McpDenied,
     ];
@@ -170,6 +186,7 @@ impl DenyReason {
                 Some("invalid_request")
             }
             InsufficientScope => Some("insufficient_scope"),
+            InvalidDpopProof | DpopReplay => Some("invalid_dpop_proof"),
             _ => Some("invalid_token"),
         }
     }
@@ -207,6 +224,10 @@ impl DenyReason {
             RevokedToken => "revoked_token",
             RevokedSubject => "revoked_subject",
             RevokedSession => "revoked_session",
+            InvalidDpopProof => "invalid_dpop_proof",
+            DpopReplay => "dpop_replay",
+            DpopBoundToken => "dpop_bound_token",
+            DpopRequired => "dpop_required",
             McpOrigin => "mcp_origin",
             McpDenied => "mcp_denied",
             RevokedKey => "revoked_key",
@@ -248,6 +269,10 @@ impl DenyReason {
             RevokedJti | RevokedToken | RevokedSubject | RevokedSession | RevokedKey
             | RevokedApiKey => "the token has been revoked",
             McpOrigin => "this origin may not call the MCP server",
+            InvalidDpopProof => "the DPoP proof is invalid",
+            DpopReplay => "the DPoP proof was already used",
+            DpopBoundToken => "the token is bound to a key: send it as DPoP with a proof",
+            DpopRequired => "a DPoP-bound token and its proof are required",
             McpDenied => "this MCP method or tool is not available",
             WrongTokenType => "the token is not an access token",
             UnforwardableClaim => "a claim of the token cannot be passed on",
@@ -255,6 +280,19 @@ impl DenyReason {
             InactiveToken => "the token is not active",
             IntrospectionUnavailable => "the token could not be checked; retry later",
         }
+    }
+}
+
+impl DenyReason {
+    /// Whether the challenge for this reason is a `DPoP` one (RFC 9449 section 7.1).
+    pub fn dpop_challenge(self) -> bool {
+        matches!(
+            self,
+            DenyReason::InvalidDpopProof
+                | DenyReason::DpopReplay
+                | DenyReason::DpopBoundToken
+                | DenyReason::DpopRequired
+        )
     }
 }
 

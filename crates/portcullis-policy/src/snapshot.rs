@@ -143,14 +143,17 @@ impl Snapshot {
     /// with `previous` (a patched snapshot) shares its caches too and is left as it is.
     pub fn inherit_caches(&mut self, previous: &Snapshot) {
         for p in &mut self.policies {
-            let Some(old) = previous
-                .policies
-                .iter()
-                .find(|o| o.id == p.id && o.trust_hash == p.trust_hash)
-            else {
+            let Some(old) = previous.policies.iter().find(|o| o.id == p.id) else {
                 continue;
             };
             if Arc::ptr_eq(&p.trust, &old.trust) {
+                continue;
+            }
+            // Proofs already used stay used, whatever else changed.
+            if !Arc::ptr_eq(&p.dpop_replay, &old.dpop_replay) {
+                Arc::make_mut(&mut p.trust).dpop_replay = old.dpop_replay.clone();
+            }
+            if old.trust_hash != p.trust_hash {
                 continue;
             }
             // Unshared (a fresh compile): changed in place. Shared with a third snapshot:

@@ -130,7 +130,7 @@ pub(crate) fn parse_jws(token: &str) -> Result<ParsedJws<'_>, DenyReason> {
     })
 }
 
-fn decode_object(segment: &str) -> Result<Map<String, Value>, DenyReason> {
+pub(crate) fn decode_object(segment: &str) -> Result<Map<String, Value>, DenyReason> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|_| DenyReason::MalformedToken)?;

@@ -245,6 +245,45 @@ pub(super) fn compile_policy(
         })
     });
 
+    let mut dpop = std::collections::HashMap::new();
+    for (i, iss) in spec.issuers.iter().enumerate() {
+        let Some(d) = &iss.dpop else {
+            dpop.insert(iss.issuer.clone(), crate::dpop::DpopConfig::default());
+            continue;
+        };
+        let at = format!("spec.issuers[{i}].dpop");
+        let mut algorithms = Vec::new();
+        for (j, a) in d.algorithms.iter().enumerate() {
+            match crate::keys::parse_algorithm(a).filter(|_| !a.starts_with("HS")) {
+                Some(alg) => algorithms.push(alg),
+                None => errs.push(policy_error(
+                    p,
+                    format!("{at}.algorithms[{j}]"),
+                    CompileReason::Invalid,
+                    format!("{a:?} is not an asymmetric algorithm a DPoP proof may use (RFC 9449 section 4.2)"),
+                )),
+            }
+        }
+        if algorithms.is_empty() {
+            algorithms = crate::dpop::DEFAULT_ALGORITHMS.to_vec();
+        }
+        let max_age = duration(
+            &format!("issuers[{i}].dpop.maxAge"),
+            &d.max_age,
+            60,
+            &mut errs,
+        )
+        .unwrap_or(60);
+        dpop.insert(
+            iss.issuer.clone(),
+            crate::dpop::DpopConfig::new(
+                d.mode == Some(portcullis_api::DpopMode::Required),
+                algorithms,
+                max_age,
+            ),
+        );
+    }
+
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -284,6 +323,10 @@ pub(super) fn compile_policy(
         }),
         quotas,
         events,
+        dpop,
+        dpop_replay: Arc::new(crate::dpop::ReplayCache::new(
+            options.cache_capacity.max(1024) * 4,
+        )),
     };
     Ok(CompiledPolicy::new(policy_trust, revocations))
 }

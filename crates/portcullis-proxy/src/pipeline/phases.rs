@@ -122,7 +122,7 @@ impl Pipeline {
         let target = self.target_phase(&snapshot, head, uri, log)?;
         let mut refreshed = None;
         let allow = self
-            .authorize_phase(&snapshot, &mut refreshed, head, uri, &target, log)
+            .authorize_phase(&snapshot, &mut refreshed, head, uri, &target, log, tls)
             .await?;
         if allow.route.serves_mcp_metadata
             && let Some(mcp) = &allow.route.mcp
@@ -213,9 +213,28 @@ impl Pipeline {
         uri: &Uri,
         target: &Target<'_>,
         log: &mut RequestLog,
+        tls: bool,
     ) -> Result<Allow<'s>, Response<ProxyBody>> {
         let mut decoded_name = None;
+        // The scheme the client used (a DPoP proof's `htu` names it): TLS here, or, from a
+        // trusted load balancer in front, its `X-Forwarded-Proto`.
+        let scheme = if tls
+            || (head
+                .headers
+                .get("x-forwarded-proto")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+                && self
+                    .limits
+                    .trusted_proxies
+                    .iter()
+                    .any(|net| net.contains(&log.client.ip())))
+        {
+            "https"
+        } else {
+            "http"
+        };
         let parts = RequestParts {
+            scheme,
             method: head.method.as_str(),
             host: &target.host,
             path: &target.path,

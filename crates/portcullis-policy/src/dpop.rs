@@ -1,0 +1,275 @@
+//! DPoP (RFC 9449): proofs of possession for sender-constrained tokens.
+//!
+//! A token whose `cnf.jkt` names a key is accepted only as `Authorization: DPoP <token>`
+//! with one `DPoP` proof header, checked per section 4.3:
+//! 1. one well-formed JWS, `typ` `dpop+jwt`, an allowed asymmetric `alg`, a public `jwk`
+//!    (no private members) that verifies the signature;
+//! 2. `htm` the request's method and `htu` its URI (scheme, host, port and canonical path;
+//!    query and fragment ignored, RFC 3986 section 6.2 normalization);
+//! 3. `iat` within `maxAge` (and not ahead by more than the clock skew); a `jti` not seen
+//!    before on this proxy within that window;
+//! 4. `ath` the base64url SHA-256 of the access token (section 4.2);
+//! 5. the RFC 7638 thumbprint of `jwk` equal to the token's `cnf.jkt` (section 6.1).
+//!
+//! A bound token sent as `Bearer` is refused (section 7.1: it would be a bearer token a
+//! thief could replay), so is an unbound token sent as `DPoP`, and with `mode: Required` an
+//! unbound token at all.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+
+use crate::keys::{KeyLookup, KeySet};
+use crate::reason::DenyReason;
+
+/// Algorithms a proof may use when the issuer names none.
+pub(crate) const DEFAULT_ALGORITHMS: [Algorithm; 6] = [
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::PS256,
+    Algorithm::RS256,
+    Algorithm::EdDSA,
+    Algorithm::PS384,
+];
+
+/// The `algs` of a DPoP challenge: [`DEFAULT_ALGORITHMS`].
+pub(crate) const DEFAULT_ALGS_HEADER: &str = "ES256 ES384 PS256 RS256 EdDSA PS384";
+
+/// An issuer's DPoP settings, compiled.
+#[derive(Debug, Clone)]
+pub(crate) struct DpopConfig {
+    pub(crate) required: bool,
+    pub(crate) algorithms: Vec<Algorithm>,
+    /// Largest age of a proof's `iat`, seconds.
+    pub(crate) max_age: i64,
+}
+
+impl Default for DpopConfig {
+    fn default() -> Self {
+        Self::new(false, DEFAULT_ALGORITHMS.to_vec(), 60)
+    }
+}
+
+impl DpopConfig {
+    pub(crate) fn new(required: bool, algorithms: Vec<Algorithm>, max_age: i64) -> Self {
+        Self {
+            required,
+            algorithms,
+            max_age,
+        }
+    }
+}
+
+/// Proof `jti`s seen recently (keyed by the SHA-256 of the proof key's thumbprint and the
+/// `jti`), until their `iat` is too old to pass again. Bounded: past the capacity, a new
+/// proof is refused (the client makes another) rather than an old one forgotten early.
+#[derive(Debug)]
+pub(crate) struct ReplayCache {
+    seen: Mutex<HashMap<[u8; 32], i64>>,
+    capacity: usize,
+}
+
+impl ReplayCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            seen: Mutex::default(),
+            capacity,
+        }
+    }
+
+    /// Records a proof; false when it was seen before (or there is no room).
+    fn first_use(&self, key: [u8; 32], until: i64, now: i64) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.get(&key).is_some_and(|t| *t > now) {
+            return false;
+        }
+        if seen.len() >= self.capacity {
+            seen.retain(|_, t| *t > now);
+            if seen.len() >= self.capacity {
+                return false;
+            }
+        }
+        seen.insert(key, until);
+        true
+    }
+}
+
+/// The request a proof must be about.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProofTarget<'a> {
+    pub(crate) method: &'a str,
+    /// `http` or `https`, as the client reached the gateway.
+    pub(crate) scheme: &'a str,
+    /// Host, with or without a port.
+    pub(crate) host: &'a str,
+    /// The canonical path.
+    pub(crate) path: &'a str,
+}
+
+/// Checks one DPoP proof for a token whose SHA-256 is `token_sha256`, bound to the key
+/// with thumbprint `jkt`. Any failure is [`DenyReason::InvalidDpopProof`].
+pub(crate) fn check_proof(
+    proof: &str,
+    target: ProofTarget<'_>,
+    token_sha256: &[u8; 32],
+    jkt: &[u8; 32],
+    cfg: &DpopConfig,
+    skew: i64,
+    now: i64,
+    replay: &ReplayCache,
+) -> Result<(), DenyReason> {
+    const BAD: DenyReason = DenyReason::InvalidDpopProof;
+    if proof.len() > 8 * 1024 {
+        return Err(BAD);
+    }
+    let mut parts = proof.split('.');
+    let (Some(h), Some(p), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(BAD);
+    };
+    let header = crate::token::decode_object(h).map_err(|_| BAD)?;
+    let claims = crate::token::decode_object(p).map_err(|_| BAD)?;
+    // Section 4.2: explicit type, and no extension this code does not understand.
+    if header.get("typ").and_then(Value::as_str) != Some("dpop+jwt") || header.contains_key("crit")
+    {
+        return Err(BAD);
+    }
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .and_then(crate::keys::parse_algorithm)
+        .filter(|a| cfg.algorithms.contains(a))
+        .ok_or(BAD)?;
+    // A public key only (`from_jwks` refuses `d` and shared secrets); the private members
+    // of RSA are refused here too.
+    let jwk = header.get("jwk").and_then(Value::as_object).ok_or(BAD)?;
+    if ["d", "p", "q", "dp", "dq", "qi", "oth", "k"]
+        .iter()
+        .any(|m| jwk.contains_key(*m))
+    {
+        return Err(BAD);
+    }
+    let keys = KeySet::from_jwks(&serde_json::json!({"keys": [jwk]}), false).map_err(|_| BAD)?;
+    let key = match keys.lookup(None, alg) {
+        KeyLookup::Found(k) => k,
+        _ => return Err(BAD),
+    };
+    let signing_input = &proof[..h.len() + 1 + p.len()];
+    if !matches!(
+        jsonwebtoken::crypto::verify(sig, signing_input.as_bytes(), &key.key, alg),
+        Ok(true)
+    ) {
+        return Err(BAD);
+    }
+    // Section 6.1: the key proven is the key the token is bound to.
+    if key.thumbprint != *jkt {
+        return Err(BAD);
+    }
+    let str_claim = |n: &str| claims.get(n).and_then(Value::as_str);
+    if str_claim("htm") != Some(target.method) {
+        return Err(BAD);
+    }
+    if !htu_matches(str_claim("htu").ok_or(BAD)?, target) {
+        return Err(BAD);
+    }
+    let iat = claims.get("iat").and_then(Value::as_i64).ok_or(BAD)?;
+    if iat > now.saturating_add(skew) || iat < now.saturating_sub(cfg.max_age).saturating_sub(skew)
+    {
+        return Err(BAD);
+    }
+    let ath = URL_SAFE_NO_PAD.encode(token_sha256);
+    if str_claim("ath") != Some(ath.as_str()) {
+        return Err(BAD);
+    }
+    let jti = str_claim("jti")
+        .filter(|j| !j.is_empty() && j.len() <= 256)
+        .ok_or(BAD)?;
+    // Section 11.1: a proof is used once.
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(jkt);
+    h.update(jti.as_bytes());
+    let until = iat
+        .saturating_add(cfg.max_age)
+        .saturating_add(skew.saturating_mul(2));
+    if !replay.first_use(h.finalize().into(), until, now) {
+        return Err(DenyReason::DpopReplay);
+    }
+    Ok(())
+}
+
+/// Whether a proof's `htu` names the request (RFC 9449 section 4.3 step 9: query and
+/// fragment ignored; scheme and host compared case-insensitively, a default port equal to
+/// none, the path normalized as the gateway normalizes request paths).
+pub(crate) fn htu_matches(htu: &str, t: ProofTarget<'_>) -> bool {
+    let Some((scheme, rest)) = htu.split_once("://") else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case(t.scheme) {
+        return false;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.contains('@') {
+        return false;
+    }
+    let path = tail.split(['?', '#']).next().unwrap_or_default();
+    let path = if path.is_empty() { "/" } else { path };
+    let default = if scheme.eq_ignore_ascii_case("https") {
+        ":443"
+    } else {
+        ":80"
+    };
+    let norm = |a: &str| {
+        let a = a.to_ascii_lowercase();
+        a.strip_suffix(default).map(str::to_owned).unwrap_or(a)
+    };
+    if norm(authority) != norm(t.host) {
+        return false;
+    }
+    match crate::target::canonical_path(path, &crate::target::PathOptions::default()) {
+        Ok(p) => p == t.path,
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: ProofTarget<'static> = ProofTarget {
+        method: "GET",
+        scheme: "https",
+        host: "api.example.com",
+        path: "/orders/1",
+    };
+
+    #[test]
+    fn htu_compares_as_rfc_3986_section_6_2_normalizes() {
+        assert!(htu_matches("https://api.example.com/orders/1", T));
+        assert!(htu_matches("HTTPS://API.example.COM:443/orders/1?x=1#f", T));
+        assert!(htu_matches("https://api.example.com/orders/%31", T));
+        assert!(htu_matches("https://api.example.com/orders/x/../1", T));
+        assert!(!htu_matches("http://api.example.com/orders/1", T));
+        assert!(!htu_matches("https://api.example.com:8443/orders/1", T));
+        assert!(!htu_matches("https://evil.example.com/orders/1", T));
+        assert!(!htu_matches("https://api.example.com/orders/2", T));
+        assert!(!htu_matches("https://user@api.example.com/orders/1", T));
+        assert!(!htu_matches("api.example.com/orders/1", T));
+    }
+
+    #[test]
+    fn a_proof_is_used_once_and_the_cache_stays_bounded() {
+        let c = ReplayCache::new(2);
+        assert!(c.first_use([1; 32], 100, 0));
+        assert!(!c.first_use([1; 32], 100, 50), "replayed");
+        assert!(c.first_use([2; 32], 100, 50));
+        assert!(!c.first_use([3; 32], 100, 50), "full of live entries");
+        assert!(c.first_use([3; 32], 300, 150), "expired ones make room");
+    }
+}

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# The DPoP suite (tests/dpop): Portcullis as a resource server for DPoP-bound tokens (RFC 9449),
+# with a real client (oauth4webapi) and a real authorization server (e2e/oidc/provider.mjs,
+# oidc-provider, client `dpop-client`), all on loopback.
+#
+#   scripts/dpop-tests.sh
+#
+# Env: PORTCULLIS_BIN (default target/debug/portcullis; this script never builds it),
+#      DPOP_MODE (the TokenPolicy's dpop.mode, default `required`),
+#      DPOP_NPM_CI=1 (run `npm ci` even when node_modules look current),
+#      KEEP_WORK=1 (keep the work directory, logs and manifests, also on success),
+#      REFERENCE=1 (tests/dpop/reference-rs.mjs, a small jose resource server, stands where the
+#      gateway would: checks the test itself, not Portcullis).
+#
+# What runs:
+#   1. the provider (PORT/ADMIN_PORT, READY line), tests/dpop/echo.mjs (the upstream, which logs
+#      every request it gets), `portcullis standalone` with a TokenPolicy (the provider's issuer,
+#      JWKS by discovery, audience https://api.portcullis.test, dpop: {mode: required,
+#      algorithms: [ES256], maxAge: 60s}) and an ApiRoute for 127.0.0.1 to the upstream;
+#   2. client.mjs: a DPoP-bound token (cnf.jkt) from the provider, a 200 through the gateway with
+#      oauth4webapi's DPoP handle, then the attacks (bearer use of the bound token, proofs by other
+#      keys, replays, wrong htu/htm/ath/iat/typ/alg, private jwk, missing or doubled proof,
+#      unbound tokens);
+#   3. checks.mjs: PASS/FAIL per case: 200 for the legitimate calls; 401 for every attack (400 or
+#      401 for a missing or doubled proof), proof errors with `DPoP error="invalid_dpop_proof",
+#      algs="..."`, the bound token as Bearer with invalid_token, an unbound token with a DPoP
+#      challenge; the upstream got only the accepted requests;
+#   4. portcullis still running, no panic.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+START=$(date +%s)
+
+REFERENCE=${REFERENCE:-0}
+BIN=${PORTCULLIS_BIN:-$ROOT/target/debug/portcullis}
+if [ "$REFERENCE" != 1 ] && [ ! -x "$BIN" ]; then
+  echo "no gateway binary at $BIN (build it with cargo build -p portcullis, or set PORTCULLIS_BIN)" >&2
+  exit 2
+fi
+for tool in node npm curl; do
+  command -v "$tool" >/dev/null || { echo "$tool is required" >&2; exit 2; }
+done
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-dpop.XXXXXX")
+PIDS=()
+FAILED=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "${KEEP_WORK:-0}" = 1 ] || [ "${#FAILED[@]}" -gt 0 ]; then
+    echo "logs, manifests and results kept in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'FAILED+=("interrupted"); exit 130' INT TERM
+
+die() {
+  FAILED+=("$1")
+  echo "FAIL $1" >&2
+  shift
+  for f in "$@"; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 40 "$f" >&2; }; done
+  exit 1
+}
+
+# --- dependencies ------------------------------------------------------------------------------
+npm_deps() { # dir
+  if [ "${DPOP_NPM_CI:-0}" = 1 ] || [ ! -f "$1/node_modules/.package-lock.json" ] \
+    || [ "$1/package-lock.json" -nt "$1/node_modules/.package-lock.json" ]; then
+    echo "== npm ci ($1)"
+    (cd "$1" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in $1"
+  fi
+}
+npm_deps "$ROOT/tests/dpop"
+npm_deps "$ROOT/e2e/oidc"
+
+# --- helpers -------------------------------------------------------------------------------------
+free_ports() { # n: n distinct free loopback ports
+  node -e '
+    const net = require("net"); const n = Number(process.argv[1]); const servers = [];
+    for (let i = 0; i < n; i++) {
+      const s = net.createServer();
+      s.listen(0, "127.0.0.1", () => {
+        servers.push(s);
+        if (servers.length === n) {
+          console.log(servers.map((x) => x.address().port).join(" "));
+          servers.forEach((x) => x.close());
+        }
+      });
+    }' "$1"
+}
+wait_for_line() { # file pattern pid seconds
+  local i
+  for ((i = 0; i < $4 * 10; i++)); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    kill -0 "$3" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+read -r OIDC_PORT OIDC_ADMIN GW_PORT GW_ADMIN <<<"$(free_ports 4)"
+ISSUER="http://127.0.0.1:$OIDC_PORT"
+GATEWAY="http://127.0.0.1:$GW_PORT"
+RESOURCE=https://api.portcullis.test
+DPOP_MODE=${DPOP_MODE:-required}
+
+# --- the OpenID provider ----------------------------------------------------------------------------
+(cd "$ROOT/e2e/oidc" && exec env PORT="$OIDC_PORT" ADMIN_PORT="$OIDC_ADMIN" node provider.mjs) \
+  >"$WORK/provider.log" 2>&1 &
+PIDS+=($!)
+wait_for_line "$WORK/provider.log" '^READY' $! 20 || die "the OpenID provider did not start" "$WORK/provider.log"
+
+# --- the upstream -------------------------------------------------------------------------------------
+(cd "$ROOT/tests/dpop" && exec env PORT=0 node echo.mjs) >"$WORK/echo.log" 2>"$WORK/echo.err" &
+PIDS+=($!)
+wait_for_line "$WORK/echo.log" '^READY' $! 20 || die "echo.mjs did not start" "$WORK/echo.log" "$WORK/echo.err"
+UPSTREAM_PORT=$(sed -n 's/^READY \([0-9]*\).*/\1/p' "$WORK/echo.log" | head -n1)
+UPSTREAM="http://127.0.0.1:$UPSTREAM_PORT"
+
+# --- the gateway ------------------------------------------------------------------------------------
+mkdir -p "$WORK/manifests"
+cat >"$WORK/manifests/dpop.yaml" <<EOF
+apiVersion: portcullis.dev/v1alpha1
+kind: TokenPolicy
+metadata: {name: dpop, namespace: default}
+spec:
+  issuers:
+    - issuer: $ISSUER
+      audiences: ["$RESOURCE"]
+      algorithms: [RS256]
+      jwks: {discovery: true}
+      dpop:
+        mode: $DPOP_MODE
+        algorithms: [ES256]
+        maxAge: 60s
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: dpop, namespace: default}
+spec:
+  hosts: ["127.0.0.1"]
+  policyRef: {name: dpop}
+  backend: {url: "$UPSTREAM"}
+  rules:
+    - match: {pathPrefix: /}
+EOF
+
+if [ "$REFERENCE" = 1 ]; then
+  (cd "$ROOT/tests/dpop" && exec env PORT="$GW_PORT" ISSUER="$ISSUER" AUDIENCE="$RESOURCE" \
+    UPSTREAM="$UPSTREAM" DPOP_ALGS=ES256 MAX_AGE=60 node reference-rs.mjs) >"$WORK/portcullis.log" 2>&1 &
+  GW_PID=$!
+  PIDS+=("$GW_PID")
+  wait_for_line "$WORK/portcullis.log" '^READY' "$GW_PID" 20 \
+    || die "reference-rs.mjs did not start" "$WORK/portcullis.log"
+  echo "== REFERENCE=1: tests/dpop/reference-rs.mjs stands for the gateway"
+else
+  "$BIN" standalone --manifests "$WORK/manifests" --listen "127.0.0.1:$GW_PORT" \
+    --admin "127.0.0.1:$GW_ADMIN" --events-file - >"$WORK/portcullis.log" 2>&1 &
+  GW_PID=$!
+  PIDS+=("$GW_PID")
+  ready=0
+  for ((i = 0; i < 200; i++)); do
+    kill -0 "$GW_PID" 2>/dev/null || break
+    if curl -fsS "http://127.0.0.1:$GW_ADMIN/readyz" >/dev/null 2>&1 \
+      && curl -fsS "http://127.0.0.1:$GW_ADMIN/config" 2>/dev/null \
+        | node -e 'let s="";process.stdin.on("data",(c)=>s+=c).on("end",()=>{const c=JSON.parse(s);process.exit(c.stats.routes===1&&c.errors.length===0?0:1)})'; then
+      ready=1
+      break
+    fi
+    sleep 0.1
+  done
+  if [ "$ready" != 1 ]; then
+    curl -sS "http://127.0.0.1:$GW_ADMIN/config" >"$WORK/config.json" 2>&1
+    die "portcullis did not become ready with the route and no errors (does it know dpop: {mode: $DPOP_MODE}?)" \
+      "$WORK/config.json" "$WORK/portcullis.log" "$WORK/manifests/dpop.yaml"
+  fi
+fi
+echo "== up: provider $ISSUER, upstream $UPSTREAM, gateway $GATEWAY (admin $GW_ADMIN), work dir $WORK"
+
+# --- the client and the checks ---------------------------------------------------------------------
+echo
+echo "== client.mjs (oauth4webapi, DPoP-bound token, attacks)"
+(cd "$ROOT/tests/dpop" && env ISSUER="$ISSUER" RESOURCE="$RESOURCE" API_URL="$GATEWAY/orders/dpop" \
+  timeout 40 node client.mjs) >"$WORK/client.json" 2>"$WORK/client.err"
+client_status=$?
+if [ "$client_status" != 0 ]; then
+  FAILED+=("client.mjs exited $client_status")
+  echo "FAIL client.mjs exited $client_status"
+  tail -n 20 "$WORK/client.err"
+fi
+echo "client: $(head -c 4000 "$WORK/client.json")"
+echo
+echo "== checks"
+node "$ROOT/tests/dpop/checks.mjs" "$WORK/client.json" "$WORK/echo.log" | tee "$WORK/checks.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || FAILED+=("$(grep -c '^FAIL' "$WORK/checks.txt") check(s)")
+
+if kill -0 "$GW_PID" 2>/dev/null && ! grep -q -i 'panicked' "$WORK/portcullis.log"; then
+  echo "PASS gateway still running, no panic"
+else
+  echo "FAIL gateway exited or panicked"
+  FAILED+=("gateway exited or panicked")
+  grep -n -i -A5 'panicked' "$WORK/portcullis.log" | head -n 20
+fi
+
+echo
+echo "== $(($(date +%s) - START))s"
+if [ "${#FAILED[@]}" -gt 0 ]; then
+  echo "FAILED (${#FAILED[@]}):"
+  printf '  - %s\n' "${FAILED[@]}"
+  exit 1
+fi
+echo "all DPoP checks passed"
