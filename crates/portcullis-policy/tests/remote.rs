@@ -712,3 +712,38 @@ fn a_wait_beside_a_fault_is_a_fault() {
     assert!(!route_error.is_pending());
     assert!(route_error.message.contains("soon"), "{route_error}");
 }
+
+#[test]
+fn an_introspected_token_bound_by_cnf_needs_its_dpop_proof_rfc9449_s6_2() {
+    use base64::Engine;
+    use sha2::Digest;
+    // RFC 9449 section 6.2: the introspection answer's `cnf.jkt` binds an opaque token.
+    let e = env(policy_with(introspection_issuer(false)), &[]);
+    let key = portcullis_testkit::ec("client", false);
+    let jkt = portcullis_policy::key_thumbprints(&json!({"keys": [key.jwk]}).to_string()).unwrap()
+        [0]
+    .thumbprint
+    .clone();
+    let bound = answer(json!({"cnf": {"jkt": jkt}}));
+    // As Bearer: refused, whatever the endpoint says.
+    assert_eq!(
+        opaque(&e.snapshot, "/orders/1", "opaque-bound", Ok(&bound)).0,
+        401
+    );
+    // As DPoP with a proof of that key: allowed (the verdict is cached from above).
+    let token = "opaque-bound";
+    let ath = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(token.as_bytes()));
+    let mut jwk = key.jwk.clone();
+    jwk.as_object_mut().unwrap().remove("kid");
+    let proof = key.mint_raw(
+        &json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk}).to_string(),
+        &json!({"jti": "p-1", "htm": "GET", "htu": format!("https://{HOST}/orders/1"),
+                "iat": NOW, "ath": ath})
+        .to_string(),
+    );
+    let h = format!("DPoP {token}");
+    let mut req = RequestParts::new("GET", HOST, "/orders/1").with_authorization(&h);
+    req.credentials.dpop = portcullis_policy::HeaderField::One(proof.as_bytes());
+    assert!(e.snapshot.authorize(&req).is_allow());
+}
