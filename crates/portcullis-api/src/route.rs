@@ -105,6 +105,15 @@ pub struct ApiRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers_with_underscores: Option<UnderscoreHeaders>,
 
+    /// Refuse credentials sent in cleartext: a request reaching this route over plain HTTP
+    /// (not TLS at the proxy, nor `X-Forwarded-Proto: https` from a trusted load balancer)
+    /// that carries an `Authorization`, `DPoP` or API-key header is answered 403 without
+    /// the token being verified or cached (RFC 6750 section 5.3: a token seen in cleartext
+    /// must be considered disclosed; revoke it). Public rules without credentials still
+    /// answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_tls: bool,
+
     /// MCP resource-server mode: the route fronts an MCP server (Streamable HTTP) as an
     /// OAuth 2.0 protected resource (RFC 9728 metadata, RFC 8707 audience, per-tool
     /// scopes). Cannot be combined with `passAuthorization` or an `llm` backend.

@@ -83,6 +83,30 @@ impl Snapshot {
         let Some(rule) = self.index.lookup(req.host, req.path, req.method) else {
             return deny(DenyReason::NoRoute, None, None, false);
         };
+        // RFC 6750 section 5.3: credentials that crossed the network in cleartext are
+        // refused before they are read, so nothing is verified, cached or logged as valid.
+        if rule.info.require_tls && req.scheme != "https" {
+            let api_header = match &rule.requirement {
+                Requirement::Token { policy, .. } => self
+                    .api_keys
+                    .get(*policy)
+                    .and_then(Option::as_deref)
+                    .and_then(|t| t.header.as_ref()),
+                Requirement::Public => None,
+            };
+            let c = &req.credentials;
+            if c.authorization.is_present()
+                || c.dpop.is_present()
+                || api_header.is_some_and(|n| c.api_key_header(n).is_present())
+            {
+                return deny(
+                    DenyReason::CleartextCredentials,
+                    Some(&rule.info),
+                    None,
+                    false,
+                );
+            }
+        }
         if let Some(mcp) = &rule.info.mcp
             && !rule.info.serves_mcp_metadata
         {

@@ -269,6 +269,7 @@ impl Deny<'_> {
                 | DenyReason::IntrospectionUnavailable
                 | DenyReason::McpOrigin
                 | DenyReason::McpDenied
+                | DenyReason::CleartextCredentials
         ) {
             return None;
         }

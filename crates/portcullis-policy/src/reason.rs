@@ -95,6 +95,9 @@ pub enum DenyReason {
     /// The introspection endpoint could not be reached in time: the token was not judged,
     /// so the answer is 503 with `Retry-After`, not 401.
     IntrospectionUnavailable,
+    /// Credentials sent over plain HTTP to a route that requires TLS (`requireTls`): refused
+    /// before the token is read (RFC 6750 section 5.3), 403.
+    CleartextCredentials,
     /// A DPoP proof (RFC 9449 section 4.3) that does not check out: missing, malformed,
     /// mistyped, an algorithm not allowed, a private or wrong key, another method, URI or
     /// token, too old (401 `invalid_dpop_proof`).
@@ -152,6 +155,7 @@ impl DenyReason {
         DenyReason::InactiveToken,
         DenyReason::IntrospectionUnavailable,
         DenyReason::RevokedSession,
+        DenyReason::CleartextCredentials,
         DenyReason::InvalidDpopProof,
         DenyReason::DpopReplay,
         DenyReason::DpopBoundToken,
@@ -166,7 +170,7 @@ impl DenyReason {
         match self {
             NoRoute => 404,
             MalformedHeader | DuplicateHeader | TokenInQuery | MultipleCredentials => 400,
-            InsufficientScope | McpOrigin | McpDenied => 403,
+            InsufficientScope | McpOrigin | McpDenied | CleartextCredentials => 403,
             IntrospectionUnavailable => 503,
             _ => 401,
         }
@@ -225,6 +229,7 @@ impl DenyReason {
             RevokedSubject => "revoked_subject",
             RevokedSession => "revoked_session",
             InvalidDpopProof => "invalid_dpop_proof",
+            CleartextCredentials => "cleartext_credentials",
             DpopReplay => "dpop_replay",
             DpopBoundToken => "dpop_bound_token",
             DpopRequired => "dpop_required",
@@ -270,6 +275,9 @@ impl DenyReason {
             | RevokedApiKey => "the token has been revoked",
             McpOrigin => "this origin may not call the MCP server",
             InvalidDpopProof => "the DPoP proof is invalid",
+            CleartextCredentials => {
+                "credentials were sent without TLS: use https, and treat the token as disclosed"
+            }
             DpopReplay => "the DPoP proof was already used",
             DpopBoundToken => "the token is bound to a key: send it as DPoP with a proof",
             DpopRequired => "a DPoP-bound token and its proof are required",

@@ -47,6 +47,8 @@ pub struct RouteInfo {
     pub llm: Option<Arc<crate::llm::LlmRoute>>,
     /// The budgets and rate limits of the route's policy, if it has any.
     pub quotas: Option<Arc<crate::quota::Quotas>>,
+    /// Credentials over plain HTTP are refused (`spec.requireTls`).
+    pub require_tls: bool,
     /// MCP resource-server mode (`spec.mcp`), when the route has it.
     pub mcp: Option<Arc<crate::mcp::McpRoute>>,
     /// This rule serves the route's RFC 9728 metadata document (a public rule the

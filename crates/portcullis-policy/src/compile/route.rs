@@ -232,6 +232,7 @@ pub(super) fn compile_route(
                     quotas: policies.compiled[policy].quotas.clone(),
                     mcp: mcp.clone(),
                     serves_mcp_metadata: false,
+                    require_tls: spec.require_tls,
                 },
                 methods: methods.into(),
                 requirement,

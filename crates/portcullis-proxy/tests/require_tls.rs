@@ -1,0 +1,96 @@
+//! `requireTls` over real sockets: credentials sent over plain HTTP are refused before the
+//! token is read (RFC 6750 section 5.3: a token seen in cleartext is disclosed), a public
+//! rule without credentials still answers, and `X-Forwarded-Proto: https` counts only from
+//! a trusted load balancer.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use support::{Gateway, client, upstream};
+
+async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Response<Bytes> {
+    let mut req = Request::get(format!("http://{}{path}", gw.addr())).header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client()
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
+}
+
+async fn gateway(calls: Arc<AtomicUsize>, trusted: bool) -> Gateway {
+    let up = upstream(move |_req| {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Response::new(Full::new(Bytes::from("ok")).map_err(|e| match e {}).boxed())
+        }
+    })
+    .await;
+    let rules =
+        "  rules:\n    - match: {path: /health}\n      auth: none\n    - match: {pathPrefix: /}\n";
+    let route = support::route("api", &format!("http://{up}"), "  requireTls: true")
+        .replace("  rules:\n    - match: {pathPrefix: /}\n", rules);
+    Gateway::start(&[("p.yaml", support::policy()), ("r.yaml", route)], |o| {
+        if trusted {
+            o.limits.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn credentials_over_plain_http_are_refused_unread_rfc6750_s5_3() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gw = gateway(calls.clone(), false).await;
+    let auth = format!("Bearer {}", support::token());
+    let r = get(&gw, "/orders", &[("authorization", &auth)]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(r.body()).contains("cleartext_credentials"));
+    // Not even a well-formed token is needed to be refused: nothing was read.
+    let r = get(&gw, "/orders", &[("authorization", "Bearer x")]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // An X-Forwarded-Proto from an untrusted peer changes nothing.
+    let r = get(
+        &gw,
+        "/orders",
+        &[("authorization", &auth), ("x-forwarded-proto", "https")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // A public rule without credentials answers.
+    assert_eq!(get(&gw, "/health", &[]).await.status(), StatusCode::OK);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "a refused request reached the backend"
+    );
+    assert_eq!(
+        gw.metric("portcullis_auth_decisions_total{decision=\"deny\",reason=\"cleartext_credentials\",route=\"default/api\"}"),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn a_trusted_load_balancer_terminating_tls_is_believed() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gw = gateway(calls.clone(), true).await;
+    let auth = format!("Bearer {}", support::token());
+    let r = get(
+        &gw,
+        "/orders",
+        &[("authorization", &auth), ("x-forwarded-proto", "https")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = get(&gw, "/orders", &[("authorization", &auth)]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
