@@ -94,3 +94,54 @@ async fn a_trusted_load_balancer_terminating_tls_is_believed() {
     let r = get(&gw, "/orders", &[("authorization", &auth)]).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
+
+/// A request over real TLS: credentials are accepted on a `requireTls` route, and the
+/// answer carries `Strict-Transport-Security` (RFC 6797 section 7.1).
+#[tokio::test]
+async fn over_tls_credentials_pass_and_hsts_is_sent_rfc6797_s7_1() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("tls.key"), cert.signing_key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), cert.cert.pem()).unwrap();
+    let up = upstream(|_req| async {
+        Response::new(Full::new(Bytes::from("ok")).map_err(|e| match e {}).boxed())
+    })
+    .await;
+    let route = support::route("api", &format!("http://{up}"), "  requireTls: true");
+    let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let gw = Gateway::start(&[("p.yaml", support::policy()), ("r.yaml", route)], |o| {
+        o.tls = Some((crt, key));
+        o.limits.hsts = Some(http::HeaderValue::from_static("max-age=31536000"));
+    })
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let auth = format!("Bearer {}", support::token());
+    let req = Request::get("/orders")
+        .header("host", "localhost")
+        .header("authorization", auth)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["strict-transport-security"],
+        "max-age=31536000"
+    );
+}

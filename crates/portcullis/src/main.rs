@@ -173,6 +173,11 @@ pub(crate) struct ConnectionArgs {
     /// upstream connections wake each other across threads).
     #[arg(long, default_value = "auto", value_parser = workers)]
     workers: Workers,
+    /// With TLS: send `Strict-Transport-Security: max-age=<this>` on every response, so
+    /// browsers never reach this host over plain HTTP again (RFC 6797). E.g. `365d` is
+    /// written `8760h`. Unset: no header.
+    #[arg(long, value_parser = nonzero_duration)]
+    hsts_max_age: Option<std::time::Duration>,
 }
 
 /// `--workers`: a count, or one per available CPU.
@@ -211,6 +216,9 @@ impl ConnectionArgs {
         limits.http2_keep_alive_interval = self.http2_keep_alive_interval;
         limits.http2_keep_alive_timeout = self.http2_keep_alive_timeout;
         limits.trusted_proxies = self.trusted_proxies.clone();
+        limits.hsts = self
+            .hsts_max_age
+            .and_then(|d| http::HeaderValue::from_str(&format!("max-age={}", d.as_secs())).ok());
         limits.workers = match self.workers {
             // The CPUs this process may use (a cgroup quota or `taskset` lowers it).
             Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),

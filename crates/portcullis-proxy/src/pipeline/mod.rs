@@ -108,6 +108,10 @@ pub struct Limits {
     /// Threads serving the proxy port, each with a runtime and an upstream connection pool
     /// of its own (see `server::serve_proxy`); 0 serves on the caller's runtime.
     pub workers: usize,
+    /// `Strict-Transport-Security` sent on every response over TLS (e.g.
+    /// `max-age=31536000`), so browsers never send credentials in cleartext again; `None`
+    /// sends none.
+    pub hsts: Option<HeaderValue>,
 }
 
 impl Default for Limits {
@@ -125,6 +129,7 @@ impl Default for Limits {
             max_connections: 10_000,
             trusted_proxies: Vec::new(),
             workers: 0,
+            hsts: None,
         }
     }
 }
@@ -263,7 +268,14 @@ impl Pipeline {
         let mut log = RequestLog::start(&self.metrics, &req, peer);
         let version = req.version();
         let outcome = self.phases(req, &mut log, tls).await;
-        Ok(self.respond(outcome, log, version))
+        let mut resp = self.respond(outcome, log, version);
+        // RFC 6797 section 7.2: only over TLS (a plain-HTTP answer's header is ignored, and
+        // could be forged anyway).
+        if tls && let Some(hsts) = &self.limits.hsts {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+        Ok(resp)
     }
 }
 
