@@ -6,7 +6,7 @@
 #   scripts/dpop-tests.sh
 #
 # Env: PORTCULLIS_BIN (default target/debug/portcullis; this script never builds it),
-#      DPOP_MODE (the TokenPolicy's dpop.mode, default `required`),
+#      DPOP_MODE (the TokenPolicy's dpop.mode, default `Required`),
 #      DPOP_NPM_CI=1 (run `npm ci` even when node_modules look current),
 #      KEEP_WORK=1 (keep the work directory, logs and manifests, also on success),
 #      REFERENCE=1 (tests/dpop/reference-rs.mjs, a small jose resource server, stands where the
@@ -19,12 +19,14 @@
 #      algorithms: [ES256], maxAge: 60s}) and an ApiRoute for 127.0.0.1 to the upstream;
 #   2. client.mjs: a DPoP-bound token (cnf.jkt) from the provider, a 200 through the gateway with
 #      oauth4webapi's DPoP handle, then the attacks (bearer use of the bound token, proofs by other
-#      keys, replays, wrong htu/htm/ath/iat/typ/alg, private jwk, missing or doubled proof,
+#      keys, replays, wrong htu/htm/ath/iat/typ/alg (HS256, none, EdDSA where only ES256 is
+#      configured), private jwk, missing or doubled proof,
 #      unbound tokens);
 #   3. checks.mjs: PASS/FAIL per case: 200 for the legitimate calls; 401 for every attack (400 or
 #      401 for a missing or doubled proof), proof errors with `DPoP error="invalid_dpop_proof",
 #      algs="..."`, the bound token as Bearer with invalid_token, an unbound token with a DPoP
-#      challenge; the upstream got only the accepted requests;
+#      challenge; every DPoP challenge's algs exactly the configured [ES256] (RFC 9449 section
+#      7.1); the upstream got only the accepted requests;
 #   4. portcullis still running, no panic.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -105,7 +107,7 @@ read -r OIDC_PORT OIDC_ADMIN GW_PORT GW_ADMIN <<<"$(free_ports 4)"
 ISSUER="http://127.0.0.1:$OIDC_PORT"
 GATEWAY="http://127.0.0.1:$GW_PORT"
 RESOURCE=https://api.portcullis.test
-DPOP_MODE=${DPOP_MODE:-required}
+DPOP_MODE=${DPOP_MODE:-Required}
 
 # --- the OpenID provider ----------------------------------------------------------------------------
 (cd "$ROOT/e2e/oidc" && exec env PORT="$OIDC_PORT" ADMIN_PORT="$OIDC_ADMIN" node provider.mjs) \
@@ -194,7 +196,7 @@ fi
 echo "client: $(head -c 4000 "$WORK/client.json")"
 echo
 echo "== checks"
-node "$ROOT/tests/dpop/checks.mjs" "$WORK/client.json" "$WORK/echo.log" | tee "$WORK/checks.txt"
+EXPECT_ALGS=ES256 node "$ROOT/tests/dpop/checks.mjs" "$WORK/client.json" "$WORK/echo.log" | tee "$WORK/checks.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || FAILED+=("$(grep -c '^FAIL' "$WORK/checks.txt") check(s)")
 
 if kill -0 "$GW_PID" 2>/dev/null && ! grep -q -i 'panicked' "$WORK/portcullis.log"; then

@@ -37,6 +37,8 @@ else
   echo "== MCP: the official SDK client (OAuth against oidc-provider) and the conformance suite through Portcullis"
   cargo build --locked -q -p portcullis
   PORTCULLIS_BIN="$PWD/${CARGO_TARGET_DIR:-target}/debug/portcullis" scripts/mcp-tests.sh
+  echo "== DPoP: oauth4webapi gets a DPoP-bound token from oidc-provider and calls through Portcullis; proof attacks refused"
+  PORTCULLIS_BIN="$PWD/${CARGO_TARGET_DIR:-target}/debug/portcullis" scripts/dpop-tests.sh
 fi
 if [ "${SKIP_FUZZ:-0}" = 1 ]; then
   echo "== fuzz smoke SKIPPED (SKIP_FUZZ=1)"

@@ -56,6 +56,7 @@ const expectations = {
   h_typ_jwt: { status: [401], challenge: PROOF_ERROR },
   i1_hs256: { status: [401], challenge: PROOF_ERROR },
   i2_none: { status: [401], challenge: PROOF_ERROR },
+  i3_alg_not_allowed: { status: [401], challenge: PROOF_ERROR },
   j_private_d: { status: [401], challenge: PROOF_ERROR },
   // No proof / two proofs: a refusal, 400 (malformed request) or 401; a 401 names DPoP.
   k_no_proof: { status: [400, 401], challenge401: [/\bDPoP\b/] },
@@ -73,6 +74,7 @@ for (const [name, want] of Object.entries(expectations)) {
   }
   const problems = [];
   if (got.error) problems.push(`request failed: ${got.error.split('\n')[0]}`);
+  if (got.bound_to_proof_key === false) problems.push('setup: the token is not bound to the proof key');
   if (!want.status.includes(got.status)) problems.push(`status ${got.status}, want ${want.status.join(' or ')}`);
   const patterns = [...(want.challenge ?? []), ...(got.status === 401 ? want.challenge401 ?? [] : [])];
   for (const re of patterns) {
@@ -83,6 +85,22 @@ for (const [name, want] of Object.entries(expectations)) {
 }
 for (const name of Object.keys(result.cases)) {
   if (!(name in expectations)) check(name, false, 'no expectation for this case');
+}
+
+// RFC 9449 section 7.1: `algs` lists the algorithms the resource server accepts, i.e. the
+// issuer's dpop.algorithms (EXPECT_ALGS, default ES256), not more.
+{
+  const want = (process.env.EXPECT_ALGS ?? 'ES256').split(/\s+/).filter(Boolean).sort().join(' ');
+  const wrong = [];
+  for (const [name, got] of Object.entries(result.cases)) {
+    const m = /\bDPoP\b.*?\balgs="([^"]*)"/.exec(got.challenge ?? '');
+    if (!m) continue;
+    const algs = m[1].split(/\s+/).filter(Boolean).sort().join(' ');
+    if (algs !== want) wrong.push(`${name}: algs="${m[1]}"`);
+  }
+  const distinct = [...new Set(wrong.map((w) => w.replace(/^[^:]*: /, '')))];
+  check(`DPoP challenges advertise exactly the configured algorithms (algs="${want}")`,
+    wrong.length === 0, wrong.length ? `${wrong.length} challenge(s) with ${distinct.join(', ')}` : '');
 }
 
 // The upstream saw exactly the requests that were let through, each once.

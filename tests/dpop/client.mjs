@@ -33,6 +33,8 @@
 //   h_typ_jwt      typ JWT
 //   i1_hs256       alg HS256 with the token's public jwk, HMAC keyed with that jwk (alg confusion)
 //   i2_none        alg none, the token's public jwk, empty signature
+//   i3_alg_not_allowed  a valid EdDSA proof for a token bound to an Ed25519 key (the provider
+//                  accepts Ed25519 proofs; the gateway's dpop.algorithms is only ES256)
 //   j_private_d    a valid proof whose jwk also carries the private `d`
 //   k_no_proof     `Authorization: DPoP` without a DPoP header
 //   l_two_proofs   two DPoP header fields, each a valid proof
@@ -43,7 +45,9 @@ import http from 'node:http';
 import https from 'node:https';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import * as oauth from 'oauth4webapi';
-import { SignJWT, decodeJwt, exportJWK, generateKeyPair } from 'jose';
+import {
+  SignJWT, calculateJwkThumbprint, decodeJwt, exportJWK, generateKeyPair,
+} from 'jose';
 
 const env = (name, fallback) => {
   const v = process.env[name] ?? fallback;
@@ -291,6 +295,21 @@ async function main() {
     rawClaims(n),
     null,
   ))));
+  // An algorithm the gateway's issuer does not allow (its dpop.algorithms: ES256), for a token
+  // really bound to that key (the provider accepts Ed25519 proofs).
+  await run('i3_alg_not_allowed', async (n) => {
+    const ed = await generateKeyPair('EdDSA', { extractable: true });
+    const edToken = (await clientCredentials(
+      as, env('CLIENT_ID', 'dpop-client'), env('CLIENT_SECRET', 'dpop-client-secret'), params,
+      oauth.DPoP({}, ed),
+    )).access_token;
+    const edJkt = decodeJwt(edToken).cnf?.jkt;
+    const edJwk = await exportJWK(ed.publicKey);
+    const p = await proof(n, {
+      header: { alg: 'EdDSA', jwk: edJwk }, key: ed.privateKey, token: edToken,
+    });
+    return { ...(await send(n, 'GET', dpopHeaders(p, edToken))), bound_to_proof_key: edJkt === await calculateJwkThumbprint(edJwk) };
+  });
   // (j) a jwk with its private part, otherwise a valid proof by the bound key.
   await run('j_private_d', async (n) => send(n, 'GET', dpopHeaders(await proof(n, { header: { jwk: privateJwk } }))));
   // (k) the DPoP scheme without a proof; (l) two proofs.

@@ -218,6 +218,28 @@ pub struct IssuerSpec {
     /// as `Bearer`; `mode` says what happens to tokens that are not bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpop: Option<DpopSpec>,
+
+    /// Certificate-bound tokens (RFC 8705 section 3) for this issuer. A token whose
+    /// `cnf.x5t#S256` names a certificate is always accepted only from a client that
+    /// presented that certificate over TLS to the proxy (`--tls-client-ca` verifies it).
+    /// `Required`: every token must be certificate-bound. `Optional` (default) and `Off`:
+    /// unbound tokens are bearer tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_bound: Option<CertificateBinding>,
+}
+
+/// Whether an issuer's tokens must be bound to a client certificate (RFC 8705).
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum CertificateBinding {
+    /// Bound tokens need their certificate; others are bearer tokens.
+    Off,
+    /// Bound tokens need their certificate; others are bearer tokens.
+    #[default]
+    Optional,
+    /// Every token must be bound and come with its certificate.
+    Required,
 }
 
 /// Sender-constrained tokens by DPoP (RFC 9449).

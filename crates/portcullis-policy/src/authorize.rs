@@ -52,6 +52,7 @@ fn deny<'s>(
         fingerprint,
         cache_hit,
         missing_scopes: None,
+        dpop_algs: None,
     })
 }
 
@@ -353,7 +354,18 @@ impl Snapshot {
             return deny(reason, route, fp, a.cache_hit);
         }
         if let Err(reason) = check_binding(policy, &a, req, now) {
-            return deny(reason, route, fp, a.cache_hit);
+            let mut d = deny(reason, route, fp, a.cache_hit);
+            if let Decision::Deny(d) = &mut d
+                && reason.dpop_challenge()
+            {
+                d.dpop_algs = a
+                    .principal
+                    .issuer
+                    .as_deref()
+                    .and_then(|i| policy.dpop.get(i))
+                    .map(|c| c.algs_header.clone());
+            }
+            return d;
         }
         let p = &a.principal;
         let mut missing: Vec<&str> = all
@@ -399,6 +411,7 @@ impl Snapshot {
                 fingerprint: fp,
                 cache_hit: a.cache_hit,
                 missing_scopes: Some(scopes.join(" ")),
+                dpop_algs: None,
             });
         }
         Decision::Allow(Allow {
@@ -466,8 +479,21 @@ fn check_binding(
         // Section 7.1: a bound token sent as a bearer token is refused.
         (Some(Confirmation::JwkThumbprint(_)), _) => Err(DenyReason::DpopBoundToken),
         (_, Some(TokenScheme::Dpop)) => Err(DenyReason::DpopRequired),
-        (None, _) if cfg.required && p.kind != crate::principal::PrincipalKind::ApiKey => {
-            Err(DenyReason::DpopRequired)
+        // RFC 8705 section 3: only from the client that holds the certificate.
+        (Some(Confirmation::CertificateSha256(x5t)), _) => {
+            match req.credentials.peer_certificate_sha256 {
+                Some(presented) if presented == x5t => Ok(()),
+                _ => Err(DenyReason::CertificateBoundToken),
+            }
+        }
+        (None, _) if p.kind == crate::principal::PrincipalKind::ApiKey => Ok(()),
+        (None, _) if cfg.required => Err(DenyReason::DpopRequired),
+        (None, _)
+            if p.issuer
+                .as_deref()
+                .is_some_and(|i| policy.certificate_required.iter().any(|r| r == i)) =>
+        {
+            Err(DenyReason::CertificateRequired)
         }
         _ => Ok(()),
     }

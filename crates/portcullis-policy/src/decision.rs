@@ -214,6 +214,9 @@ pub struct Deny<'s> {
     pub cache_hit: bool,
     /// For `insufficient_scope`: the scopes that were missing, space-separated.
     pub missing_scopes: Option<String>,
+    /// For a DPoP refusal: the algorithms the issuer accepts for proofs (the challenge's
+    /// `algs`, RFC 9449 section 7.1); the defaults when unset.
+    pub dpop_algs: Option<std::sync::Arc<str>>,
 }
 
 /// A key source worth fetching again: a trusted issuer signed with a `kid` that is not in
@@ -277,7 +280,9 @@ impl Deny<'_> {
             // RFC 9449 section 7.1: a DPoP challenge, with the algorithms proofs may use.
             format!(
                 "DPoP realm=\"portcullis\", algs=\"{}\"",
-                crate::dpop::DEFAULT_ALGS_HEADER
+                self.dpop_algs
+                    .as_deref()
+                    .unwrap_or(crate::dpop::DEFAULT_ALGS_HEADER)
             )
         } else {
             String::from("Bearer realm=\"portcullis\"")

@@ -46,6 +46,8 @@ pub(crate) struct DpopConfig {
     pub(crate) algorithms: Vec<Algorithm>,
     /// Largest age of a proof's `iat`, seconds.
     pub(crate) max_age: i64,
+    /// `algorithms` as a challenge's `algs`.
+    pub(crate) algs_header: std::sync::Arc<str>,
 }
 
 impl Default for DpopConfig {
@@ -56,10 +58,17 @@ impl Default for DpopConfig {
 
 impl DpopConfig {
     pub(crate) fn new(required: bool, algorithms: Vec<Algorithm>, max_age: i64) -> Self {
+        let algs_header = algorithms
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+            .into();
         Self {
             required,
             algorithms,
             max_age,
+            algs_header,
         }
     }
 }

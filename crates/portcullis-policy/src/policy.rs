@@ -155,6 +155,8 @@ pub(crate) struct PolicyTrust {
     pub(crate) dpop: HashMap<String, crate::dpop::DpopConfig>,
     /// DPoP proofs seen recently, kept across recompiles of the policy.
     pub(crate) dpop_replay: Arc<crate::dpop::ReplayCache>,
+    /// Issuers whose tokens must be certificate-bound (RFC 8705).
+    pub(crate) certificate_required: Vec<String>,
 }
 
 impl PolicyTrust {

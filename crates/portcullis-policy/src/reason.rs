@@ -98,6 +98,11 @@ pub enum DenyReason {
     /// Credentials sent over plain HTTP to a route that requires TLS (`requireTls`): refused
     /// before the token is read (RFC 6750 section 5.3), 403.
     CleartextCredentials,
+    /// A certificate-bound token (`cnf.x5t#S256`, RFC 8705 section 3) from a client that
+    /// did not present that certificate over TLS.
+    CertificateBoundToken,
+    /// Where the issuer requires certificate-bound tokens, a token that is not bound.
+    CertificateRequired,
     /// A DPoP proof (RFC 9449 section 4.3) that does not check out: missing, malformed,
     /// mistyped, an algorithm not allowed, a private or wrong key, another method, URI or
     /// token, too old (401 `invalid_dpop_proof`).
@@ -156,6 +161,8 @@ impl DenyReason {
         DenyReason::IntrospectionUnavailable,
         DenyReason::RevokedSession,
         DenyReason::CleartextCredentials,
+        DenyReason::CertificateBoundToken,
+        DenyReason::CertificateRequired,
         DenyReason::InvalidDpopProof,
         DenyReason::DpopReplay,
         DenyReason::DpopBoundToken,
@@ -230,6 +237,8 @@ impl DenyReason {
             RevokedSession => "revoked_session",
             InvalidDpopProof => "invalid_dpop_proof",
             CleartextCredentials => "cleartext_credentials",
+            CertificateBoundToken => "certificate_bound_token",
+            CertificateRequired => "certificate_required",
             DpopReplay => "dpop_replay",
             DpopBoundToken => "dpop_bound_token",
             DpopRequired => "dpop_required",
@@ -275,6 +284,10 @@ impl DenyReason {
             | RevokedApiKey => "the token has been revoked",
             McpOrigin => "this origin may not call the MCP server",
             InvalidDpopProof => "the DPoP proof is invalid",
+            CertificateBoundToken => {
+                "the token is bound to a client certificate this connection did not present"
+            }
+            CertificateRequired => "a token bound to the client's certificate is required",
             CleartextCredentials => {
                 "credentials were sent without TLS: use https, and treat the token as disclosed"
             }

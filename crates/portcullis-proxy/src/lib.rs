@@ -44,6 +44,9 @@ pub struct StandaloneOptions {
     pub admin: SocketAddr,
     /// TLS certificate and key (PEM files), reloaded on change.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// With `tls`: CA certificates (PEM) client certificates are verified against (mTLS-
+    /// bound tokens, RFC 8705).
+    pub tls_client_ca: Option<PathBuf>,
     /// Limits against abuse.
     pub limits: Limits,
     /// Wait this long after a file change before reloading.
@@ -77,6 +80,7 @@ impl StandaloneOptions {
             unknown_kid_refetch: true,
             body_filters: None,
             events_file: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -124,9 +128,14 @@ async fn serve(
     listen: SocketAddr,
     admin: SocketAddr,
     tls: Option<&(PathBuf, PathBuf)>,
+    client_ca: Option<&PathBuf>,
 ) -> Result<Running, StartError> {
     let tls = match tls {
-        Some((cert, key)) => Some(tls::acceptor(cert.clone(), key.clone())?),
+        Some((cert, key)) => Some(tls::acceptor_with_clients(
+            cert.clone(),
+            key.clone(),
+            client_ca.cloned(),
+        )?),
         None => None,
     };
     let proxy = server::bind(listen).await?;
@@ -224,6 +233,7 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
         opts.listen,
         opts.admin,
         opts.tls.as_ref(),
+        opts.tls_client_ca.as_ref(),
     )
     .await?;
     tokio::spawn(standalone::run_watch(
@@ -267,6 +277,9 @@ pub struct ProxyOptions {
     pub admin: SocketAddr,
     /// TLS certificate and key (PEM files), reloaded on change.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// With `tls`: CA certificates (PEM) client certificates are verified against (mTLS-
+    /// bound tokens, RFC 8705).
+    pub tls_client_ca: Option<PathBuf>,
     /// Limits against abuse.
     pub limits: Limits,
     /// The controller subscription.
@@ -300,6 +313,7 @@ pub async fn start_proxy(opts: ProxyOptions) -> Result<Running, StartError> {
         opts.listen,
         opts.admin,
         opts.tls.as_ref(),
+        opts.tls_client_ca.as_ref(),
     )
     .await?;
     tokio::spawn(sub.run());

@@ -297,6 +297,8 @@ struct ConnContext {
     metrics: Metrics,
     peer: SocketAddr,
     is_tls: bool,
+    /// The SHA-256 of the client's verified TLS certificate, if it presented one.
+    peer_certificate: Option<[u8; 32]>,
     first_request_timeout: Duration,
     /// `first_request_timeout` is the header read timeout (the smaller of the two): a
     /// connection cut by it is counted as `header_read_timeout`.
@@ -315,6 +317,7 @@ where
         metrics,
         peer,
         is_tls,
+        peer_certificate,
         first_request_timeout,
         first_is_header_read,
         idle_timeout,
@@ -323,10 +326,14 @@ where
     let client = Arc::new(Peer::new(peer));
     let service = {
         let tracker = tracker.clone();
-        service_fn(move |req: Request<Incoming>| {
+        service_fn(move |mut req: Request<Incoming>| {
             // Called once the request head is in: the request is in flight from here
             // until its response body is done.
             let in_flight = InFlight::start(&tracker);
+            if let Some(c) = peer_certificate {
+                req.extensions_mut()
+                    .insert(crate::pipeline::PeerCertificate(c));
+            }
             let pipeline = pipeline.clone();
             let client = client.clone();
             async move {
@@ -599,6 +606,7 @@ async fn accept_loop(
             metrics: metrics.clone(),
             peer,
             is_tls: tls.is_some(),
+            peer_certificate: None,
             first_request_timeout,
             first_is_header_read,
             idle_timeout,
@@ -635,7 +643,23 @@ async fn accept_loop(
                                 return;
                             }
                         };
-                    serve_connection(stream, ctx, shutdown).await
+                    // RFC 8705 section 3: the certificate mTLS-bound tokens name, verified
+                    // against the client CA during the handshake.
+                    let peer_certificate = stream.get_ref().1.peer_certificates().and_then(|c| {
+                        c.first().map(|leaf| {
+                            use sha2::Digest;
+                            sha2::Sha256::digest(leaf.as_ref()).into()
+                        })
+                    });
+                    serve_connection(
+                        stream,
+                        ConnContext {
+                            peer_certificate,
+                            ..ctx
+                        },
+                        shutdown,
+                    )
+                    .await
                 }
             }
         });

@@ -83,14 +83,47 @@ fn mtimes(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
 
 /// Builds an acceptor (ALPN `h2`, `http/1.1`) from PEM files and starts watching them.
 pub fn acceptor(cert: PathBuf, key: PathBuf) -> Result<TlsAcceptor, TlsError> {
+    acceptor_with_clients(cert, key, None)
+}
+
+/// [`acceptor`], asking clients for a certificate issued by a CA of `client_ca` (PEM):
+/// optional (a client without one is served; its mTLS-bound tokens are refused), but one
+/// presented must verify (RFC 8705 section 2: the certificate mTLS-bound tokens name).
+pub fn acceptor_with_clients(
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+) -> Result<TlsAcceptor, TlsError> {
     let resolver = Arc::new(Resolver(ArcSwap::from_pointee(load(&cert, &key)?)));
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("default protocol versions are valid")
-    .with_no_client_auth()
-    .with_cert_resolver(resolver.clone());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("default protocol versions are valid");
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let pem = std::fs::read(&ca).map_err(|source| TlsError::Read {
+                path: ca.clone(),
+                source,
+            })?;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut pem.as_slice()).filter_map(Result::ok) {
+                roots.add(c).map_err(|_| TlsError::Empty(ca.clone()))?;
+            }
+            if roots.is_empty() {
+                return Err(TlsError::Empty(ca));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|_| TlsError::Empty(ca))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let mut seen = mtimes(&cert, &key);
     tokio::spawn(async move {

@@ -222,6 +222,7 @@ async fn proxy(controller: SocketAddr, state_file: std::path::PathBuf) -> Runnin
         listen: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
         tls: None,
+        tls_client_ca: None,
         limits: Default::default(),
         subscriber: SubscriberOptions {
             controller: format!("http://{controller}").parse().unwrap(),

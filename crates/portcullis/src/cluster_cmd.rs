@@ -89,6 +89,11 @@ pub struct ProxyArgs {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// With --tls-cert: CA certificates (PEM) that client certificates are verified
+    /// against. A client may present one (it is not required); certificate-bound tokens
+    /// (`cnf.x5t#S256`, RFC 8705) are accepted only with the certificate they name.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     pub connections: crate::ConnectionArgs,
 }
@@ -224,6 +229,7 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         listen: args.listen,
         admin: args.admin,
         tls: args.tls_cert.zip(args.tls_key),
+        tls_client_ca: args.tls_client_ca,
         limits: {
             let mut limits = portcullis_proxy::Limits::default();
             args.connections.apply(&mut limits);

@@ -88,6 +88,11 @@ struct StandaloneArgs {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// With --tls-cert: CA certificates (PEM) that client certificates are verified
+    /// against. A client may present one (it is not required); certificate-bound tokens
+    /// (`cnf.x5t#S256`, RFC 8705) are accepted only with the certificate they name.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Verified tokens (and introspection verdicts) cached per TokenPolicy, by the token's
     /// SHA-256. A token found there skips signature verification; revocations, lifetime and
     /// scopes are still checked on every request. Size it above the number of distinct
@@ -305,6 +310,7 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     opts.listen = args.listen;
     opts.admin = args.admin;
     opts.tls = args.tls_cert.zip(args.tls_key);
+    opts.tls_client_ca = args.tls_client_ca;
     args.connections.apply(&mut opts.limits);
     opts.compile.cache_capacity = args.token_cache_size;
     opts.unknown_kid_hold = args.key_refetch.unknown_kid_hold;

@@ -154,6 +154,7 @@ pub async fn proxy(controller: SocketAddr, state_file: Option<std::path::PathBuf
         listen: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
         tls: None,
+        tls_client_ca: None,
         limits: Default::default(),
         subscriber: SubscriberOptions {
             controller: format!("http://{controller}").parse().unwrap(),

@@ -324,6 +324,12 @@ pub(super) fn compile_policy(
         quotas,
         events,
         dpop,
+        certificate_required: spec
+            .issuers
+            .iter()
+            .filter(|i| i.certificate_bound == Some(portcullis_api::CertificateBinding::Required))
+            .map(|i| i.issuer.clone())
+            .collect(),
         dpop_replay: Arc::new(crate::dpop::ReplayCache::new(
             options.cache_capacity.max(1024) * 4,
         )),

@@ -134,6 +134,11 @@ impl Default for Limits {
     }
 }
 
+/// The SHA-256 of a client's verified TLS certificate, as a request extension: what an
+/// mTLS-bound token's `cnf.x5t#S256` must name (RFC 8705 section 3.1).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCertificate(pub [u8; 32]);
+
 /// The client end of a connection, as the request path uses it.
 #[derive(Debug, Clone)]
 pub struct Peer {

@@ -239,7 +239,13 @@ impl Pipeline {
             host: &target.host,
             path: &target.path,
             query: uri.query(),
-            credentials: Credentials::from_headers(&head.headers),
+            credentials: Credentials {
+                peer_certificate_sha256: head
+                    .extensions
+                    .get::<super::PeerCertificate>()
+                    .map(|c| c.0),
+                ..Credentials::from_headers(&head.headers)
+            },
             mcp: mcp_headers(&head.headers, &mut decoded_name),
         };
         let mut decision = snapshot.authorize(&parts);
