@@ -121,6 +121,7 @@ pub(crate) struct ProofTarget<'a> {
 
 /// Checks one DPoP proof for a token whose SHA-256 is `token_sha256`, bound to the key
 /// with thumbprint `jkt`. Any failure is [`DenyReason::InvalidDpopProof`].
+#[allow(clippy::too_many_arguments)] // each is one input of section 4.3's checks
 pub(crate) fn check_proof(
     proof: &str,
     target: ProofTarget<'_>,

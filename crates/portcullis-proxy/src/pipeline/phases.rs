@@ -205,6 +205,7 @@ impl Pipeline {
     /// decision pending on IO is resumed once it is done: an unknown `kid` from fetched keys
     /// waits (bounded) for a snapshot with refetched keys, kept in `refreshed`; an opaque
     /// token is introspected. A denial is answered here.
+    #[allow(clippy::too_many_arguments)] // each is one thing the phase reads or writes
     pub(super) async fn authorize_phase<'s>(
         &self,
         snapshot: &'s Snapshot,
