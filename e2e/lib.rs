@@ -122,7 +122,8 @@ pub fn start_controller(identity: &str, push: u16, metrics: u16, extra: &[&str])
 }
 
 /// Starts a proxy `name` subscribed to the controller on `controller` with the token in
-/// `token_file`, serving on `listen` and its admin port on `admin`; `extra` adds flags.
+/// `token_file`, serving on `listen` and its admin port on `admin`; `extra` adds flags
+/// (a `--controller URL` there replaces `http://127.0.0.1:<controller>`).
 pub fn start_proxy(
     name: &str,
     controller: u16,
@@ -132,10 +133,11 @@ pub fn start_proxy(
 ) -> Proc {
     let controller = format!("http://127.0.0.1:{controller}");
     let (listen, admin) = (format!("127.0.0.1:{listen}"), format!("127.0.0.1:{admin}"));
-    let mut args = vec![
-        "proxy",
-        "--controller",
-        &controller,
+    let mut args = vec!["proxy"];
+    if !extra.contains(&"--controller") {
+        args.extend(["--controller", &controller]);
+    }
+    args.extend([
         "--token-file",
         token_file.to_str().unwrap(),
         "--name",
@@ -144,7 +146,7 @@ pub fn start_proxy(
         &listen,
         "--admin",
         &admin,
-    ];
+    ]);
     args.extend_from_slice(extra);
     Proc::start(name, &args)
 }

@@ -82,6 +82,7 @@ async fn run(proxies: usize, rounds: usize) {
             state_file: None,
             compile: Default::default(),
             ca_file: None,
+            client_cert: None,
         };
         tokio::spawn(Subscriber::new(opts, config.clone(), metrics).run());
         configs.push(config);

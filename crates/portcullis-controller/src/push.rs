@@ -48,7 +48,20 @@ pub struct PushState {
 /// Serves the push endpoint (config streams, `/healthz`, `/readyz`) until `shutdown`
 /// turns true; open streams then end, so proxies reconnect to another replica.
 pub async fn serve(listener: TcpListener, state: Arc<PushState>, shutdown: watch::Receiver<bool>) {
-    serve_port(listener, state, shutdown, Port::Push).await
+    serve_port(listener, state, shutdown, Port::Push, None).await
+}
+
+/// [`serve`] over TLS: config streams carry keys, revocations and introspection client
+/// secrets, so they travel encrypted, and a proxy verifies it is talking to the
+/// controller. `acceptor` re-reads its certificate when the files change (cert-manager
+/// renewals need no restart) and may require client certificates (mutual TLS).
+pub async fn serve_tls(
+    listener: TcpListener,
+    state: Arc<PushState>,
+    shutdown: watch::Receiver<bool>,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    serve_port(listener, state, shutdown, Port::Push, Some(acceptor)).await
 }
 
 /// Serves the metrics port (`/metrics`, `/healthz`, `/readyz`; no config streams), kept
@@ -59,7 +72,7 @@ pub async fn serve_metrics(
     state: Arc<PushState>,
     shutdown: watch::Receiver<bool>,
 ) {
-    serve_port(listener, state, shutdown, Port::Metrics).await
+    serve_port(listener, state, shutdown, Port::Metrics, None).await
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -73,6 +86,7 @@ async fn serve_port(
     state: Arc<PushState>,
     mut shutdown: watch::Receiver<bool>,
     port: Port,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let addr = listener.local_addr().ok();
     info!(?addr, ?port, "controller endpoint listening");
@@ -84,6 +98,7 @@ async fn serve_port(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
@@ -97,7 +112,22 @@ async fn serve_port(
             b.http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10));
-            let _ = b.serve_connection(TokioIo::new(stream), service).await;
+            match tls {
+                None => {
+                    let _ = b.serve_connection(TokioIo::new(stream), service).await;
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            let _ = b.serve_connection(TokioIo::new(tls), service).await;
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
         });
     }
 }

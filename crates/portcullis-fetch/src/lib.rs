@@ -12,6 +12,7 @@ pub mod client;
 pub mod introspect;
 pub mod keys;
 pub mod ssf;
+pub mod tls;
 
 pub use client::{FetchError, HttpClient};
 pub use introspect::Introspector;

@@ -21,7 +21,8 @@ pub mod quota;
 pub mod server;
 pub mod standalone;
 pub mod subscriber;
-pub mod tls;
+/// TLS termination (shared with the controller's push port).
+pub use portcullis_fetch::tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -231,6 +231,7 @@ async fn proxy(controller: SocketAddr, state_file: std::path::PathBuf) -> Runnin
             state_file: Some(state_file),
             compile: Default::default(),
             ca_file: None,
+            client_cert: None,
         },
     })
     .await

@@ -54,6 +54,19 @@ pub struct ControllerArgs {
     /// The ConfigMap (in the Lease's namespace) the leader checkpoints the quota ledger to.
     #[arg(long, default_value = "portcullis-quota-ledger")]
     pub quota_configmap: String,
+    /// Serve the push endpoint over TLS with this certificate chain (PEM), re-read when
+    /// the file changes (a renewed certificate takes effect without a restart). Config
+    /// streams carry keys, revocations and introspection credentials: proxies then
+    /// connect to https://... and verify it with --controller-ca.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// With --tls-cert: require every proxy to present a client certificate issued by a
+    /// CA of this bundle (mutual TLS), besides its ServiceAccount token.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// `portcullis proxy`.
@@ -77,6 +90,13 @@ pub struct ProxyArgs {
     /// CA bundle (PEM) for an https controller.
     #[arg(long)]
     pub controller_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for a controller that requires mutual TLS
+    /// (`--tls-client-ca` there); re-read on every connect.
+    #[arg(long, requires = "controller_client_key")]
+    pub controller_client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --controller-client-cert.
+    #[arg(long, requires = "controller_client_cert")]
+    pub controller_client_key: Option<PathBuf>,
     /// Proxy listen address.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -193,7 +213,23 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         listener.local_addr()?,
         metrics_listener.local_addr()?
     );
-    let server = tokio::spawn(push::serve(listener, state.clone(), shutdown.clone()));
+    let server = match args.tls_cert.clone().zip(args.tls_key.clone()) {
+        Some((cert, key)) => {
+            let acceptor = portcullis_proxy::tls::acceptor_requiring_clients(
+                cert,
+                key,
+                args.tls_client_ca.clone(),
+            )
+            .context("the push endpoint's TLS certificate")?;
+            tokio::spawn(push::serve_tls(
+                listener,
+                state.clone(),
+                shutdown.clone(),
+                acceptor,
+            ))
+        }
+        None => tokio::spawn(push::serve(listener, state.clone(), shutdown.clone())),
+    };
     tokio::spawn(push::serve_metrics(
         metrics_listener,
         state,
@@ -242,6 +278,7 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             state_file: args.state_file,
             compile: Default::default(),
             ca_file: args.controller_ca,
+            client_cert: args.controller_client_cert.zip(args.controller_client_key),
         },
     };
     let running = portcullis_proxy::start_proxy(opts).await?;

@@ -163,6 +163,7 @@ pub async fn proxy(controller: SocketAddr, state_file: Option<std::path::PathBuf
             state_file,
             compile: Default::default(),
             ca_file: None,
+            client_cert: None,
         },
     })
     .await

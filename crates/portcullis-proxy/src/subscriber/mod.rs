@@ -51,6 +51,9 @@ pub struct SubscriberOptions {
     pub compile: CompileOptions,
     /// Extra CA certificates (PEM) for an https controller.
     pub ca_file: Option<PathBuf>,
+    /// A client certificate and key (PEM) for a controller that requires mutual TLS;
+    /// re-read on every connect, so a renewed pair is used from the next connection.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// Why a stream ended.
@@ -503,11 +506,31 @@ impl Subscriber {
             }
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| StreamError::Connect(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut cfg = match &self.opts.client_cert {
+            None => cfg.with_no_client_auth(),
+            Some((cert, key)) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read(p)
+                        .map_err(|e| StreamError::Connect(format!("{}: {e}", p.display())))
+                };
+                let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+                let chain: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+                    .filter_map(Result::ok)
+                    .collect();
+                let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| {
+                        StreamError::Connect(format!("{}: no private key", key.display()))
+                    })?;
+                cfg.with_client_auth_cert(chain, key)
+                    .map_err(|e| StreamError::Connect(e.to_string()))?
+            }
+        };
         cfg.alpn_protocols = vec![b"h2".to_vec()];
         Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
     }

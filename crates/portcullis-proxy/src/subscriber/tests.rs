@@ -144,6 +144,7 @@ fn subscriber(state_file: Option<PathBuf>) -> (Subscriber, Arc<LiveConfig>) {
         state_file,
         compile: CompileOptions::default(),
         ca_file: None,
+        client_cert: None,
     };
     (Subscriber::new(opts, config.clone(), metrics), config)
 }

@@ -94,6 +94,25 @@ pub fn acceptor_with_clients(
     key: PathBuf,
     client_ca: Option<PathBuf>,
 ) -> Result<TlsAcceptor, TlsError> {
+    server_acceptor(cert, key, client_ca, false)
+}
+
+/// [`acceptor`] for the controller's push port: with `client_ca`, every client must
+/// present a certificate it issued (mutual TLS, besides the ServiceAccount token).
+pub fn acceptor_requiring_clients(
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+) -> Result<TlsAcceptor, TlsError> {
+    server_acceptor(cert, key, client_ca, true)
+}
+
+fn server_acceptor(
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    require_client: bool,
+) -> Result<TlsAcceptor, TlsError> {
     let resolver = Arc::new(Resolver(ArcSwap::from_pointee(load(&cert, &key)?)));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -116,10 +135,13 @@ pub fn acceptor_with_clients(
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
-            )
-            .allow_unauthenticated()
-            .build()
-            .map_err(|_| TlsError::Empty(ca))?;
+            );
+            let verifier = if require_client {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier.build().map_err(|_| TlsError::Empty(ca))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
