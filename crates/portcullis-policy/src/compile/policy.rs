@@ -330,9 +330,10 @@ pub(super) fn compile_policy(
             .filter(|i| i.certificate_bound == Some(portcullis_api::CertificateBinding::Required))
             .map(|i| i.issuer.clone())
             .collect(),
-        dpop_replay: Arc::new(crate::dpop::ReplayCache::new(
-            options.cache_capacity.max(1024) * 4,
-        )),
+        // Proofs live maxAge + 2 x clockSkew (120 s by default): a million of them is about
+        // 8,000 DPoP requests a second per policy on one proxy; past it, fresh proofs are
+        // refused (closed) rather than used ones forgotten early.
+        dpop_replay: Arc::new(crate::dpop::ReplayCache::new(1_000_000)),
     };
     Ok(CompiledPolicy::new(policy_trust, revocations))
 }
