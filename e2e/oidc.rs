@@ -36,29 +36,36 @@ fn basic(id: &str, secret: &str) -> String {
     )
 }
 
+/// Starts `e2e/oidc/<script>` with node on a free `PORT` and `ADMIN_PORT`, and waits for
+/// its `READY` line: the process, its port and its admin port.
+pub fn start_node(script: &str) -> (Child, u16, u16) {
+    let port = free_port();
+    let admin = free_port();
+    let dir = repo().join("e2e/oidc");
+    let mut child = Command::new("node")
+        .arg(dir.join(script))
+        .current_dir(&dir)
+        .env("PORT", port.to_string())
+        .env("ADMIN_PORT", admin.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("node runs e2e/oidc/{script} (run e2e/run.sh): {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("READY"),
+        "{script} did not start: {line:?}"
+    );
+    (child, port, admin)
+}
+
 impl OidcProvider {
     /// Starts the provider and waits until it listens.
     pub fn start() -> OidcProvider {
-        let port = free_port();
-        let admin = free_port();
-        let dir = repo().join("e2e/oidc");
-        let mut child = Command::new("node")
-            .arg(dir.join("provider.mjs"))
-            .current_dir(&dir)
-            .env("PORT", port.to_string())
-            .env("ADMIN_PORT", admin.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node runs e2e/oidc/provider.mjs (run e2e/run.sh, which installs it)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("READY"),
-            "the OpenID provider did not start: {line:?}"
-        );
+        let (child, port, admin) = start_node("provider.mjs");
         OidcProvider { child, port, admin }
     }
 

@@ -43,65 +43,11 @@ for tool in node npm curl; do
   command -v "$tool" >/dev/null || { echo "$tool is required" >&2; exit 2; }
 done
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-dpop.XXXXXX")
-PIDS=()
-FAILED=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ "${KEEP_WORK:-0}" = 1 ] || [ "${#FAILED[@]}" -gt 0 ]; then
-    echo "logs, manifests and results kept in $WORK"
-  else
-    rm -rf "$WORK"
-  fi
-}
-trap cleanup EXIT
-trap 'FAILED+=("interrupted"); exit 130' INT TERM
-
-die() {
-  FAILED+=("$1")
-  echo "FAIL $1" >&2
-  shift
-  for f in "$@"; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 40 "$f" >&2; }; done
-  exit 1
-}
-
-# --- dependencies ------------------------------------------------------------------------------
-npm_deps() { # dir
-  if [ "${DPOP_NPM_CI:-0}" = 1 ] || [ ! -f "$1/node_modules/.package-lock.json" ] \
-    || [ "$1/package-lock.json" -nt "$1/node_modules/.package-lock.json" ]; then
-    echo "== npm ci ($1)"
-    (cd "$1" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in $1"
-  fi
-}
+HARNESS=dpop NPM_CI=${DPOP_NPM_CI:-0}
+# shellcheck source=lib/node-harness.sh
+source "$ROOT/scripts/lib/node-harness.sh"
 npm_deps "$ROOT/tests/dpop"
 npm_deps "$ROOT/e2e/oidc"
-
-# --- helpers -------------------------------------------------------------------------------------
-free_ports() { # n: n distinct free loopback ports
-  node -e '
-    const net = require("net"); const n = Number(process.argv[1]); const servers = [];
-    for (let i = 0; i < n; i++) {
-      const s = net.createServer();
-      s.listen(0, "127.0.0.1", () => {
-        servers.push(s);
-        if (servers.length === n) {
-          console.log(servers.map((x) => x.address().port).join(" "));
-          servers.forEach((x) => x.close());
-        }
-      });
-    }' "$1"
-}
-wait_for_line() { # file pattern pid seconds
-  local i
-  for ((i = 0; i < $4 * 10; i++)); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    kill -0 "$3" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 
 read -r OIDC_PORT OIDC_ADMIN GW_PORT GW_ADMIN <<<"$(free_ports 4)"
 ISSUER="http://127.0.0.1:$OIDC_PORT"

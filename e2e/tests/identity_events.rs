@@ -13,14 +13,13 @@
 //! 4. SSF poll (RFC 8936): RISC credential-compromise fetched by the leader.
 //! 5. Both streams verified (SSF 1.0 section 8.1.4), as the TokenPolicy's status shows.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use portcullis_e2e::kubectl::{apply, install_crds, k, namespace, service_account_token};
 use portcullis_e2e::oidc::{API, OidcProvider};
 use portcullis_e2e::{
-    free_port, http_get, pct, repo, request, start_controller, start_proxy, status, wait_until,
+    free_port, http_get, pct, request, start_controller, start_proxy, status, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -46,25 +45,7 @@ impl Drop for Transmitter {
 
 impl Transmitter {
     fn start() -> Transmitter {
-        let (port, admin) = (free_port(), free_port());
-        let dir = repo().join("e2e/oidc");
-        let mut child = Command::new("node")
-            .arg(dir.join("transmitter.mjs"))
-            .current_dir(&dir)
-            .env("PORT", port.to_string())
-            .env("ADMIN_PORT", admin.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node runs e2e/oidc/transmitter.mjs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("READY"),
-            "the transmitter did not start: {line:?}"
-        );
+        let (child, port, admin) = portcullis_e2e::oidc::start_node("transmitter.mjs");
         Transmitter { child, port, admin }
     }
 

@@ -8,10 +8,10 @@ mod support;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use support::{Gateway, client, signer, upstream};
+use support::{Gateway, send, signer, upstream};
 
 const CLIENT: &str = "gateway-client";
 const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -47,28 +47,6 @@ fn policy() -> String {
     let mut doc: Value = serde_yaml::from_str(&support::policy()).unwrap();
     doc["spec"]["identityEvents"] = json!({"backChannelLogout": {"audiences": [CLIENT]}});
     serde_yaml::to_string(&doc).unwrap()
-}
-
-async fn send(
-    gw: &Gateway,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: String,
-) -> Response<Bytes> {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", gw.addr()))
-        .header("host", "localhost");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = client()
-        .request(req.body(Full::new(Bytes::from(body))).unwrap())
-        .await
-        .unwrap();
-    let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
 }
 
 async fn call(gw: &Gateway, token: &str) -> StatusCode {

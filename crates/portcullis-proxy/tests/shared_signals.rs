@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use support::{Gateway, UpBody, client, signer, upstream};
+use support::{Gateway, UpBody, send, signer, upstream};
 
 const AUDIENCE: &str = "https://gateway.test";
 const PUSH_AUTH: &str = "Bearer push-secret-1";
@@ -186,28 +186,6 @@ async fn gateway(tx: &Transmitter, up: std::net::SocketAddr) -> Gateway {
 
 async fn echo() -> std::net::SocketAddr {
     upstream(|_req| async { Response::new(Full::new(Bytes::from("ok")).boxed()) }).await
-}
-
-async fn send(
-    gw: &Gateway,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: String,
-) -> Response<Bytes> {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", gw.addr()))
-        .header("host", "localhost");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = client()
-        .request(req.body(Full::new(Bytes::from(body))).unwrap())
-        .await
-        .unwrap();
-    let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
 }
 
 async fn call(gw: &Gateway, token: &str) -> StatusCode {

@@ -229,3 +229,28 @@ pub async fn access_log_eventually(request_id: &str) -> Vec<Value> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// One request to the gateway for host `localhost`, with `headers` and `body`; the
+/// response with its whole body.
+pub async fn send(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: String,
+) -> Response<Bytes> {
+    use http_body_util::{BodyExt, Full};
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", gw.addr()))
+        .header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client()
+        .request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
+}
