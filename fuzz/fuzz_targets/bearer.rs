@@ -1,11 +1,12 @@
 //! `bearer_token`: the credential syntax of RFC 6750 section 2.1,
 //! `credentials = "Bearer" 1*SP b64token`, with
-//! `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+//! `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`, and the same
+//! with the scheme `DPoP` (RFC 9449 section 7.1).
 //!
 //! Input: the raw `Authorization` header value (any bytes).
 //!
 //! Invariants: on Ok(t): t is non-empty, b64token characters then only `=` padding, is
-//! the tail of the header, and the header is a case-insensitive `Bearer`, then only spaces
+//! the tail of the header, and the header is a case-insensitive `Bearer` or `DPoP`, then only spaces
 //! (1*SP, RFC 7235 section 2.1; no tab or other whitespace) before t. The verdict (Ok or
 //! which error) equals an independent model of the grammar.
 #![no_main]
@@ -19,14 +20,15 @@ fn is_b64token_char(b: u8) -> bool {
 
 /// The grammar, written plainly.
 fn model(h: &[u8]) -> Result<&[u8], DenyReason> {
+    let scheme = |s: &[u8]| s.eq_ignore_ascii_case(b"bearer") || s.eq_ignore_ascii_case(b"dpop");
     let Some(sp) = h.iter().position(|b| *b == b' ') else {
-        return Err(if h.eq_ignore_ascii_case(b"bearer") {
+        return Err(if scheme(h) {
             DenyReason::MalformedHeader
         } else {
             DenyReason::UnsupportedScheme
         });
     };
-    if !h[..sp].eq_ignore_ascii_case(b"bearer") {
+    if !scheme(&h[..sp]) {
         return Err(DenyReason::UnsupportedScheme);
     }
     let mut rest = &h[sp..];
@@ -61,9 +63,15 @@ fuzz_target!(|data: &[u8]| {
             tb[..tb.len() - pad].iter().all(|b| is_b64token_char(*b)),
             "{t:?}"
         );
-        assert!(data.len() >= 7 && data[..6].eq_ignore_ascii_case(b"bearer") && data[6] == b' ');
+        let n = if data.len() >= 7 && data[..6].eq_ignore_ascii_case(b"bearer") {
+            6
+        } else {
+            assert!(data.len() >= 5 && data[..4].eq_ignore_ascii_case(b"dpop"));
+            4
+        };
+        assert_eq!(data[n], b' ');
         assert!(data.ends_with(tb));
-        let between = &data[7..data.len() - tb.len()];
+        let between = &data[n + 1..data.len() - tb.len()];
         assert!(between.iter().all(|b| *b == b' '), "{data:?}");
     }
     // The other header states.
