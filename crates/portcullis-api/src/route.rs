@@ -107,7 +107,7 @@ pub struct ApiRouteSpec {
 
     /// Refuse credentials sent in cleartext: a request reaching this route over plain HTTP
     /// (not TLS at the proxy, nor `X-Forwarded-Proto: https` from a trusted load balancer)
-    /// that carries an `Authorization`, `DPoP` or API-key header is answered 403 without
+    /// that carries an `Authorization`, `DPoP`, `Cookie` or API-key header is answered 403 without
     /// the token being verified or cached (RFC 6750 section 5.3: a token seen in cleartext
     /// must be considered disclosed; revoke it). Public rules without credentials still
     /// answer.

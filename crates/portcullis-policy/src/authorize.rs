@@ -99,6 +99,8 @@ impl Snapshot {
             if c.authorization.is_present()
                 || c.dpop.is_present()
                 || api_header.is_some_and(|n| c.api_key_header(n).is_present())
+                || c.headers
+                    .is_some_and(|h| h.contains_key(http::header::COOKIE))
             {
                 return deny(
                     DenyReason::CleartextCredentials,
@@ -452,6 +454,14 @@ fn check_binding(
         .and_then(|i| policy.dpop.get(i))
         .unwrap_or(&DEFAULT_DPOP);
     match (p.confirmation, scheme) {
+        // An issuer requiring certificate-bound tokens takes no other binding.
+        (Some(Confirmation::JwkThumbprint(_)), _)
+            if p.issuer
+                .as_deref()
+                .is_some_and(|i| policy.certificate_required.iter().any(|r| r == i)) =>
+        {
+            Err(DenyReason::CertificateRequired)
+        }
         (Some(Confirmation::JwkThumbprint(jkt)), Some(TokenScheme::Dpop)) => {
             let proof = match req.credentials.dpop {
                 HeaderField::One(v) => {
@@ -479,6 +489,10 @@ fn check_binding(
         // Section 7.1: a bound token sent as a bearer token is refused.
         (Some(Confirmation::JwkThumbprint(_)), _) => Err(DenyReason::DpopBoundToken),
         (_, Some(TokenScheme::Dpop)) => Err(DenyReason::DpopRequired),
+        // An issuer requiring DPoP takes no other binding.
+        (Some(Confirmation::CertificateSha256(_)), _) if cfg.required => {
+            Err(DenyReason::DpopRequired)
+        }
         // RFC 8705 section 3: only from the client that holds the certificate.
         (Some(Confirmation::CertificateSha256(x5t)), _) => {
             match req.credentials.peer_certificate_sha256 {

@@ -78,31 +78,64 @@ impl DpopConfig {
 /// proof is refused (the client makes another) rather than an old one forgotten early.
 #[derive(Debug)]
 pub(crate) struct ReplayCache {
-    seen: Mutex<HashMap<[u8; 32], i64>>,
+    inner: Mutex<Seen>,
     capacity: usize,
+    /// Most live proofs of one client key: one client minting proofs as fast as it can
+    /// fills its own share, not the whole cache.
+    per_key: usize,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// Proof -> (remembered until, the client key's thumbprint).
+    proofs: HashMap<[u8; 32], (i64, [u8; 32])>,
+    /// Live proofs per client key.
+    by_key: HashMap<[u8; 32], usize>,
+    /// When expired proofs were last swept out (at most once a second).
+    swept: i64,
 }
 
 impl ReplayCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            seen: Mutex::default(),
+            inner: Mutex::default(),
             capacity,
+            per_key: (capacity / 10).max(1),
         }
     }
 
-    /// Records a proof; false when it was seen before (or there is no room).
-    fn first_use(&self, key: [u8; 32], until: i64, now: i64) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.get(&key).is_some_and(|t| *t > now) {
+    /// Records a proof of client key `jkt`; false when it was seen before, or there is no
+    /// room (the cache, or this key's share of it, is full of live proofs).
+    fn first_use(&self, proof: [u8; 32], jkt: [u8; 32], until: i64, now: i64) -> bool {
+        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if s.proofs.get(&proof).is_some_and(|(t, _)| *t > now) {
             return false;
         }
-        if seen.len() >= self.capacity {
-            seen.retain(|_, t| *t > now);
-            if seen.len() >= self.capacity {
-                return false;
-            }
+        let full = s.proofs.len() >= self.capacity
+            || s.by_key.get(&jkt).is_some_and(|n| *n >= self.per_key);
+        if full && s.swept < now {
+            s.swept = now;
+            let Seen { proofs, by_key, .. } = &mut *s;
+            proofs.retain(|_, (t, k)| {
+                let live = *t > now;
+                if !live && let Some(n) = by_key.get_mut(k) {
+                    *n = n.saturating_sub(1);
+                }
+                live
+            });
+            by_key.retain(|_, n| *n > 0);
         }
-        seen.insert(key, until);
+        if s.proofs.len() >= self.capacity || s.by_key.get(&jkt).is_some_and(|n| *n >= self.per_key)
+        {
+            return false;
+        }
+        if let Some((_, old)) = s.proofs.insert(proof, (until, jkt))
+            && let Some(n) = s.by_key.get_mut(&old)
+        {
+            // An expired entry of the same proof replaced: not counted twice.
+            *n = n.saturating_sub(1);
+        }
+        *s.by_key.entry(jkt).or_default() += 1;
         true
     }
 }
@@ -204,10 +237,13 @@ pub(crate) fn check_proof(
     let mut h = Sha256::new();
     h.update(jkt);
     h.update(jti.as_bytes());
+    // Remembered past the last second the proof could still pass (`iat` has a one-second
+    // grain): from `until` on, its `iat` refuses it anyway.
     let until = iat
         .saturating_add(cfg.max_age)
-        .saturating_add(skew.saturating_mul(2));
-    if !replay.first_use(h.finalize().into(), until, now) {
+        .saturating_add(skew.saturating_mul(2))
+        .saturating_add(1);
+    if !replay.first_use(h.finalize().into(), *jkt, until, now) {
         return Err(DenyReason::DpopReplay);
     }
     Ok(())
@@ -275,11 +311,21 @@ mod tests {
 
     #[test]
     fn a_proof_is_used_once_and_the_cache_stays_bounded() {
-        let c = ReplayCache::new(2);
-        assert!(c.first_use([1; 32], 100, 0));
-        assert!(!c.first_use([1; 32], 100, 50), "replayed");
-        assert!(c.first_use([2; 32], 100, 50));
-        assert!(!c.first_use([3; 32], 100, 50), "full of live entries");
-        assert!(c.first_use([3; 32], 300, 150), "expired ones make room");
+        let c = ReplayCache::new(20);
+        let (a, b) = ([7; 32], [8; 32]);
+        assert!(c.first_use([1; 32], a, 100, 0));
+        assert!(!c.first_use([1; 32], a, 100, 50), "replayed");
+        assert!(c.first_use([2; 32], a, 100, 50));
+        // One key gets a tenth of the cache: 2 of 20.
+        assert!(!c.first_use([3; 32], a, 100, 50), "key a's share is full");
+        assert!(
+            c.first_use([4; 32], b, 100, 50),
+            "another key is not locked out"
+        );
+        assert!(c.first_use([3; 32], a, 300, 150), "expired ones make room");
+        assert!(
+            !c.first_use([3; 32], a, 300, 151),
+            "replayed after the sweep"
+        );
     }
 }

@@ -143,11 +143,14 @@ pub(crate) fn confirmation(
             .map_err(|_| DenyReason::MalformedToken)?;
         bytes.try_into().map_err(|_| DenyReason::MalformedToken)
     };
-    if let Some(v) = cnf.get("jkt") {
-        return Ok(Some(Confirmation::JwkThumbprint(sha256(v)?)));
+    match (cnf.get("jkt"), cnf.get("x5t#S256")) {
+        // Bound to two keys: only one could be checked; refused rather than half-checked.
+        (Some(_), Some(_)) => Err(DenyReason::MalformedToken),
+        (Some(v), None) => Ok(Some(Confirmation::JwkThumbprint(sha256(v)?))),
+        (None, Some(v)) => Ok(Some(Confirmation::CertificateSha256(sha256(v)?))),
+        // A confirmation this gateway cannot check (RFC 7800 `jwk`, `jku`, ...): the token
+        // is bound to something, so it is not a bearer token; refused (closed).
+        (None, None) if !cnf.is_empty() => Err(DenyReason::MalformedToken),
+        (None, None) => Ok(None),
     }
-    if let Some(v) = cnf.get("x5t#S256") {
-        return Ok(Some(Confirmation::CertificateSha256(sha256(v)?)));
-    }
-    Ok(None)
 }

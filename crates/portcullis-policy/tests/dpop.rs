@@ -276,3 +276,45 @@ fn the_challenge_is_a_dpop_one_with_the_algorithms_rfc9449_s7_1() {
             .contains("error=\"invalid_dpop_proof\"")
     );
 }
+
+#[test]
+fn each_required_binding_takes_no_other_and_unknown_bindings_fail_closed() {
+    let (key, jkt) = client_key();
+    // certificateBound: Required: a DPoP-bound token, even with its proof, is refused.
+    let mut p = serde_json::to_value(policy()).unwrap();
+    p["spec"]["issuers"][0]["certificateBound"] = json!("Required");
+    let f = build(&[route()], &[serde_json::from_value(p).unwrap()], &[]);
+    let token = bound_token(jkt);
+    let proof_ = proof(key, &token, |_, _| {});
+    assert_eq!(
+        decide(&f, "DPoP", &token, one(&proof_)),
+        Err(DenyReason::CertificateRequired)
+    );
+    // dpop: Required: a certificate-bound token is refused (no proof could be asked of it).
+    let mut p = serde_json::to_value(policy()).unwrap();
+    p["spec"]["issuers"][0]["dpop"] = json!({"mode": "Required"});
+    let f = build(&[route()], &[serde_json::from_value(p).unwrap()], &[]);
+    let mut c = claims();
+    c["cnf"] = json!({"x5t#S256": jkt});
+    let x5t = mint(&keys().rsa, &c);
+    assert_eq!(
+        decide(&f, "Bearer", &x5t, HeaderField::Absent),
+        Err(DenyReason::DpopRequired)
+    );
+    // Two bindings, or one this gateway cannot check (RFC 7800 `jwk`): refused, never a
+    // bearer token.
+    let f = standard();
+    for cnf in [
+        json!({"jkt": jkt, "x5t#S256": jkt}),
+        json!({"jwk": {"kty": "EC"}}),
+    ] {
+        let mut c = claims();
+        c["cnf"] = cnf.clone();
+        let t = mint(&keys().rsa, &c);
+        assert_eq!(
+            decide(&f, "Bearer", &t, HeaderField::Absent),
+            Err(DenyReason::MalformedToken),
+            "{cnf}"
+        );
+    }
+}

@@ -145,3 +145,26 @@ async fn over_tls_credentials_pass_and_hsts_is_sent_rfc6797_s7_1() {
         "max-age=31536000"
     );
 }
+
+#[tokio::test]
+async fn a_cookie_counts_as_a_credential_and_a_doubled_forwarded_proto_as_none() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gw = gateway(calls.clone(), true).await;
+    // A session cookie over plain HTTP is as disclosed as a token.
+    let r = get(&gw, "/health", &[("cookie", "session=abc")]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Two X-Forwarded-Proto lines (a balancer appending after the client's): no reading.
+    let auth = format!("Bearer {}", support::token());
+    let r = get(
+        &gw,
+        "/orders",
+        &[
+            ("authorization", &auth),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-proto", "http"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}

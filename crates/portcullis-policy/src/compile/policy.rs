@@ -274,6 +274,14 @@ pub(super) fn compile_policy(
             &mut errs,
         )
         .unwrap_or(60);
+        if max_age < 1 {
+            errs.push(policy_error(
+                p,
+                format!("{at}.maxAge"),
+                CompileReason::InvalidDuration,
+                "maxAge must be at least 1s (proof times have a one-second grain)",
+            ));
+        }
         dpop.insert(
             iss.issuer.clone(),
             crate::dpop::DpopConfig::new(

@@ -219,11 +219,17 @@ impl Pipeline {
         let mut decoded_name = None;
         // The scheme the client used (a DPoP proof's `htu` names it): TLS here, or, from a
         // trusted load balancer in front, its `X-Forwarded-Proto`.
+        // Exactly one value: a load balancer that appends its own line after the client's
+        // must not let the client's `https` stand.
+        let xfp_https = {
+            let mut all = head.headers.get_all("x-forwarded-proto").iter();
+            match (all.next(), all.next()) {
+                (Some(v), None) => v.as_bytes().eq_ignore_ascii_case(b"https"),
+                _ => false,
+            }
+        };
         let scheme = if tls
-            || (head
-                .headers
-                .get("x-forwarded-proto")
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+            || (xfp_https
                 && self
                     .limits
                     .trusted_proxies

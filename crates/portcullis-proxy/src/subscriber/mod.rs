@@ -339,6 +339,14 @@ impl Subscriber {
             .ok_or_else(|| StreamError::Connect("the controller URL has no host".into()))?
             .to_owned();
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        if !https && self.opts.client_cert.is_some() {
+            // A client certificate for a controller reached in cleartext would be unused:
+            // said, rather than silently connecting without it.
+            return Err(StreamError::Connect(
+                "a controller client certificate is given, but the controller URL is not https"
+                    .into(),
+            ));
+        }
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tcp = tokio::time::timeout(
             Duration::from_secs(5),
