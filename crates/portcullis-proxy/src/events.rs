@@ -132,6 +132,14 @@ fn now_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// `resp` with `Retry-After: secs` (RFC 9110 section 10.2.3): nothing was applied, and
+/// the sender may try again after that long.
+fn retry_after(mut resp: Response<ProxyBody>, secs: &'static str) -> Response<ProxyBody> {
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+    resp
+}
+
 fn json_error(status: StatusCode, error: &str, description: &str) -> Response<ProxyBody> {
     let body = serde_json::json!({"error": error, "error_description": description});
     response(status, "application/json", body.to_string())
@@ -247,14 +255,14 @@ impl crate::pipeline::Pipeline {
             Err(EventError::UnknownKey) => {
                 count("unavailable");
                 info!(policy, token = %fingerprint, "logout token signed with an unknown key");
-                let mut r = json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "the signing key is unknown; retry later",
+                return retry_after(
+                    json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        "the signing key is unknown; retry later",
+                    ),
+                    "5",
                 );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                return r;
             }
             Err(e) => {
                 count("rejected");
@@ -271,18 +279,18 @@ impl crate::pipeline::Pipeline {
             Seen::New => {}
             Seen::Again => {
                 count("replay");
-                info!(policy, issuer = %event.id.issuer, jti = %event.id.jti, "logout token already applied");
+                info!(policy, issuer = %event.id.issuer, jti = %event.id.jti, token = %fingerprint, "logout token already applied");
                 return response(StatusCode::OK, "application/json", "{}".into());
             }
             Seen::Pending => {
-                let mut r = json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "this logout token is being applied; retry shortly",
+                return retry_after(
+                    json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        "this logout token is being applied; retry shortly",
+                    ),
+                    "1",
                 );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return r;
             }
             Seen::Full => {
                 count("unavailable");
@@ -322,14 +330,14 @@ impl crate::pipeline::Pipeline {
                 self.replay.forget(&event.id);
                 count("unavailable");
                 warn!(policy, issuer = %event.id.issuer, jti = %event.id.jti, error = %e, "back-channel logout not applied");
-                let mut r = json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "the revocation could not be written; retry later",
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-                r
+                retry_after(
+                    json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        "the revocation could not be written; retry later",
+                    ),
+                    "2",
+                )
             }
         }
     }
@@ -449,14 +457,14 @@ impl crate::pipeline::Pipeline {
                 info!(policy, stream, set = %fingerprint, error = %e, "security event token refused");
                 if e.code == "unavailable" {
                     count("unavailable");
-                    let mut r = set_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "invalid_key",
-                        e.description,
+                    return retry_after(
+                        set_error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "invalid_key",
+                            e.description,
+                        ),
+                        "5",
                     );
-                    r.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                    return r;
                 }
                 count("rejected");
                 return set_error(StatusCode::BAD_REQUEST, e.code, e.description);
@@ -476,14 +484,14 @@ impl crate::pipeline::Pipeline {
                 return accepted();
             }
             Seen::Pending => {
-                let mut r = set_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "invalid_request",
-                    "this SET is being applied; retry shortly",
+                return retry_after(
+                    set_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "invalid_request",
+                        "this SET is being applied; retry shortly",
+                    ),
+                    "1",
                 );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return r;
             }
             Seen::Full => {
                 count("unavailable");
@@ -533,14 +541,14 @@ impl crate::pipeline::Pipeline {
                 self.replay.forget(&set.id);
                 count("unavailable");
                 warn!(policy, stream, jti = %set.id.jti, error = %e, "security event not applied");
-                let mut r = set_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "invalid_request",
-                    "the revocation could not be written; retry later",
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-                r
+                retry_after(
+                    set_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "invalid_request",
+                        "the revocation could not be written; retry later",
+                    ),
+                    "2",
+                )
             }
         }
     }
