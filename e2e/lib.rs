@@ -98,6 +98,7 @@ impl Drop for Proc {
 /// serving config streams on `push` and metrics on `metrics`, leading through a Lease in
 /// `portcullis-system` (3 s), sending heartbeats every second, and letting the
 /// `portcullis-system/portcullis-proxy` ServiceAccount subscribe; `extra` adds flags.
+/// Without `--tls-cert` in `extra`, the push endpoint is plain h2c (`--plaintext`).
 pub fn start_controller(identity: &str, push: u16, metrics: u16, extra: &[&str]) -> Proc {
     let (listen, metrics_listen) = (format!("127.0.0.1:{push}"), format!("127.0.0.1:{metrics}"));
     let mut args = vec![
@@ -117,6 +118,9 @@ pub fn start_controller(identity: &str, push: u16, metrics: u16, extra: &[&str])
         "--allow-service-account",
         "portcullis-system/portcullis-proxy",
     ];
+    if !extra.contains(&"--tls-cert") {
+        args.push("--plaintext");
+    }
     args.extend_from_slice(extra);
     Proc::start(identity, &args)
 }

@@ -2,7 +2,9 @@
 //! push endpoint with a certificate from files and requires proxies to present a client
 //! certificate (mutual TLS, besides their ServiceAccount token); proxies verify it against
 //! a CA bundle. The certificate is rotated in the middle (new files, no restart), and
-//! revocations keep flowing. Run by `e2e/run.sh`.
+//! revocations keep flowing. A second replica relays quota leases to the leader over TLS
+//! too (its pod-IP-style URL verified against the name in `--peer-server-name`). Run by
+//! `e2e/run.sh`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,11 +63,15 @@ fn manifests(echo: u16) -> String {
 }
 
 fn mint(jti: &str) -> String {
+    mint_for("alice", jti)
+}
+
+fn mint_for(sub: &str, jti: &str) -> String {
     portcullis_e2e::mint_token(
         &repo().join("examples/quickstart/dev-private.pem"),
         &[
             "--sub",
-            "alice",
+            sub,
             "--scope",
             "orders:read",
             "--ttl",
@@ -95,7 +101,12 @@ fn config_stream_over_mutual_tls_with_a_rotation() {
     let (old, new, clients) = (ca(), ca(), ca());
     put(&file("both.pem"), &format!("{}{}", old.pem, new.pem));
     put(&file("new-only.pem"), &new.pem);
-    put(&file("clients.pem"), &clients.pem);
+    // Proxies present certificates of `clients`; replicas relaying quota leases present
+    // their own serving certificate (of `old`, later `new`).
+    put(
+        &file("clients.pem"),
+        &format!("{}{}{}", clients.pem, old.pem, new.pem),
+    );
     let (c, key) = leaf(&old, &["localhost"]);
     put(&file("tls.crt"), &c);
     put(&file("tls.key"), &key);
@@ -109,29 +120,42 @@ fn config_stream_over_mutual_tls_with_a_rotation() {
         &["echo", "--listen", &format!("127.0.0.1:{echo}")],
     );
     apply(&manifests(echo));
-    let (c_port, m_port) = (free_port(), free_port());
+    let c_ports = [free_port(), free_port()];
+    let c_port = c_ports[0];
     let s = |p: &Path| p.to_str().unwrap().to_owned();
-    let _controller = start_controller(
-        "tls-controller",
-        c_port,
-        m_port,
-        &[
-            "--lease-name",
-            "tls-e2e-controller",
-            "--tls-cert",
-            &s(&file("tls.crt")),
-            "--tls-key",
-            &s(&file("tls.key")),
-            "--tls-client-ca",
-            &s(&file("clients.pem")),
-        ],
-    );
-    let url = format!("https://localhost:{c_port}");
-    let proxy = |name: &str, ca: &str, client_cert: bool| {
+    // Two replicas; each advertises its address as an IP (as a pod does), which its
+    // certificate does not name: relays verify the name `localhost` instead.
+    let controller = |i: usize| {
+        let advertise = format!("https://127.0.0.1:{}", c_ports[i]);
+        start_controller(
+            &format!("tls-controller-{i}"),
+            c_ports[i],
+            free_port(),
+            &[
+                "--lease-name",
+                "tls-e2e-controller",
+                "--tls-cert",
+                &s(&file("tls.crt")),
+                "--tls-key",
+                &s(&file("tls.key")),
+                "--tls-client-ca",
+                &s(&file("clients.pem")),
+                "--advertise-url",
+                &advertise,
+                "--peer-ca",
+                &s(&file("both.pem")),
+                "--peer-server-name",
+                "localhost",
+            ],
+        )
+    };
+    let _controllers = [controller(0), controller(1)];
+    let url_of = |port: u16| format!("https://localhost:{port}");
+    let proxy_on = |port: u16, name: &str, ca: &str, client_cert: bool| {
         let (p, a) = (free_port(), free_port());
         let mut extra = vec![
             "--controller".to_owned(),
-            url.clone(),
+            url_of(port),
             "--controller-ca".to_owned(),
             s(&file(ca)),
         ];
@@ -145,10 +169,11 @@ fn config_stream_over_mutual_tls_with_a_rotation() {
         }
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         // `start_proxy` names an http controller first; ours comes after and wins.
-        (start_proxy(name, c_port, &sa_token, (p, a), &extra), p, a)
+        (start_proxy(name, port, &sa_token, (p, a), &extra), p, a)
     };
+    let proxy = |name: &str, ca: &str, client_cert: bool| proxy_on(c_port, name, ca, client_cert);
     let (_p0, p0, a0) = proxy("tls-proxy-0", "both.pem", true);
-    let (_p1, p1, a1) = proxy("tls-proxy-1", "both.pem", true);
+    let (_p1, p1, a1) = proxy_on(c_ports[1], "tls-proxy-1", "both.pem", true);
     for a in [a0, a1] {
         wait_until("proxies ready over TLS", Duration::from_secs(30), || {
             ready(a)
@@ -222,4 +247,43 @@ fn config_stream_over_mutual_tls_with_a_rotation() {
     println!(
         "== controller certificate rotated without a restart: new proxies verify it, revocations still reach every proxy"
     );
+
+    // Quota leases through both replicas: the proxy on the replica that does not lead
+    // leases through a relay over mutual TLS (refused: 503, as rate limits fail closed).
+    k(&[
+        "patch",
+        "tokenpolicy",
+        "default",
+        "-n",
+        NS,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"rateLimits":[{"name":"per-subject","key":"subject","requests":4,"period":"minute"}]}}"#,
+    ]);
+    let bob = mint_for(&format!("bob-{}", std::process::id()), "tls-3");
+    let probe = mint_for(&format!("probe-{}", std::process::id()), "tls-4");
+    // The probe subject uses up its 4 requests: then both proxies refuse it (429), which
+    // also shows the rate limit applied everywhere (a failed relay answers 503).
+    wait_until(
+        "the rate limit applied on both proxies, leases relayed over TLS",
+        Duration::from_secs(30),
+        || {
+            status(p0, HOST, "/orders", Some(&probe)) == 429
+                && status(p1, HOST, "/orders", Some(&probe)) == 429
+        },
+    );
+    let codes: Vec<u16> = (0..6)
+        .map(|i| status([p0, p1][i % 2], HOST, "/orders", Some(&bob)))
+        .collect();
+    let ok = codes.iter().filter(|c| **c == 200).count();
+    assert_eq!(
+        ok, 4,
+        "4 requests a minute across both replicas' proxies, one of them relayed over TLS: {codes:?}"
+    );
+    assert!(
+        codes.iter().all(|c| *c == 200 || *c == 429),
+        "a relay over TLS failed (503 = leader unreachable): {codes:?}"
+    );
+    println!("== quota leases relayed between replicas over mutual TLS: {codes:?}");
 }

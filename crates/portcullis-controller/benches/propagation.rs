@@ -83,6 +83,7 @@ async fn run(proxies: usize, rounds: usize) {
             compile: Default::default(),
             ca_file: None,
             client_cert: None,
+            server_name: None,
         };
         tokio::spawn(Subscriber::new(opts, config.clone(), metrics).run());
         configs.push(config);

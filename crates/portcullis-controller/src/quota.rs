@@ -18,6 +18,8 @@
 //! * A replica that does not lead relays leases and releases to the leader's advertised
 //!   URL (from the leader Lease), authenticated with the proxy's own token. No leader, or
 //!   no answer: `unavailable`, and the proxy applies the quota's `whenUnreachable`.
+//!   An https URL is verified with [`PeerTls`]: the proxy's token never crosses to a
+//!   replica whose certificate the peer CA did not issue.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -118,6 +120,17 @@ impl CheckpointStore for ConfigMapStore {
 /// Where the current leader's push endpoint is, if known.
 pub type LeaderUrl = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
+/// How relays reach the leader's https push endpoint.
+#[derive(Clone, Debug)]
+pub struct PeerTls {
+    /// CA bundle (PEM) the leader's certificate must chain to; re-read for every relay.
+    pub ca: std::path::PathBuf,
+    /// Certificate chain and key (PEM) presented when the leader requires mutual TLS.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Name verified in the leader's certificate instead of the URL's host.
+    pub server_name: Option<String>,
+}
+
 /// Why a relay failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RelayFailure {
@@ -149,6 +162,7 @@ pub struct QuotaService {
     leader: Mutex<Option<(watch::Receiver<bool>, LeaderUrl)>>,
     store: Mutex<Option<Arc<dyn CheckpointStore>>>,
     http: HttpClient<HttpConnector, Full<Bytes>>,
+    peer_tls: Option<PeerTls>,
     metrics: Metrics,
     /// Budget use by policy (`namespace/name`), for status.
     usage: Mutex<HashMap<String, Vec<BudgetStatus>>>,
@@ -183,9 +197,16 @@ impl QuotaService {
             leader: Mutex::new(None),
             store: Mutex::new(None),
             http: HttpClient::builder(TokioExecutor::new()).build(http),
+            peer_tls: None,
             metrics,
             usage: Mutex::default(),
         }
+    }
+
+    /// Relays to an https leader verified (and, for mutual TLS, authenticated) by `tls`.
+    pub fn with_peer_tls(mut self, tls: PeerTls) -> Self {
+        self.peer_tls = Some(tls);
+        self
     }
 
     /// Leads when `leader` says so, relays to `leader_url()` otherwise, checkpoints to
@@ -346,10 +367,9 @@ impl QuotaService {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|_| Unreachable)?;
-        let resp = tokio::time::timeout(Duration::from_secs(2), self.http.request(req))
+        let resp = tokio::time::timeout(Duration::from_secs(2), self.send(req))
             .await
-            .map_err(|_| Unreachable)?
-            .map_err(|_| Unreachable)?;
+            .map_err(|_| Unreachable)??;
         let status = resp.status();
         if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
             warn!(%status, "the leader refused the proxy's credentials on a relayed quota message");
@@ -368,6 +388,74 @@ impl QuotaService {
             return Ok(unavailable());
         }
         serde_json::from_slice(&bytes).map_err(|_| Unreachable)
+    }
+
+    /// Sends a relay: plain HTTP through the pooled client, https on a connection of its
+    /// own verified against the peer CA (relays are rare; a rotated CA or client
+    /// certificate is picked up by the next one).
+    async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, RelayFailure> {
+        use RelayFailure::Unreachable;
+        if req.uri().scheme() != Some(&http::uri::Scheme::HTTPS) {
+            return self.http.request(req).await.map_err(|_| Unreachable);
+        }
+        let Some(tls) = &self.peer_tls else {
+            warn!("the leader advertises an https endpoint, but no --peer-ca verifies it");
+            return Err(Unreachable);
+        };
+        let host = req.uri().host().ok_or(Unreachable)?.to_owned();
+        let port = req.uri().port_u16().unwrap_or(443);
+        let authority = req
+            .uri()
+            .authority()
+            .ok_or(Unreachable)?
+            .as_str()
+            .to_owned();
+        let mut req = req;
+        *req.uri_mut() = http::Uri::from_static(QUOTA_PATH);
+        req.headers_mut().insert(
+            header::HOST,
+            HeaderValue::from_str(&authority).map_err(|_| Unreachable)?,
+        );
+        let client = tls
+            .client_cert
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        let config = portcullis_fetch::tls::client_config(&tls.ca, client, &[b"http/1.1"])
+            .map_err(|e| {
+                warn!(error = %e, "the peer TLS configuration is unusable");
+                Unreachable
+            })?;
+        let name = tls.server_name.clone().unwrap_or_else(|| {
+            // An IPv6 literal is bracketed in a URL, not in a server name.
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        });
+        let name =
+            tokio_rustls::rustls::pki_types::ServerName::try_from(name).map_err(|_| Unreachable)?;
+        let tcp = tokio::net::TcpStream::connect((
+            host.trim_start_matches('[').trim_end_matches(']'),
+            port,
+        ))
+        .await
+        .map_err(|_| Unreachable)?;
+        let _ = tcp.set_nodelay(true);
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "TLS to the leader failed");
+                Unreachable
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|_| Unreachable)?;
+        tokio::spawn(conn);
+        sender.send_request(req).await.map_err(|_| Unreachable)
     }
 
     /// Budget use for the status of the policy `namespace/name`.

@@ -170,3 +170,58 @@ fn server_acceptor(
     });
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+
+/// A TLS client configuration that trusts only the CA certificates in `ca` (PEM), read
+/// now (call again to pick up a rotated bundle), presenting `client_cert` (certificate
+/// chain, private key; PEM) when given, offering `alpn`.
+pub fn client_config(
+    ca: &Path,
+    client_cert: Option<(&Path, &Path)>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.to_owned(),
+            source,
+        })
+    };
+    let pem = read(ca)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()).filter_map(Result::ok) {
+        roots
+            .add(cert)
+            .map_err(|_| TlsError::Empty(ca.to_owned()))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Empty(ca.to_owned()));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("default protocol versions are valid")
+        .with_root_certificates(roots);
+    let mut config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+            let chain: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+                .filter_map(Result::ok)
+                .collect();
+            if chain.is_empty() {
+                return Err(TlsError::Empty(cert.to_owned()));
+            }
+            let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
+                .ok()
+                .flatten()
+                .ok_or_else(|| TlsError::Empty(key.to_owned()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| TlsError::Key {
+                    path: key.to_owned(),
+                    message: e.to_string(),
+                })?
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}

@@ -232,6 +232,7 @@ async fn proxy(controller: SocketAddr, state_file: std::path::PathBuf) -> Runnin
             compile: Default::default(),
             ca_file: None,
             client_cert: None,
+            server_name: None,
         },
     })
     .await

@@ -67,6 +67,22 @@ pub struct ControllerArgs {
     /// CA of this bundle (mutual TLS), besides its ServiceAccount token.
     #[arg(long, requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Serve the push endpoint as plain h2c, without TLS. Config streams then carry key
+    /// sets, revocations and introspection client secrets in cleartext: only where the
+    /// network already encrypts (a service mesh with mTLS) or on loopback. Without this
+    /// flag the controller refuses to start with no --tls-cert.
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub plaintext: bool,
+    /// CA bundle (PEM) that verifies the other replicas' push endpoints when this one
+    /// relays quota leases to the leader at its https --advertise-url. Re-read for every
+    /// relay. With --tls-client-ca, relays present --tls-cert as their client certificate.
+    #[arg(long)]
+    pub peer_ca: Option<PathBuf>,
+    /// The name verified in the other replicas' certificates instead of the advertised
+    /// URL's host, e.g. the controller Service's DNS name: advertised URLs hold pod IP
+    /// addresses, which a certificate made for the Service does not list.
+    #[arg(long, requires = "peer_ca")]
+    pub peer_server_name: Option<String>,
 }
 
 /// `portcullis proxy`.
@@ -97,6 +113,11 @@ pub struct ProxyArgs {
     /// The private key (PEM) of --controller-client-cert.
     #[arg(long, requires = "controller_client_cert")]
     pub controller_client_key: Option<PathBuf>,
+    /// The name verified in the controller's certificate instead of the --controller URL's
+    /// host (for a controller reached by IP address, or by a name its certificate does
+    /// not list).
+    #[arg(long, requires = "controller_ca")]
+    pub controller_server_name: Option<String>,
     /// Proxy listen address.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -155,7 +176,48 @@ pub struct RevokeArgs {
     pub expires_at: Option<String>,
 }
 
+/// Refuses push-endpoint settings that would serve or relay in cleartext unasked, or that
+/// contradict each other.
+fn check_transport(args: &ControllerArgs) -> anyhow::Result<()> {
+    if args.tls_cert.is_none() && !args.plaintext {
+        bail!(
+            "the push endpoint carries key sets, revocations and introspection client secrets: \
+             serve it over TLS with --tls-cert and --tls-key, or pass --plaintext to serve \
+             plain h2c (only where the network already encrypts)"
+        );
+    }
+    if let Some(url) = &args.advertise_url {
+        let https = url.starts_with("https://");
+        if !https && !url.starts_with("http://") {
+            bail!("--advertise-url {url}: not an http:// or https:// URL");
+        }
+        if https != args.tls_cert.is_some() {
+            bail!(
+                "--advertise-url {url}: the push endpoint is served {}, so other replicas reach it at {}://",
+                if args.tls_cert.is_some() {
+                    "over TLS"
+                } else {
+                    "as plain h2c"
+                },
+                if args.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+            );
+        }
+        if https && args.peer_ca.is_none() {
+            bail!(
+                "--advertise-url {url}: relays to the leader's https endpoint need --peer-ca \
+                 (the CA bundle that issued the replicas' certificates)"
+            );
+        }
+    }
+    Ok(())
+}
+
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    check_transport(&args)?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
@@ -185,9 +247,18 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let publisher = Arc::new(Publisher::new());
     let registry = Arc::new(ProxyRegistry::default());
-    let quota = Arc::new(portcullis_controller::quota::QuotaService::new(
-        metrics.clone(),
-    ));
+    let quota = portcullis_controller::quota::QuotaService::new(metrics.clone());
+    let quota = Arc::new(match &args.peer_ca {
+        Some(ca) => quota.with_peer_tls(portcullis_controller::quota::PeerTls {
+            ca: ca.clone(),
+            client_cert: args
+                .tls_client_ca
+                .as_ref()
+                .and(args.tls_cert.clone().zip(args.tls_key.clone())),
+            server_name: args.peer_server_name.clone(),
+        }),
+        None => quota,
+    });
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -279,6 +350,7 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
             compile: Default::default(),
             ca_file: args.controller_ca,
             client_cert: args.controller_client_cert.zip(args.controller_client_key),
+            server_name: args.controller_server_name,
         },
     };
     let running = portcullis_proxy::start_proxy(opts).await?;

@@ -164,6 +164,7 @@ pub async fn proxy(controller: SocketAddr, state_file: Option<std::path::PathBuf
             compile: Default::default(),
             ca_file: None,
             client_cert: None,
+            server_name: None,
         },
     })
     .await

@@ -54,6 +54,9 @@ pub struct SubscriberOptions {
     /// A client certificate and key (PEM) for a controller that requires mutual TLS;
     /// re-read on every connect, so a renewed pair is used from the next connection.
     pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// The name verified in the controller's certificate, instead of the URL's host (for a
+    /// controller reached by IP address, or by a name its certificate does not list).
+    pub server_name: Option<String>,
 }
 
 /// Why a stream ended.
@@ -358,7 +361,12 @@ impl Subscriber {
         let _ = tcp.set_nodelay(true);
         let mut sender = if https {
             let tls = self.tls_connector()?;
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
+            let name = self
+                .opts
+                .server_name
+                .clone()
+                .unwrap_or_else(|| host.clone());
+            let name = rustls::pki_types::ServerName::try_from(name)
                 .map_err(|e| StreamError::Connect(e.to_string()))?;
             let stream = tls
                 .connect(name, tcp)
@@ -505,41 +513,19 @@ impl Subscriber {
     }
 
     fn tls_connector(&self) -> Result<tokio_rustls::TlsConnector, StreamError> {
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(ca) = &self.opts.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| StreamError::Connect(format!("{}: {e}", ca.display())))?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()).filter_map(Result::ok) {
-                let _ = roots.add(cert);
-            }
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| StreamError::Connect(e.to_string()))?
-            .with_root_certificates(roots);
-        let mut cfg = match &self.opts.client_cert {
-            None => cfg.with_no_client_auth(),
-            Some((cert, key)) => {
-                let read = |p: &PathBuf| {
-                    std::fs::read(p)
-                        .map_err(|e| StreamError::Connect(format!("{}: {e}", p.display())))
-                };
-                let (cert_pem, key_pem) = (read(cert)?, read(key)?);
-                let chain: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-                    .filter_map(Result::ok)
-                    .collect();
-                let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| {
-                        StreamError::Connect(format!("{}: no private key", key.display()))
-                    })?;
-                cfg.with_client_auth_cert(chain, key)
-                    .map_err(|e| StreamError::Connect(e.to_string()))?
-            }
-        };
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let ca = self.opts.ca_file.as_deref().ok_or_else(|| {
+            StreamError::Connect(
+                "an https controller needs --controller-ca (the CA bundle that issued its certificate)"
+                    .into(),
+            )
+        })?;
+        let client = self
+            .opts
+            .client_cert
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        let cfg = crate::tls::client_config(ca, client, &[b"h2"])
+            .map_err(|e| StreamError::Connect(e.to_string()))?;
         Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
     }
 }

@@ -145,6 +145,7 @@ fn subscriber(state_file: Option<PathBuf>) -> (Subscriber, Arc<LiveConfig>) {
         compile: CompileOptions::default(),
         ca_file: None,
         client_cert: None,
+        server_name: None,
     };
     (Subscriber::new(opts, config.clone(), metrics), config)
 }
