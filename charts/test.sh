@@ -79,6 +79,15 @@ helm lint --strict "$chart" -f $tests/values-all.yaml
 step "helm template (default values, and every optional part on)"
 helm template "$release" "$chart" -n "$ns" > "$work/default.yaml"
 helm template "$release" "$chart" -n "$ns" -f $tests/values-all.yaml > "$work/all.yaml"
+helm template "$release" "$chart" -n "$ns" --set controller.tls.enabled=false > "$work/plain.yaml"
+grep -q -- '- --plaintext$' "$work/plain.yaml" || fail "controller.tls.enabled=false does not render --plaintext"
+grep -q '^kind: Secret$' "$work/plain.yaml" && fail "controller.tls.enabled=false still renders the TLS Secrets"
+grep -q -- '- --plaintext$' "$work/default.yaml" && fail "the default values serve the config stream in plain h2c"
+grep -q -- '- --controller=https://' "$work/default.yaml" || fail "by default proxies do not reach the controller over https"
+if out=$(helm template "$release" "$chart" -n "$ns" --set controller.tls.secretName=mine 2>&1); then
+  fail "controller.tls.secretName without proxySecretName was accepted"
+fi
+grep -qF "controller.tls.proxySecretName" <<<"$out" || fail "secretName without proxySecretName: unclear refusal: $out"
 kinds() { grep -h '^kind:' "$1" | sort -u | awk '{print $2}' | paste -sd, -; }
 echo "default: $(kinds "$work/default.yaml")"
 echo "all on:  $(kinds "$work/all.yaml")"
@@ -94,8 +103,10 @@ helm4 lint --strict "$chart" -f $tests/values-all.yaml >/dev/null
 for cfg in default all; do
   args=(); [ $cfg = all ] && args=(-f "$tests/values-all.yaml")
   helm4 template "$release" "$chart" -n "$ns" "${args[@]}" > "$work/$cfg.helm4.yaml"
-  # Helm 4 separates documents with one more blank line; nothing else may differ.
-  diff <(grep -v '^ *$' "$work/$cfg.yaml") <(grep -v '^ *$' "$work/$cfg.helm4.yaml") \
+  # Helm 4 separates documents with one more blank line; nothing else may differ but the
+  # certificates generated at each render.
+  same() { grep -Ev '^ *$|^  (ca|tls)\.(crt|key): ' "$1"; }
+  diff <(same "$work/$cfg.yaml") <(same "$work/$cfg.helm4.yaml") \
     || fail "Helm 4 renders the $cfg configuration differently"
 done
 echo "$(helm4 version --short): same objects as $(helm version --short)"
@@ -118,6 +129,7 @@ expect_rejected "at '/logFormat'" --set logFormat=xml
 expect_rejected "at '/controller/leaseDuration'" --set controller.leaseDuration=10sec
 expect_rejected "at '/image/pullPolicy'" --set image.pullPolicy=Sometimes
 expect_rejected "at '/controller/quota/configMapName'" --set controller.quota.configMapName=Quota_Ledger
+expect_rejected "at '/controller/tls/enabled': got string, want boolean" --set controller.tls.enabled=yes
 
 step "no wildcard in the rendered RBAC"
 for f in "$work/default.yaml" "$work/all.yaml"; do
@@ -159,10 +171,11 @@ kc create namespace "$ns" >/dev/null
 step "kubectl apply --dry-run=server of every rendered object"
 "$pc" controller --help > "$work/help-controller.txt"
 "$pc" proxy --help > "$work/help-proxy.txt"
-for cfg in default all; do
+for cfg in default all plain; do
   kc apply --dry-run=server -n "$ns" -f "$work/$cfg.yaml" -o json > "$work/$cfg.json" \
     || fail "the API server refused objects of the $cfg configuration"
   want=Deployment,Service,ServiceAccount,ClusterRole,ClusterRoleBinding,Role,RoleBinding,PodDisruptionBudget,NetworkPolicy,ConfigMap
+  [ $cfg != plain ] && want=$want,Secret
   [ $cfg = all ] && want=$want,HorizontalPodAutoscaler,ServiceMonitor,PrometheusRule
   echo "$cfg: $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["items"]))' "$work/$cfg.json") objects accepted"
   python3 $tests/check_rendered.py "$work/$cfg.json" --kinds "$want" \
@@ -192,6 +205,33 @@ helm install "$release" "$chart" -n "$ns" -f $tests/values-all.yaml > "$work/ins
   || fail "helm install failed: $(cat "$work/install.txt")"
 grep -q "STATUS: deployed" "$work/install.txt" || fail "helm install: not deployed"
 grep -qF "kubectl apply -f policy.yaml -f route.yaml" "$work/install.txt" || fail "NOTES.txt does not say what to apply next"
+
+step "the config stream's certificates: generated at install, kept by helm upgrade"
+# What the Deployments mount: the controller's Secret (tls.crt, tls.key, ca.crt) and the
+# proxies' (ca.crt and, with mutual TLS in values-all.yaml, their client pair).
+ctl_secret=$release-portcullis-controller-tls
+proxy_secret=$release-portcullis-proxy-controller-tls
+mkdir -p "$work/tls/ctl" "$work/tls/proxy"
+secret_files() { # secret, dir
+  for k in ca.crt tls.crt tls.key; do
+    kc get secret "$1" -n "$ns" -o "jsonpath={.data.${k//./\\.}}" | base64 -d > "$2/$k"
+    [ -s "$2/$k" ] || fail "Secret $1 has no $k"
+  done
+}
+secret_files "$ctl_secret" "$work/tls/ctl"
+secret_files "$proxy_secret" "$work/tls/proxy"
+cmp -s "$work/tls/ctl/ca.crt" "$work/tls/proxy/ca.crt" || fail "the proxies' ca.crt is not the CA of the controller's certificate"
+ctl_dns=$release-portcullis-controller.$ns.svc
+openssl verify -CAfile "$work/tls/ctl/ca.crt" "$work/tls/ctl/tls.crt" "$work/tls/proxy/tls.crt" >/dev/null \
+  || fail "the generated certificates do not chain to the generated CA"
+openssl x509 -in "$work/tls/ctl/tls.crt" -noout -ext subjectAltName | grep -qF "DNS:$ctl_dns" \
+  || fail "the controller's certificate does not name $ctl_dns"
+before=$(kc get secret "$ctl_secret" "$proxy_secret" -n "$ns" -o jsonpath='{.items[*].data}')
+helm upgrade "$release" "$chart" -n "$ns" -f $tests/values-all.yaml > "$work/upgrade.txt" \
+  || fail "helm upgrade failed: $(cat "$work/upgrade.txt")"
+after=$(kc get secret "$ctl_secret" "$proxy_secret" -n "$ns" -o jsonpath='{.items[*].data}')
+[ "$before" = "$after" ] || fail "helm upgrade replaced the config stream's certificates (proxies would stop trusting the controller)"
+echo "CA and certificates for $ctl_dns generated at install, unchanged by helm upgrade"
 ctl_sa=$release-portcullis-controller
 proxy_sa=$release-portcullis-proxy
 kc create token "$ctl_sa" -n "$ns" --duration 1h > "$work/controller.token"
@@ -221,14 +261,20 @@ PY
 echo_port=$(free_port); c_port=$(free_port); cm_port=$(free_port)
 p_ports=("$(free_port)" "$(free_port)"); a_ports=("$(free_port)" "$(free_port)")
 "$pc" echo --listen "127.0.0.1:$echo_port" 2> "$work/echo.log" & pids+=($!)
+# The certificates are the ones helm install generated (the Secrets' files); the
+# controller is reached at 127.0.0.1, so the proxies verify the Service's name instead.
 mapfile -t cargs < <(deploy_args controller --listen="127.0.0.1:$c_port" --metrics-listen="127.0.0.1:$cm_port" --prune-interval=1s --lease-duration=3s \
-  --advertise-url="http://127.0.0.1:$c_port")
+  --advertise-url="https://127.0.0.1:$c_port" --tls-cert="$work/tls/ctl/tls.crt" --tls-key="$work/tls/ctl/tls.key" \
+  --tls-client-ca="$work/tls/ctl/ca.crt" --peer-ca="$work/tls/ctl/ca.crt")
 echo "controller ${cargs[*]}"
 KUBECONFIG=$work/controller.kubeconfig POD_NAME=$release-portcullis-controller-0 POD_NAMESPACE=$ns \
   "$pc" "${cargs[@]}" 2> "$work/controller.log" & pids+=($!)
 for i in 0 1; do
-  mapfile -t pargs < <(deploy_args proxy --controller="http://127.0.0.1:$c_port" --token-file="$work/proxy.token" \
-    --listen="127.0.0.1:${p_ports[$i]}" --admin="127.0.0.1:${a_ports[$i]}" --state-file="$work/proxy-$i.state")
+  mapfile -t pargs < <(deploy_args proxy --controller="https://127.0.0.1:$c_port" --token-file="$work/proxy.token" \
+    --listen="127.0.0.1:${p_ports[$i]}" --admin="127.0.0.1:${a_ports[$i]}" --state-file="$work/proxy-$i.state" \
+    --controller-ca="$work/tls/proxy/ca.crt" --controller-client-cert="$work/tls/proxy/tls.crt" \
+    --controller-client-key="$work/tls/proxy/tls.key")
+  pargs+=(--controller-server-name="$ctl_dns")
   [ "$i" = 0 ] && echo "proxy ${pargs[*]}"
   POD_NAME=$release-portcullis-proxy-$i "$pc" "${pargs[@]}" 2> "$work/proxy-$i.log" & pids+=($!)
 done
@@ -295,11 +341,11 @@ wait_for "a Warning Event for the broken ApiRoute (events RBAC)" 30 \
 
 step "an LLM ApiRoute (backend.llm) on the stub provider, its keys in a Secret (the chart's RBAC)"
 # tools/llm-stub speaks the OpenAI API. It answers the first key, sk-chart-1 (priority 0),
-# 429: each proxy takes it out of rotation for the cooldown and retries with sk-chart-2,
+# 429 (retry-after 600 s, so the key stays cooling however slow this machine is): each proxy takes it out of rotation for the cooldown and retries with sk-chart-2,
 # so the dashboard's key pool panel shows a cooling key. Model flaky is answered 500.
 llm_port=$(free_port)
 python3 tools/llm-stub/llm_stub.py --host 127.0.0.1 --port "$llm_port" --keys sk-chart-1,sk-chart-2 \
-  --rate-limited-keys sk-chart-1 > "$work/llm-stub.out" 2> "$work/llm-stub.log" & pids+=($!)
+  --rate-limited-keys sk-chart-1 --retry-after 600 > "$work/llm-stub.out" 2> "$work/llm-stub.log" & pids+=($!)
 wait_for "the LLM stub" 20 grep -q "listening on" "$work/llm-stub.out"
 kc apply -f - >/dev/null <<YML
 apiVersion: v1
@@ -470,9 +516,16 @@ for p in "${p_ports[@]}"; do
     [ "$(code unknown.test "$p" "$good")" = 404 ] || fail "unknown host: not 404"
   done
 done
-# A stream without a token is refused (portcullis_controller_refused_streams_total).
-[ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$c_port/v1/stream")" = 401 ] \
+# A stream without a token is refused (portcullis_controller_refused_streams_total), over
+# the chart's mutual TLS: the proxies' client certificate and no token. Without that
+# certificate there is no TLS session at all, and no cleartext answer either.
+ctl_url=https://$ctl_dns:$c_port/v1/stream
+tls_curl() { curl -s -o /dev/null -w '%{http_code}' -X POST --resolve "$ctl_dns:$c_port:127.0.0.1" --cacert "$work/tls/proxy/ca.crt" "$@" "$ctl_url" || true; }
+[ "$(tls_curl --cert "$work/tls/proxy/tls.crt" --key "$work/tls/proxy/tls.key")" = 401 ] \
   || fail "a config stream without a token was not refused"
+[ "$(tls_curl)" = 000 ] || fail "the controller served a client without a certificate (controller.tls.mutual)"
+[ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$c_port/v1/stream" || true)" = 000 ] \
+  || fail "the controller answered plain HTTP on its TLS port"
 
 step "revocations: one enforced on both proxies, one pruned after its expiresAt (patch RBAC)"
 soon=$(date -u -d '+3 seconds' +%Y-%m-%dT%H:%M:%SZ)

@@ -64,9 +64,10 @@ class ApiError(Exception):
 class State:
     """What the stub remembers: the ledger, the last request, a bounded log of requests."""
 
-    def __init__(self, keys, rate_limited):
+    def __init__(self, keys, rate_limited, retry_after=1):
         self.keys = keys  # None: any key (or none) is accepted
         self.rate_limited = rate_limited
+        self.retry_after = str(retry_after)  # the retry-after of a rate-limited key's 429
         self.lock = threading.Lock()
         self.ledger: list[dict] = []
         self.last = None
@@ -487,9 +488,9 @@ class Handler(BaseHTTPRequestHandler):
         if key is not None and key in self.state.rate_limited:
             if api == "openai":
                 raise ApiError(429, "requests", "Rate limit reached for requests on this key (llm-stub). Please try again in 1s.", code="rate_limit_exceeded",
-                               headers=[("retry-after", "1"), ("x-ratelimit-remaining-requests", "0")])
+                               headers=[("retry-after", self.state.retry_after), ("x-ratelimit-remaining-requests", "0")])
             raise ApiError(429, "rate_limit_error", "This request would exceed the rate limit for your organization (llm-stub).",
-                           headers=[("retry-after", "1"), ("anthropic-ratelimit-requests-remaining", "0")])
+                           headers=[("retry-after", self.state.retry_after), ("anthropic-ratelimit-requests-remaining", "0")])
         if self.state.keys is not None and key not in self.state.keys:
             if api == "openai":
                 if key is None:
@@ -816,13 +817,14 @@ def main(argv=None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9100, help="0 picks a free port (printed)")
     p.add_argument("--keys", default=None, help="comma-separated provider keys to accept (default: accept any)")
-    p.add_argument("--rate-limited-keys", default="", help="comma-separated keys answered 429 with retry-after: 1")
+    p.add_argument("--rate-limited-keys", default="", help="comma-separated keys answered 429 with a retry-after")
+    p.add_argument("--retry-after", type=int, default=1, help="seconds in the retry-after of those 429s (default 1)")
     p.add_argument("--verbose", action="store_true", help="log every request on stderr")
     args = p.parse_args(argv)
 
     keys = None if args.keys is None else {k.strip() for k in args.keys.split(",") if k.strip()}
     limited = {k.strip() for k in args.rate_limited_keys.split(",") if k.strip()}
-    Handler.state = State(keys, limited)
+    Handler.state = State(keys, limited, args.retry_after)
     Handler.verbose = args.verbose
     if ":" in args.host:
         StubServer.address_family = socket.AF_INET6

@@ -102,3 +102,23 @@ fsGroup: 65532
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* The controller Service's DNS name in the cluster: what its certificate names. */}}
+{{- define "portcullis.controller.dnsName" -}}
+{{ include "portcullis.controller.fullname" . }}.{{ .Release.Namespace }}.svc
+{{- end }}
+
+{{/* The Secret with the controller's serving certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "portcullis.controller.tlsSecretName" -}}
+{{- .Values.controller.tls.secretName | default (printf "%s-tls" (include "portcullis.controller.fullname" .)) }}
+{{- end }}
+
+{{/* The Secret with the CA that verifies the controller (ca.crt) and, for mutual TLS, the
+proxies' client certificate (tls.crt, tls.key). */}}
+{{- define "portcullis.proxy.tlsSecretName" -}}
+{{- if .Values.controller.tls.secretName }}
+{{- required "controller.tls.proxySecretName: with controller.tls.secretName, name the Secret holding ca.crt (and, with mutual, the proxies' tls.crt and tls.key)" .Values.controller.tls.proxySecretName }}
+{{- else }}
+{{- printf "%s-controller-tls" (include "portcullis.proxy.fullname" .) }}
+{{- end }}
+{{- end }}
