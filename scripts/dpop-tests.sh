@@ -94,6 +94,37 @@ spec:
   backend: {url: "$UPSTREAM"}
   rules:
     - match: {pathPrefix: /}
+---
+# The same issuer behind server nonces (RFC 9449 section 9), on host localhost.
+apiVersion: v1
+kind: Secret
+metadata: {name: dpop-nonce, namespace: default}
+data: {key: $(head -c 48 /dev/urandom | base64 -w0)}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: TokenPolicy
+metadata: {name: dpop-nonce, namespace: default}
+spec:
+  issuers:
+    - issuer: $ISSUER
+      audiences: ["$RESOURCE"]
+      algorithms: [RS256]
+      jwks: {discovery: true}
+      dpop:
+        mode: $DPOP_MODE
+        algorithms: [ES256]
+        maxAge: 60s
+        nonce: {secretRef: {name: dpop-nonce, key: key}, lifetime: 5m}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: dpop-nonce, namespace: default}
+spec:
+  hosts: ["localhost"]
+  policyRef: {name: dpop-nonce}
+  backend: {url: "$UPSTREAM"}
+  rules:
+    - match: {pathPrefix: /}
 EOF
 
 if [ "$REFERENCE" = 1 ]; then
@@ -114,7 +145,7 @@ else
     kill -0 "$GW_PID" 2>/dev/null || break
     if curl -fsS "http://127.0.0.1:$GW_ADMIN/readyz" >/dev/null 2>&1 \
       && curl -fsS "http://127.0.0.1:$GW_ADMIN/config" 2>/dev/null \
-        | node -e 'let s="";process.stdin.on("data",(c)=>s+=c).on("end",()=>{const c=JSON.parse(s);process.exit(c.stats.routes===1&&c.errors.length===0?0:1)})'; then
+        | node -e 'let s="";process.stdin.on("data",(c)=>s+=c).on("end",()=>{const c=JSON.parse(s);process.exit(c.stats.routes===2&&c.errors.length===0?0:1)})'; then
       ready=1
       break
     fi
@@ -131,7 +162,8 @@ echo "== up: provider $ISSUER, upstream $UPSTREAM, gateway $GATEWAY (admin $GW_A
 # --- the client and the checks ---------------------------------------------------------------------
 echo
 echo "== client.mjs (oauth4webapi, DPoP-bound token, attacks)"
-(cd "$ROOT/tests/dpop" && env ISSUER="$ISSUER" RESOURCE="$RESOURCE" API_URL="$GATEWAY/orders/dpop" \
+nonce_url=""; [ "$REFERENCE" != 1 ] && nonce_url="http://localhost:$GW_PORT/orders/dpop"
+(cd "$ROOT/tests/dpop" && env ISSUER="$ISSUER" RESOURCE="$RESOURCE" API_URL="$GATEWAY/orders/dpop" NONCE_URL="$nonce_url" \
   timeout 40 node client.mjs) >"$WORK/client.json" 2>"$WORK/client.err"
 client_status=$?
 if [ "$client_status" != 0 ]; then

@@ -65,6 +65,18 @@ const expectations = {
   m_unbound_bearer: { status: [401], challenge: [/\bDPoP\b/] },
   n_unbound_dpop: { status: [400, 401] },
 };
+// RFC 9449 section 9, when the run has a nonce route (NONCE_URL).
+const NONCE_ERROR = [/\bDPoP\b/, /error="use_dpop_nonce"/];
+if (Object.keys(result.cases).some((n) => n.startsWith('nonce_'))) {
+  Object.assign(expectations, {
+    nonce_first: { status: [401], challenge: NONCE_ERROR, nonce: true },
+    nonce_retry: OK,
+    nonce_again: OK,
+    nonce_missing: { status: [401], challenge: NONCE_ERROR, nonce: true },
+    nonce_forged: { status: [401], challenge: NONCE_ERROR, nonce: true },
+    nonce_by_hand: OK,
+  });
+}
 
 for (const [name, want] of Object.entries(expectations)) {
   const got = result.cases[name];
@@ -76,6 +88,7 @@ for (const [name, want] of Object.entries(expectations)) {
   if (got.error) problems.push(`request failed: ${got.error.split('\n')[0]}`);
   if (got.bound_to_proof_key === false) problems.push('setup: the token is not bound to the proof key');
   if (!want.status.includes(got.status)) problems.push(`status ${got.status}, want ${want.status.join(' or ')}`);
+  if (want.nonce && !got.nonce) problems.push('no DPoP-Nonce header with the use_dpop_nonce refusal');
   const patterns = [...(want.challenge ?? []), ...(got.status === 401 ? want.challenge401 ?? [] : [])];
   for (const re of patterns) {
     if (!re.test(got.challenge ?? '')) problems.push(`WWW-Authenticate ${JSON.stringify(got.challenge)} does not match ${re}`);

@@ -113,6 +113,7 @@ async function viaLibrary(name, token, DPoP, method = 'GET', body = null) {
   return {
     status: response.status,
     challenge: response.headers.get('www-authenticate'),
+    nonce: response.headers.get('dpop-nonce'),
     body: text.slice(0, 300),
     via: 'oauth4webapi',
   };
@@ -121,8 +122,11 @@ async function viaLibrary(name, token, DPoP, method = 'GET', body = null) {
 // --- hand-made requests ---------------------------------------------------------------------------
 
 let apiUrl;
+// NONCE_URL: a route whose issuer asks for server nonces (RFC 9449 section 9); the
+// nonce_* cases go there.
+let nonceUrl = null;
 function caseUrl(name) {
-  const u = new URL(apiUrl);
+  const u = new URL(name.startsWith('nonce_') && nonceUrl ? nonceUrl : apiUrl);
   u.searchParams.set('case', name);
   return u;
 }
@@ -139,6 +143,7 @@ function send(name, method, headers, body) {
       res.on('end', () => resolve({
         status: res.statusCode,
         challenge: res.headers['www-authenticate'] ?? null,
+        nonce: res.headers['dpop-nonce'] ?? null,
         body: Buffer.concat(chunks).toString().slice(0, 300),
       }));
     });
@@ -159,6 +164,7 @@ async function main() {
   const issuer = env('ISSUER');
   const resource = env('RESOURCE');
   apiUrl = env('API_URL');
+  nonceUrl = process.env.NONCE_URL || null;
   const scope = env('SCOPE', 'orders:read');
   const params = { resource, scope };
 
@@ -228,6 +234,23 @@ async function main() {
       cases[name] = { status: null, challenge: null, error: String(e?.stack ?? e) };
     }
   };
+
+  // RFC 9449 section 9: a resource server asking for nonces. A fresh oauth4webapi handle
+  // has none: its first call is refused with use_dpop_nonce and a DPoP-Nonce, which the
+  // handle keeps; the next calls carry it.
+  if (nonceUrl) {
+    const handle = oauth.DPoP({}, keyPair);
+    await run('nonce_first', (n) => viaLibrary(n, token, handle));
+    await run('nonce_retry', (n) => viaLibrary(n, token, handle));
+    await run('nonce_again', (n) => viaLibrary(n, token, handle));
+    await run('nonce_missing', async (n) => send(n, 'GET', dpopHeaders(await proof(n))));
+    await run('nonce_forged', async (n) => send(n, 'GET', dpopHeaders(
+      await proof(n, { claims: { nonce: Buffer.alloc(24).toString('base64url') } }),
+    )));
+    await run('nonce_by_hand', async (n) => send(n, 'GET', dpopHeaders(
+      await proof(n, { claims: { nonce: cases.nonce_first?.nonce ?? 'none' } }),
+    )));
+  }
 
   // What a legitimate client does.
   await run('good', (n) => viaLibrary(n, token, DPoP));

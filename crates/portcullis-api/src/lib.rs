@@ -45,9 +45,9 @@ pub use route::{
 };
 pub use status::{Condition, ConditionStatus, ProxiesStatus, ResourceStatus};
 pub use token_policy::{
-    ApiKeySelector, ApiKeysSpec, CertificateBinding, DpopMode, DpopSpec, IntrospectionSpec,
-    IssuerSpec, Jwk, JwkSet, JwksSource, Revocation, RevocationSource, SecretKeyRef, SecretRef,
-    TokenPolicy, TokenPolicySpec,
+    ApiKeySelector, ApiKeysSpec, CertificateBinding, DpopMode, DpopNonceSpec, DpopSpec,
+    IntrospectionSpec, IssuerSpec, Jwk, JwkSet, JwksSource, Revocation, RevocationSource,
+    SecretKeyRef, SecretRef, TokenPolicy, TokenPolicySpec,
 };
 
 use kube::CustomResourceExt;

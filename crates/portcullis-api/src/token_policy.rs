@@ -233,7 +233,8 @@ pub struct IssuerSpec {
     schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
 )]
 pub enum CertificateBinding {
-    /// Bound tokens need their certificate; others are bearer tokens.
+    /// Same as `Optional`: a bound token is never accepted without its certificate (it
+    /// would be a bearer token a thief could replay); others are bearer tokens.
     Off,
     /// Bound tokens need their certificate; others are bearer tokens.
     #[default]
@@ -264,6 +265,35 @@ pub struct DpopSpec {
     #[x_kube(validation = Rule::new(DURATION_RULE).message("maxAge must be a positive duration such as 60s"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<String>,
+    /// Server-provided nonces (RFC 9449 section 9). Every proof must carry a `nonce` this
+    /// gateway issued, so a proof made in advance (by someone who held the client's key
+    /// for a while) stops working when its nonce expires.
+    ///
+    /// A proof without a current nonce is answered 401 `use_dpop_nonce` with a fresh one
+    /// in `DPoP-Nonce` (section 9: the client retries with it). The answer to an accepted
+    /// request carries the next nonce once the current one is about to expire.
+    ///
+    /// Nonces hold no state: each is a MAC of its time window under the Secret's key, so
+    /// every proxy accepts every other's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<DpopNonceSpec>,
+}
+
+/// Server-provided DPoP nonces.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DpopNonceSpec {
+    /// A key in a Secret of this namespace holding at least 32 random bytes (e.g. the
+    /// output of `openssl rand -base64 48`): the key nonces are made with. Keep it secret,
+    /// since whoever has it can make nonces. Changing it ends every nonce at once, and
+    /// clients retry with a new one.
+    pub secret_ref: SecretKeyRef,
+    /// How long a nonce is current, as a duration from `10s` to `1h`; default `5m`. A
+    /// nonce is accepted in its window and the next, so for `lifetime` to twice that.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("lifetime must be a positive duration such as 5m"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<String>,
 }
 
 /// Whether an issuer's tokens must be DPoP-bound.

@@ -53,6 +53,7 @@ fn deny<'s>(
         cache_hit,
         missing_scopes: None,
         dpop_algs: None,
+        dpop_nonce: None,
     })
 }
 
@@ -64,6 +65,7 @@ fn allow_public(rule: &CompiledRule) -> Decision<'_> {
         fingerprint: None,
         cache_hit: false,
         credential_header: None,
+        dpop_nonce: None,
     })
 }
 
@@ -355,20 +357,27 @@ impl Snapshot {
         if let Err(reason) = policy.revocations.check(&a.digest, &a.principal, now) {
             return deny(reason, route, fp, a.cache_hit);
         }
-        if let Err(reason) = check_binding(policy, &a, req, now) {
-            let mut d = deny(reason, route, fp, a.cache_hit);
-            if let Decision::Deny(d) = &mut d
-                && reason.dpop_challenge()
-            {
-                d.dpop_algs = a
-                    .principal
-                    .issuer
-                    .as_deref()
-                    .and_then(|i| policy.dpop.get(i))
-                    .map(|c| c.algs_header.clone());
+        let dpop_nonce = match check_binding(policy, &a, req, now) {
+            Ok(next) => next,
+            Err(reason) => {
+                let mut d = deny(reason, route, fp, a.cache_hit);
+                if let Decision::Deny(d) = &mut d
+                    && reason.dpop_challenge()
+                {
+                    let cfg = a
+                        .principal
+                        .issuer
+                        .as_deref()
+                        .and_then(|i| policy.dpop.get(i));
+                    d.dpop_algs = cfg.map(|c| c.algs_header.clone());
+                    // Section 9: the refusal of a proof without a current nonce gives one.
+                    if reason == DenyReason::UseDpopNonce {
+                        d.dpop_nonce = cfg.and_then(|c| c.nonce.as_ref()).map(|k| k.issue(now));
+                    }
+                }
+                return d;
             }
-            return d;
-        }
+        };
         let p = &a.principal;
         let mut missing: Vec<&str> = all
             .iter()
@@ -414,6 +423,7 @@ impl Snapshot {
                 cache_hit: a.cache_hit,
                 missing_scopes: Some(scopes.join(" ")),
                 dpop_algs: None,
+                dpop_nonce: None,
             });
         }
         Decision::Allow(Allow {
@@ -426,6 +436,7 @@ impl Snapshot {
                 .get(index)
                 .and_then(|t| t.as_deref())
                 .and_then(|t| t.header.as_ref()),
+            dpop_nonce,
         })
     }
 }
@@ -437,13 +448,14 @@ static DEFAULT_DPOP: std::sync::LazyLock<crate::dpop::DpopConfig> =
 /// Sender constraint (RFC 9449): a token bound to a key (`cnf.jkt`) only with
 /// `Authorization: DPoP` and a proof of that key; `DPoP` only with a bound token; with
 /// `mode: Required`, no unbound token at all. Checked on every request, cached or not: a
-/// proof is per request.
+/// proof is per request. Accepted with a fresh DPoP nonce to send when the proof's is
+/// about to expire.
 fn check_binding(
     policy: &CompiledPolicy,
     a: &Authenticated,
     req: &RequestParts<'_>,
     now: i64,
-) -> Result<(), DenyReason> {
+) -> Result<Option<String>, DenyReason> {
     use crate::credentials::TokenScheme;
     use crate::principal::Confirmation;
     let p = &a.principal;
@@ -485,6 +497,7 @@ fn check_binding(
                 now,
                 &policy.dpop_replay,
             )
+            .map(|ok| ok.next_nonce)
         }
         // Section 7.1: a bound token sent as a bearer token is refused.
         (Some(Confirmation::JwkThumbprint(_)), _) => Err(DenyReason::DpopBoundToken),
@@ -496,11 +509,11 @@ fn check_binding(
         // RFC 8705 section 3: only from the client that holds the certificate.
         (Some(Confirmation::CertificateSha256(x5t)), _) => {
             match req.credentials.peer_certificate_sha256 {
-                Some(presented) if presented == x5t => Ok(()),
+                Some(presented) if presented == x5t => Ok(None),
                 _ => Err(DenyReason::CertificateBoundToken),
             }
         }
-        (None, _) if p.kind == crate::principal::PrincipalKind::ApiKey => Ok(()),
+        (None, _) if p.kind == crate::principal::PrincipalKind::ApiKey => Ok(None),
         (None, _) if cfg.required => Err(DenyReason::DpopRequired),
         (None, _)
             if p.issuer
@@ -509,7 +522,7 @@ fn check_binding(
         {
             Err(DenyReason::CertificateRequired)
         }
-        _ => Ok(()),
+        _ => Ok(None),
     }
 }
 

@@ -184,6 +184,9 @@ pub struct Allow<'s> {
     /// The API-key header the route's policy reads keys from, if any: a credential header
     /// the proxy removes (with `Authorization`) unless the route passes credentials on.
     pub credential_header: Option<&'s HeaderName>,
+    /// A DPoP nonce to send in `DPoP-Nonce` with the answer (RFC 9449 section 9: the
+    /// proof's nonce is about to expire).
+    pub dpop_nonce: Option<String>,
 }
 
 impl Allow<'_> {
@@ -217,6 +220,8 @@ pub struct Deny<'s> {
     /// For a DPoP refusal: the algorithms the issuer accepts for proofs (the challenge's
     /// `algs`, RFC 9449 section 7.1); the defaults when unset.
     pub dpop_algs: Option<std::sync::Arc<str>>,
+    /// For `use_dpop_nonce`: the nonce to send in `DPoP-Nonce` (RFC 9449 section 9).
+    pub dpop_nonce: Option<String>,
 }
 
 /// A key source worth fetching again: a trusted issuer signed with a `kid` that is not in

@@ -11,6 +11,9 @@
 //! 4. `ath` the base64url SHA-256 of the access token (section 4.2);
 //! 5. the RFC 7638 thumbprint of `jwk` equal to the token's `cnf.jkt` (section 6.1).
 //!
+//! With `nonce` set, a proof must also carry a nonce this gateway issued (section 9; see
+//! [`NonceKey`]).
+//!
 //! A bound token sent as `Bearer` is refused (section 7.1: it would be a bearer token a
 //! thief could replay), so is an unbound token sent as `DPoP`, and with `mode: Required` an
 //! unbound token at all.
@@ -48,6 +51,8 @@ pub(crate) struct DpopConfig {
     pub(crate) max_age: i64,
     /// `algorithms` as a challenge's `algs`.
     pub(crate) algs_header: std::sync::Arc<str>,
+    /// Server-provided nonces, when configured.
+    pub(crate) nonce: Option<NonceKey>,
 }
 
 impl Default for DpopConfig {
@@ -69,8 +74,106 @@ impl DpopConfig {
             algorithms,
             max_age,
             algs_header,
+            nonce: None,
         }
     }
+}
+
+/// Stateless server nonces (RFC 9449 section 9). A nonce is `base64url(window || tag)`: the
+/// time window (`now / lifetime`, 8 bytes big-endian) and the first 16 bytes of
+/// HMAC-SHA256 over the issuer and the window under a key every proxy gets from the same
+/// Secret. So any proxy checks any other's nonce without shared state. A nonce is good
+/// in its window and the next; one from the previous window is still accepted, and the
+/// answer carries the current one.
+#[derive(Clone)]
+pub(crate) struct NonceKey {
+    key: std::sync::Arc<[u8]>,
+    issuer: std::sync::Arc<str>,
+    /// Window length, seconds (at least 1).
+    lifetime: i64,
+}
+
+impl std::fmt::Debug for NonceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NonceKey")
+            .field("key", &"<redacted>")
+            .field("issuer", &self.issuer)
+            .field("lifetime", &self.lifetime)
+            .finish()
+    }
+}
+
+/// How a proof's nonce stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NonceState {
+    /// Made in the current window.
+    Current,
+    /// Made in the previous window: accepted, and a new one is sent.
+    Previous,
+    /// Missing, malformed, forged, or older.
+    Invalid,
+}
+
+impl NonceKey {
+    pub(crate) fn new(key: &[u8], issuer: &str, lifetime: i64) -> Self {
+        Self {
+            key: key.into(),
+            issuer: issuer.into(),
+            lifetime: lifetime.max(1),
+        }
+    }
+
+    /// HMAC-SHA256 over the issuer and `window`, ready to finalize or verify.
+    fn mac(&self, window: i64) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::{Mac, digest::KeyInit};
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.key)
+            .expect("HMAC takes a key of any length");
+        mac.update(b"portcullis dpop nonce\0");
+        mac.update(self.issuer.as_bytes());
+        mac.update(b"\0");
+        mac.update(&window.to_be_bytes());
+        mac
+    }
+
+    /// The nonce of the window holding `now`.
+    pub(crate) fn issue(&self, now: i64) -> String {
+        let window = now.div_euclid(self.lifetime);
+        let mut raw = [0u8; 24];
+        raw[..8].copy_from_slice(&window.to_be_bytes());
+        raw[8..].copy_from_slice(&hmac::Mac::finalize(self.mac(window)).into_bytes()[..16]);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Whether `nonce` is one this key issued for the current or the previous window.
+    pub(crate) fn check(&self, nonce: &str, now: i64) -> NonceState {
+        let Ok(raw) = URL_SAFE_NO_PAD.decode(nonce) else {
+            return NonceState::Invalid;
+        };
+        let Ok(raw) = <[u8; 24]>::try_from(raw.as_slice()) else {
+            return NonceState::Invalid;
+        };
+        let window = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+        let current = now.div_euclid(self.lifetime);
+        let state = if window == current {
+            NonceState::Current
+        } else if window == current - 1 {
+            NonceState::Previous
+        } else {
+            return NonceState::Invalid;
+        };
+        // A constant-time comparison of the tag.
+        if hmac::Mac::verify_truncated_left(self.mac(window), &raw[8..]).is_err() {
+            return NonceState::Invalid;
+        }
+        state
+    }
+}
+
+/// What an accepted proof leaves to do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ProofAccepted {
+    /// A fresh nonce to send in `DPoP-Nonce` (the proof's is about to expire).
+    pub(crate) next_nonce: Option<String>,
 }
 
 /// Proof `jti`s seen recently (keyed by the SHA-256 of the proof key's thumbprint and the
@@ -164,7 +267,7 @@ pub(crate) fn check_proof(
     skew: i64,
     now: i64,
     replay: &ReplayCache,
-) -> Result<(), DenyReason> {
+) -> Result<ProofAccepted, DenyReason> {
     const BAD: DenyReason = DenyReason::InvalidDpopProof;
     if proof.len() > 8 * 1024 {
         return Err(BAD);
@@ -232,6 +335,17 @@ pub(crate) fn check_proof(
     let jti = str_claim("jti")
         .filter(|j| !j.is_empty() && j.len() <= 256)
         .ok_or(BAD)?;
+    // Section 9: a nonce this gateway issued, current or just expired. Checked after the
+    // signature (an unsigned claim says nothing) and before the proof is recorded as
+    // used, so the retry section 9 asks for is a new proof anyway.
+    let mut accepted = ProofAccepted::default();
+    if let Some(key) = &cfg.nonce {
+        match str_claim("nonce").map_or(NonceState::Invalid, |n| key.check(n, now)) {
+            NonceState::Current => {}
+            NonceState::Previous => accepted.next_nonce = Some(key.issue(now)),
+            NonceState::Invalid => return Err(DenyReason::UseDpopNonce),
+        }
+    }
     // Section 11.1: a proof is used once.
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
@@ -246,7 +360,7 @@ pub(crate) fn check_proof(
     if !replay.first_use(h.finalize().into(), *jkt, until, now) {
         return Err(DenyReason::DpopReplay);
     }
-    Ok(())
+    Ok(accepted)
 }
 
 /// Whether a proof's `htu` names the request (RFC 9449 section 4.3 step 9: query and
@@ -307,6 +421,38 @@ mod tests {
         assert!(!htu_matches("https://api.example.com/orders/2", T));
         assert!(!htu_matches("https://user@api.example.com/orders/1", T));
         assert!(!htu_matches("api.example.com/orders/1", T));
+    }
+
+    /// RFC 9449 section 9: nonces the server issued, for a limited time, and no others.
+    #[test]
+    fn rfc9449_section_9_nonces_are_issued_checked_and_expire() {
+        let k = NonceKey::new(&[7; 32], "https://issuer.example", 300);
+        let n = k.issue(1_000_000);
+        assert_eq!(k.check(&n, 1_000_000), NonceState::Current);
+        assert_eq!(k.check(&n, 1_000_000 + 300), NonceState::Previous);
+        assert_eq!(k.check(&n, 1_000_000 + 600), NonceState::Invalid, "expired");
+        assert_eq!(
+            k.check(&n, 1_000_000 - 300),
+            NonceState::Invalid,
+            "from the future"
+        );
+        // Another key, or the same key for another issuer, makes other nonces.
+        let other = NonceKey::new(&[8; 32], "https://issuer.example", 300);
+        assert_eq!(other.check(&n, 1_000_000), NonceState::Invalid);
+        let elsewhere = NonceKey::new(&[7; 32], "https://other.example", 300);
+        assert_eq!(elsewhere.check(&n, 1_000_000), NonceState::Invalid);
+        // A forged window with the old tag, a truncated or garbled nonce.
+        let mut raw = URL_SAFE_NO_PAD.decode(&n).unwrap();
+        raw[7] ^= 1;
+        let moved = URL_SAFE_NO_PAD.encode(&raw);
+        assert_eq!(k.check(&moved, 1_000_000), NonceState::Invalid);
+        assert_eq!(k.check(&n[..n.len() - 2], 1_000_000), NonceState::Invalid);
+        assert_eq!(k.check("not base64!", 1_000_000), NonceState::Invalid);
+        assert_eq!(k.check("", 1_000_000), NonceState::Invalid);
+        assert!(
+            !format!("{k:?}").contains("7, 7"),
+            "the key is never printed"
+        );
     }
 
     #[test]

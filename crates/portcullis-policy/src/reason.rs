@@ -115,6 +115,10 @@ pub enum DenyReason {
     /// `Authorization: DPoP` with a token that is not DPoP-bound, or, where the issuer
     /// requires DPoP, a token that is not bound at all.
     DpopRequired,
+    /// A DPoP proof without a nonce this gateway issued, or with an expired one, where the
+    /// issuer's `dpop.nonce` asks for them (RFC 9449 section 9: 401 `use_dpop_nonce` and a
+    /// fresh nonce in `DPoP-Nonce`).
+    UseDpopNonce,
     /// MCP route: a browser `Origin` that is neither the resource's nor allowed (403, the
     /// Streamable HTTP transport's DNS-rebinding defence).
     McpOrigin,
@@ -167,6 +171,7 @@ impl DenyReason {
         DenyReason::DpopReplay,
         DenyReason::DpopBoundToken,
         DenyReason::DpopRequired,
+        DenyReason::UseDpopNonce,
         DenyReason::McpOrigin,
         DenyReason::McpDenied,
     ];
@@ -198,6 +203,7 @@ impl DenyReason {
             }
             InsufficientScope => Some("insufficient_scope"),
             InvalidDpopProof | DpopReplay => Some("invalid_dpop_proof"),
+            UseDpopNonce => Some("use_dpop_nonce"),
             _ => Some("invalid_token"),
         }
     }
@@ -242,6 +248,7 @@ impl DenyReason {
             DpopReplay => "dpop_replay",
             DpopBoundToken => "dpop_bound_token",
             DpopRequired => "dpop_required",
+            UseDpopNonce => "use_dpop_nonce",
             McpOrigin => "mcp_origin",
             McpDenied => "mcp_denied",
             RevokedKey => "revoked_key",
@@ -294,6 +301,7 @@ impl DenyReason {
             DpopReplay => "the DPoP proof was already used",
             DpopBoundToken => "the token is bound to a key: send it as DPoP with a proof",
             DpopRequired => "a DPoP-bound token and its proof are required",
+            UseDpopNonce => "Resource server requires nonce in DPoP proof",
             McpDenied => "this MCP method or tool is not available",
             WrongTokenType => "the token is not an access token",
             UnforwardableClaim => "a claim of the token cannot be passed on",
@@ -313,6 +321,7 @@ impl DenyReason {
                 | DenyReason::DpopReplay
                 | DenyReason::DpopBoundToken
                 | DenyReason::DpopRequired
+                | DenyReason::UseDpopNonce
         )
     }
 }

@@ -6,7 +6,7 @@ mod support;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use portcullis_policy::{Decision, DenyReason, HeaderField, RequestParts};
+use portcullis_policy::{Clock, Decision, DenyReason, HeaderField, RequestParts};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::*;
@@ -315,6 +315,132 @@ fn each_required_binding_takes_no_other_and_unknown_bindings_fail_closed() {
             decide(&f, "Bearer", &t, HeaderField::Absent),
             Err(DenyReason::MalformedToken),
             "{cnf}"
+        );
+    }
+}
+
+/// A policy whose issuer asks for server nonces (lifetime 10s), with its key Secret.
+fn nonce_fixture(secret: &[u8]) -> Fixture {
+    let mut p = serde_json::to_value(policy()).unwrap();
+    p["spec"]["issuers"][0]["dpop"] =
+        json!({"nonce": {"secretRef": {"name": "dpop-nonce", "key": "key"}, "lifetime": "10s"}});
+    let s = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "dpop-nonce", "namespace": "shop"},
+        "data": {"key": base64::engine::general_purpose::STANDARD.encode(secret)},
+    }))
+    .unwrap();
+    build(&[route()], &[serde_json::from_value(p).unwrap()], &[s])
+}
+
+/// What the gateway answers a DPoP request: Ok(the `DPoP-Nonce` sent with the answer) or
+/// Err((reason, the `DPoP-Nonce` of the refusal)).
+fn decide_nonce(
+    f: &Fixture,
+    token: &str,
+    proof: &str,
+) -> Result<Option<String>, (DenyReason, Option<String>)> {
+    let auth = format!("DPoP {token}");
+    let mut req = RequestParts::new("GET", HOST, PATH).with_authorization(&auth);
+    req.credentials.dpop = one(proof);
+    match f.snapshot.authorize(&req) {
+        Decision::Allow(a) => Ok(a.dpop_nonce),
+        Decision::Deny(d) => Err((d.reason, d.dpop_nonce)),
+        Decision::Pending(_) => panic!("pending"),
+    }
+}
+
+#[test]
+fn server_nonces_rfc9449_s9_asked_for_issued_accepted_and_renewed() {
+    let f = nonce_fixture(&[42; 32]);
+    let (key, jkt) = client_key();
+    let token = bound_token(jkt);
+    let now = || f.clock.now();
+    let at = |nonce: Option<&str>| {
+        let t = now();
+        let nonce = nonce.map(str::to_owned);
+        proof(key, &token, move |_, c| {
+            c["iat"] = json!(t - 1);
+            if let Some(n) = nonce {
+                c["nonce"] = json!(n);
+            }
+        })
+    };
+    // Section 9: a proof without a nonce gets use_dpop_nonce, a DPoP challenge and a nonce.
+    let Err((DenyReason::UseDpopNonce, Some(nonce))) = decide_nonce(&f, &token, &at(None)) else {
+        panic!("a proof without a nonce was not asked for one");
+    };
+    let auth = format!("DPoP {token}");
+    let mut req = RequestParts::new("GET", HOST, PATH).with_authorization(&auth);
+    let p = at(None);
+    req.credentials.dpop = one(&p);
+    let Decision::Deny(d) = f.snapshot.authorize(&req) else {
+        panic!("allowed")
+    };
+    let c = d.www_authenticate().unwrap();
+    assert!(
+        c.starts_with("DPoP ") && c.contains("error=\"use_dpop_nonce\""),
+        "{c}"
+    );
+    assert_eq!(d.status(), 401);
+    // With it: accepted, and no new nonce while it is current.
+    assert_eq!(decide_nonce(&f, &token, &at(Some(&nonce))), Ok(None));
+    // The window moves on: still accepted, and the answer carries the next nonce.
+    f.clock.advance(10);
+    let next = decide_nonce(&f, &token, &at(Some(&nonce)))
+        .expect("a nonce of the previous window is accepted")
+        .expect("with the next nonce");
+    assert_ne!(next, nonce);
+    assert_eq!(decide_nonce(&f, &token, &at(Some(&next))), Ok(None));
+    // Two windows on: the old nonce is refused with a fresh one.
+    f.clock.advance(10);
+    let Err((DenyReason::UseDpopNonce, Some(fresh))) = decide_nonce(&f, &token, &at(Some(&nonce)))
+    else {
+        panic!("an expired nonce was accepted");
+    };
+    assert_eq!(decide_nonce(&f, &token, &at(Some(&fresh))), Ok(None));
+    // A nonce made with another key (another gateway, or a guess) is no nonce of ours.
+    let other = nonce_fixture(&[43; 32]);
+    other.clock.set(now());
+    let Err((_, Some(theirs))) = decide_nonce(&other, &token, &at(None)) else {
+        panic!("no nonce from the other gateway");
+    };
+    assert!(matches!(
+        decide_nonce(&f, &token, &at(Some(&theirs))),
+        Err((DenyReason::UseDpopNonce, Some(_)))
+    ));
+    // Every other check still applies: a nonce does not make a replay pass.
+    let p = at(Some(&fresh));
+    assert_eq!(decide_nonce(&f, &token, &p), Ok(None));
+    assert_eq!(
+        decide_nonce(&f, &token, &p),
+        Err((DenyReason::DpopReplay, None))
+    );
+}
+
+#[test]
+fn a_nonce_key_shorter_than_256_bits_is_a_compile_error() {
+    let mut p = serde_json::to_value(policy()).unwrap();
+    p["spec"]["issuers"][0]["dpop"] =
+        json!({"nonce": {"secretRef": {"name": "dpop-nonce", "key": "key"}}});
+    let s: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "dpop-nonce", "namespace": "shop"},
+        "data": {"key": base64::engine::general_purpose::STANDARD.encode(b"short")},
+    }))
+    .unwrap();
+    let clock = std::sync::Arc::new(portcullis_policy::ManualClock::new(NOW));
+    for secrets in [vec![s], vec![]] {
+        let (_, errors) = portcullis_policy::compile_with(
+            &options(&clock),
+            &[route()],
+            &[serde_json::from_value(p.clone()).unwrap()],
+            &secrets,
+        );
+        let text = format!("{errors:?}");
+        assert!(
+            text.contains("spec.issuers[0].dpop.nonce.secretRef"),
+            "{text}"
         );
     }
 }

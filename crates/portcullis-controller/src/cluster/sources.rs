@@ -117,6 +117,11 @@ pub(crate) fn source_set(
             for r in [
                 jwks.and_then(|j| j.secret_ref.as_ref()),
                 jwks.and_then(|j| j.ca_bundle_secret_ref.as_ref()),
+                // The DPoP nonce key: every proxy makes and checks the same nonces.
+                iss.dpop
+                    .as_ref()
+                    .and_then(|d| d.nonce.as_ref())
+                    .map(|n| &n.secret_ref),
             ]
             .into_iter()
             .flatten()

@@ -282,14 +282,55 @@ pub(super) fn compile_policy(
                 "maxAge must be at least 1s (proof times have a one-second grain)",
             ));
         }
-        dpop.insert(
-            iss.issuer.clone(),
-            crate::dpop::DpopConfig::new(
-                d.mode == Some(portcullis_api::DpopMode::Required),
-                algorithms,
-                max_age,
-            ),
+        let mut cfg = crate::dpop::DpopConfig::new(
+            d.mode == Some(portcullis_api::DpopMode::Required),
+            algorithms,
+            max_age,
         );
+        if let Some(n) = &d.nonce {
+            let lifetime = duration(
+                &format!("issuers[{i}].dpop.nonce.lifetime"),
+                &n.lifetime,
+                300,
+                &mut errs,
+            )
+            .unwrap_or(300);
+            if !(10..=3600).contains(&lifetime) {
+                errs.push(policy_error(
+                    p,
+                    format!("{at}.nonce.lifetime"),
+                    CompileReason::InvalidDuration,
+                    "lifetime must be from 10s to 1h",
+                ));
+            }
+            let r = &n.secret_ref;
+            let ns = p.ns();
+            match secrets
+                .get(&(ns.clone(), r.name.clone()))
+                .and_then(|sec| super::objects::secret_value(sec, &r.key))
+            {
+                // At least 256 bits, or nonces could be guessed (RFC 2104 section 3).
+                Some(key) if key.len() >= 32 => {
+                    cfg.nonce = Some(crate::dpop::NonceKey::new(&key, &iss.issuer, lifetime));
+                }
+                Some(_) => errs.push(policy_error(
+                    p,
+                    format!("{at}.nonce.secretRef"),
+                    CompileReason::Invalid,
+                    format!(
+                        "Secret {ns}/{} key {:?} holds fewer than 32 bytes: use e.g. `openssl rand -base64 48`",
+                        r.name, r.key
+                    ),
+                )),
+                None => errs.push(policy_error(
+                    p,
+                    format!("{at}.nonce.secretRef"),
+                    CompileReason::SecretNotFound,
+                    format!("Secret {ns}/{} has no key {:?}", r.name, r.key),
+                )),
+            }
+        }
+        dpop.insert(iss.issuer.clone(), cfg);
     }
 
     if !errs.is_empty() {

@@ -138,6 +138,13 @@ impl Pipeline {
         let quota_headers = self.rate_limit_phase(&allow, log).await?;
         let mut forward = self.forward_phase(head, uri, &target, &allow, log, tls)?;
         forward.response_headers = quota_headers;
+        // RFC 9449 section 8.2: the next nonce, with the answer to a proof whose nonce is
+        // about to expire.
+        if let Some(nonce) = &allow.dpop_nonce
+            && let Ok(v) = HeaderValue::from_str(nonce)
+        {
+            forward.response_headers.push((DPOP_NONCE, v));
+        }
         Ok(forward)
     }
 
@@ -409,6 +416,9 @@ pub(super) fn mcp_headers<'h>(
     }
 }
 
+/// `DPoP-Nonce` (RFC 9449 section 8.1).
+const DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
+
 /// The RFC 6750 answer to a denial.
 fn deny_response(deny: &Deny<'_>) -> Response<ProxyBody> {
     let status = StatusCode::from_u16(deny.status()).unwrap_or(StatusCode::UNAUTHORIZED);
@@ -427,6 +437,14 @@ fn deny_response(deny: &Deny<'_>) -> Response<ProxyBody> {
         && let Ok(v) = HeaderValue::from_str(&challenge)
     {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    // RFC 9449 section 9: the nonce the client must put in its next proof.
+    if let Some(nonce) = &deny.dpop_nonce
+        && let Ok(v) = HeaderValue::from_str(nonce)
+    {
+        resp.headers_mut().insert(DPOP_NONCE, v);
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     if deny.reason == DenyReason::IntrospectionUnavailable {
         // The token was not judged: the client may retry shortly.
