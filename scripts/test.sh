@@ -39,6 +39,8 @@ else
   PORTCULLIS_BIN="$PWD/${CARGO_TARGET_DIR:-target}/debug/portcullis" scripts/mcp-tests.sh
   echo "== DPoP: oauth4webapi gets a DPoP-bound token from oidc-provider and calls through Portcullis; proof attacks refused"
   PORTCULLIS_BIN="$PWD/${CARGO_TARGET_DIR:-target}/debug/portcullis" scripts/dpop-tests.sh
+  echo "== mTLS: oauth4webapi gets a certificate-bound token from oidc-provider with a client certificate and calls through Portcullis over TLS; other certificates refused"
+  PORTCULLIS_BIN="$PWD/${CARGO_TARGET_DIR:-target}/debug/portcullis" scripts/mtls-tests.sh
 fi
 if [ "${SKIP_FUZZ:-0}" = 1 ]; then
   echo "== fuzz smoke SKIPPED (SKIP_FUZZ=1)"

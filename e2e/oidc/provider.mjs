@@ -41,8 +41,31 @@
 // (`cnf.jkt`, RFC 7638 thumbprint) and `token_type` DPoP; without a proof it is a Bearer token
 // as before. The confidential client `dpop-client` (secret `dpop-client-secret`,
 // client_credentials, dpop_bound_access_tokens) must send a proof: its tokens are always bound.
+//
+// Mutual TLS (RFC 8705; tests/mtls, scripts/mtls-tests.sh): features.mTLS is on with
+// certificateBoundAccessTokens and selfSignedTlsClientAuth; getCertificate is the client
+// certificate of the TLS connection the request came on (none on the plain-HTTP port, so
+// nothing changes there). Optional, each only when its variables are set:
+//   MTLS_PORT, MTLS_CERT, MTLS_KEY   a second, HTTPS listener on 127.0.0.1:MTLS_PORT (server
+//                  certificate and key, PEM) that asks for a client certificate (requestCert;
+//                  any certificate is taken, rejectUnauthorized false: self-signed client
+//                  authentication matches it by thumbprint, not by chain). Same provider, same
+//                  issuer (http://127.0.0.1:PORT); discovery gains `mtls_endpoint_aliases`
+//                  (RFC 8705 section 5) for its token, introspection and revocation endpoints.
+//                  POST /stop and /start do not touch it.
+//   MTLS_CLIENT_CERT  a PEM certificate: registers the confidential client `mtls-client`
+//                  (client_credentials, token_endpoint_auth_method self_signed_tls_client_auth
+//                  (RFC 8705 section 2.2) with that certificate in its jwks (x5c),
+//                  tls_client_certificate_bound_access_tokens). It must come to the mTLS
+//                  listener with that certificate; its access tokens carry
+//                  `cnf["x5t#S256"]`, the base64url SHA-256 of the certificate's DER (section
+//                  3.1); for resource https://api.portcullis.test they are JWTs as above.
+// Discovery also shows tls_client_certificate_bound_access_tokens and
+// self_signed_tls_client_auth among the token endpoint's authentication methods.
 import http from 'node:http';
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import https from 'node:https';
+import { readFileSync } from 'node:fs';
+import { X509Certificate, generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
 
 const port = Number(process.env.PORT);
@@ -69,6 +92,22 @@ const ACCOUNT = 'alice';
 function newKey() {
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
   return { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), alg: 'RS256', use: 'sig' };
+}
+
+// Mutual TLS (RFC 8705): the optional HTTPS listener and the certificate of `mtls-client`.
+const mtlsPort = process.env.MTLS_PORT ? Number(process.env.MTLS_PORT) : undefined;
+const mtlsBase = mtlsPort ? `https://127.0.0.1:${mtlsPort}` : undefined;
+const mtlsClient = process.env.MTLS_CLIENT_CERT
+  ? new X509Certificate(readFileSync(process.env.MTLS_CLIENT_CERT))
+  : undefined;
+
+// The client certificate of the TLS connection a request came on, if any (the plain-HTTP
+// listener has none). oidc-provider takes an X509Certificate (its thumbprint is of `raw`).
+function getCertificate(ctx) {
+  const socket = ctx.socket ?? ctx.req?.socket;
+  const peer = typeof socket?.getPeerCertificate === 'function' ? socket.getPeerCertificate() : null;
+  if (!peer?.raw) return undefined;
+  return new X509Certificate(peer.raw);
 }
 
 let keys = [newKey()];
@@ -111,6 +150,24 @@ function makeProvider() {
         scope: SCOPES.join(' '),
         dpop_bound_access_tokens: true,
       },
+      ...(mtlsClient ? [{
+        // The mTLS test client (tests/mtls): authenticates with its certificate
+        // (self_signed_tls_client_auth: the certificate in jwks.keys[0].x5c, matched by
+        // SHA-256 thumbprint) and gets certificate-bound tokens only.
+        client_id: 'mtls-client',
+        token_endpoint_auth_method: 'self_signed_tls_client_auth',
+        tls_client_certificate_bound_access_tokens: true,
+        jwks: {
+          keys: [{
+            ...mtlsClient.publicKey.export({ format: 'jwk' }),
+            x5c: [mtlsClient.raw.toString('base64')],
+          }],
+        },
+        grant_types: ['client_credentials'],
+        redirect_uris: [],
+        response_types: [],
+        scope: SCOPES.join(' '),
+      }] : []),
       {
         // The gateway's own client: it only introspects.
         client_id: 'portcullis-gateway',
@@ -122,6 +179,24 @@ function makeProvider() {
     ],
     jwks: { keys },
     scopes: [...SCOPES, ...MCP_SCOPES],
+    // oidc-provider's defaults plus RFC 8705 section 2.2 (features.mTLS.selfSignedTlsClientAuth
+    // alone does not make the method registrable).
+    clientAuthMethods: [
+      'client_secret_basic', 'client_secret_jwt', 'client_secret_post', 'private_key_jwt', 'none',
+      'self_signed_tls_client_auth',
+    ],
+    // RFC 8705 section 5: where a client that authenticates with its certificate sends its
+    // requests (the HTTPS listener), when there is one.
+    ...(mtlsBase ? {
+      discovery: {
+        claim_types_supported: ['normal'],
+        mtls_endpoint_aliases: {
+          token_endpoint: `${mtlsBase}/token`,
+          introspection_endpoint: `${mtlsBase}/token/introspection`,
+          revocation_endpoint: `${mtlsBase}/token/revocation`,
+        },
+      },
+    } : {}),
     // The MCP SDK registers (RFC 7591) with `scope` = the scope of the first 401 challenge, and
     // oidc-provider then refuses any other scope for that client (invalid_scope), which breaks
     // step-up (403 insufficient_scope -> a wider scope). Drop `scope` from dynamic registrations
@@ -157,6 +232,15 @@ function makeProvider() {
       // DPoP-bound access tokens (RFC 9449). The defaults, spelled out: no DPoP-Nonce
       // (requireNonce false, no nonceSecret), a proof's jti used once (allowReplay false).
       dPoP: { enabled: true, requireNonce: () => false, allowReplay: false },
+      // Certificate-bound access tokens and self-signed certificate client authentication
+      // (RFC 8705). Only clients registered with tls_client_certificate_bound_access_tokens
+      // (mtls-client) get bound tokens; the others are as before.
+      mTLS: {
+        enabled: true,
+        certificateBoundAccessTokens: true,
+        selfSignedTlsClientAuth: true,
+        getCertificate,
+      },
       backchannelLogout: { enabled: backchannel },
       resourceIndicators: {
         enabled: true,
@@ -229,7 +313,7 @@ async function autoInteraction(req, res) {
   await provider.interactionFinished(req, res, result, { mergeWithLastSubmission: false });
 }
 
-const server = http.createServer((req, res) => {
+function onRequest(req, res) {
   const path = req.url.split('?')[0];
   if (path === '/jwks') {
     stats.jwks += 1;
@@ -257,7 +341,8 @@ const server = http.createServer((req, res) => {
     return;
   }
   handler(req, res);
-});
+}
+const server = http.createServer(onRequest);
 const sockets = new Set();
 server.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
 
@@ -369,5 +454,16 @@ const admin = http.createServer(async (req, res) => {
 });
 
 await listen();
+if (mtlsPort) {
+  // The mTLS listener (RFC 8705): asks every client for a certificate and takes any (the
+  // provider judges it: a thumbprint registered for the client, see getCertificate).
+  const mtls = https.createServer({
+    cert: readFileSync(process.env.MTLS_CERT),
+    key: readFileSync(process.env.MTLS_KEY),
+    requestCert: true,
+    rejectUnauthorized: false,
+  }, onRequest);
+  await new Promise((resolve) => mtls.listen(mtlsPort, '127.0.0.1', resolve));
+}
 await new Promise((resolve) => admin.listen(adminPort, '127.0.0.1', resolve));
 console.log(`READY ${port} ${adminPort}`);
