@@ -94,7 +94,79 @@ pub fn acceptor_with_clients(
     key: PathBuf,
     client_ca: Option<PathBuf>,
 ) -> Result<TlsAcceptor, TlsError> {
-    server_acceptor(cert, key, client_ca, false)
+    server_acceptor(cert, key, client_ca, false, false)
+}
+
+/// [`acceptor_with_clients`], also taking client certificates no CA of `client_ca` issued,
+/// self-signed ones included (RFC 8705 section 2.2, `self_signed_tls_client_auth`). The
+/// handshake still proves the client holds the certificate's private key (its
+/// CertificateVerify is checked), and a certificate-bound token names the exact
+/// certificate by its SHA-256, so binding needs no chain. Nothing else here trusts a
+/// client certificate.
+pub fn acceptor_with_any_client_certificate(
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+) -> Result<TlsAcceptor, TlsError> {
+    server_acceptor(cert, key, client_ca, false, true)
+}
+
+/// Takes any client certificate whose key signs the handshake; one that `chained` verifies
+/// is taken the same way. Client authentication is never mandatory.
+#[derive(Debug)]
+struct AnyClientCertificate {
+    chained: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCertificate {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.chained
+            .as_ref()
+            .map_or(&[], |v| v.root_hint_subjects())
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        // Any certificate: it is only ever compared with a token's `cnf.x5t#S256`, and the
+        // signature checks below prove the client holds its key (a malformed certificate
+        // fails there).
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 /// [`acceptor`] for the controller's push port: with `client_ca`, every client must
@@ -104,7 +176,7 @@ pub fn acceptor_requiring_clients(
     key: PathBuf,
     client_ca: Option<PathBuf>,
 ) -> Result<TlsAcceptor, TlsError> {
-    server_acceptor(cert, key, client_ca, true)
+    server_acceptor(cert, key, client_ca, true, false)
 }
 
 fn server_acceptor(
@@ -112,6 +184,7 @@ fn server_acceptor(
     key: PathBuf,
     client_ca: Option<PathBuf>,
     require_client: bool,
+    any_client: bool,
 ) -> Result<TlsAcceptor, TlsError> {
     let resolver = Arc::new(Resolver(ArcSwap::from_pointee(load(&cert, &key)?)));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -119,6 +192,10 @@ fn server_acceptor(
         .with_safe_default_protocol_versions()
         .expect("default protocol versions are valid");
     let builder = match client_ca {
+        None if any_client => builder.with_client_cert_verifier(Arc::new(AnyClientCertificate {
+            chained: None,
+            algorithms: provider.signature_verification_algorithms,
+        })),
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let pem = std::fs::read(&ca).map_err(|source| TlsError::Read {
@@ -134,7 +211,7 @@ fn server_acceptor(
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
-                provider,
+                provider.clone(),
             );
             let verifier = if require_client {
                 verifier
@@ -142,7 +219,14 @@ fn server_acceptor(
                 verifier.allow_unauthenticated()
             };
             let verifier = verifier.build().map_err(|_| TlsError::Empty(ca))?;
-            builder.with_client_cert_verifier(verifier)
+            if any_client {
+                builder.with_client_cert_verifier(Arc::new(AnyClientCertificate {
+                    chained: Some(verifier),
+                    algorithms: provider.signature_verification_algorithms,
+                }))
+            } else {
+                builder.with_client_cert_verifier(verifier)
+            }
         }
     };
     let mut config = builder.with_cert_resolver(resolver.clone());

@@ -48,6 +48,9 @@ pub struct StandaloneOptions {
     /// With `tls`: CA certificates (PEM) client certificates are verified against (mTLS-
     /// bound tokens, RFC 8705).
     pub tls_client_ca: Option<PathBuf>,
+    /// With `tls`: also take client certificates no CA issued, self-signed ones included
+    /// (RFC 8705 section 2.2); only certificate-bound tokens ever use them.
+    pub tls_client_any_certificate: bool,
     /// Limits against abuse.
     pub limits: Limits,
     /// Wait this long after a file change before reloading.
@@ -82,6 +85,7 @@ impl StandaloneOptions {
             body_filters: None,
             events_file: None,
             tls_client_ca: None,
+            tls_client_any_certificate: false,
         }
     }
 }
@@ -122,23 +126,37 @@ pub enum StartError {
 
 /// Binds both ports and serves them: the proxy port through `pipeline`, whose `config`
 /// something else keeps current.
-async fn serve(
-    pipeline: Pipeline,
-    config: Arc<LiveConfig>,
-    metrics: Metrics,
-    listen: SocketAddr,
-    admin: SocketAddr,
+/// The TLS acceptor of the proxy port, if it serves TLS.
+fn tls_acceptor(
     tls: Option<&(PathBuf, PathBuf)>,
     client_ca: Option<&PathBuf>,
-) -> Result<Running, StartError> {
-    let tls = match tls {
+    any_client_certificate: bool,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
+    Ok(match tls {
+        Some((cert, key)) if any_client_certificate => {
+            Some(tls::acceptor_with_any_client_certificate(
+                cert.clone(),
+                key.clone(),
+                client_ca.cloned(),
+            )?)
+        }
         Some((cert, key)) => Some(tls::acceptor_with_clients(
             cert.clone(),
             key.clone(),
             client_ca.cloned(),
         )?),
         None => None,
-    };
+    })
+}
+
+async fn serve(
+    pipeline: Pipeline,
+    config: Arc<LiveConfig>,
+    metrics: Metrics,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<Running, StartError> {
     let proxy = server::bind(listen).await?;
     let admin = server::bind(admin).await?;
     let proxy_addr = proxy.local_addr()?;
@@ -233,8 +251,11 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
         metrics.clone(),
         opts.listen,
         opts.admin,
-        opts.tls.as_ref(),
-        opts.tls_client_ca.as_ref(),
+        tls_acceptor(
+            opts.tls.as_ref(),
+            opts.tls_client_ca.as_ref(),
+            opts.tls_client_any_certificate,
+        )?,
     )
     .await?;
     tokio::spawn(standalone::run_watch(
@@ -281,6 +302,9 @@ pub struct ProxyOptions {
     /// With `tls`: CA certificates (PEM) client certificates are verified against (mTLS-
     /// bound tokens, RFC 8705).
     pub tls_client_ca: Option<PathBuf>,
+    /// With `tls`: also take client certificates no CA issued, self-signed ones included
+    /// (RFC 8705 section 2.2); only certificate-bound tokens ever use them.
+    pub tls_client_any_certificate: bool,
     /// Limits against abuse.
     pub limits: Limits,
     /// The controller subscription.
@@ -313,8 +337,11 @@ pub async fn start_proxy(opts: ProxyOptions) -> Result<Running, StartError> {
         metrics,
         opts.listen,
         opts.admin,
-        opts.tls.as_ref(),
-        opts.tls_client_ca.as_ref(),
+        tls_acceptor(
+            opts.tls.as_ref(),
+            opts.tls_client_ca.as_ref(),
+            opts.tls_client_any_certificate,
+        )?,
     )
     .await?;
     tokio::spawn(sub.run());

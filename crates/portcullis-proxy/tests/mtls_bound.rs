@@ -1,7 +1,9 @@
 //! Certificate-bound tokens (RFC 8705) over real TLS: the proxy asks clients for a
 //! certificate issued by `--tls-client-ca` (optional), and a token whose `cnf.x5t#S256`
 //! names a certificate is accepted only on a connection that presented that certificate
-//! (section 3); without one, or with another, it is refused.
+//! (section 3); without one, or with another, it is refused. With
+//! `--tls-client-any-certificate`, a self-signed client certificate (section 2.2,
+//! `self_signed_tls_client_auth`) binds tokens the same way.
 
 mod support;
 
@@ -39,13 +41,20 @@ fn pki() -> Pki {
         (cert, key)
     };
     let (server, server_key) = leaf("localhost");
-    let clients = ["client-a", "client-b"]
+    let mut clients: Vec<_> = ["client-a", "client-b"]
         .iter()
         .map(|n| {
             let (c, k) = leaf(n);
             (c.der().clone(), k.serialize_pem())
         })
         .collect();
+    // clients[2]: self-signed, as RFC 8705 section 2.2 clients register theirs.
+    let key = KeyPair::generate().unwrap();
+    let own = CertificateParams::new(vec!["client-self".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    clients.push((own.der().clone(), key.serialize_pem()));
     Pki {
         ca_pem: ca.pem(),
         server: (server.pem(), server_key.serialize_pem()),
@@ -66,6 +75,19 @@ fn bound_token(cert: &[u8]) -> String {
 }
 
 async fn call(gw: &Gateway, pki: &Pki, client: Option<usize>, token: &str) -> StatusCode {
+    try_call(gw, pki, client, token)
+        .await
+        .expect("the TLS connection or the request failed")
+}
+
+/// The answer, or `None` when the handshake or the request failed (a client certificate
+/// refused in TLS 1.3 shows on the first read).
+async fn try_call(
+    gw: &Gateway,
+    pki: &Pki,
+    client: Option<usize>,
+    token: &str,
+) -> Option<StatusCode> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut pki.ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -90,17 +112,17 @@ async fn call(gw: &Gateway, pki: &Pki, client: Option<usize>, token: &str) -> St
             tcp,
         )
         .await
-        .unwrap();
+        .ok()?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
         .await
-        .unwrap();
+        .ok()?;
     tokio::spawn(conn);
     let req = Request::get("/orders")
         .header("host", "localhost")
         .header("authorization", format!("Bearer {token}"))
         .body(Full::new(Bytes::new()))
         .unwrap();
-    send.send_request(req).await.unwrap().status()
+    Some(send.send_request(req).await.ok()?.status())
 }
 
 #[tokio::test]
@@ -147,4 +169,54 @@ async fn a_certificate_bound_token_needs_its_certificate_rfc8705_s3() {
         gw.metric("portcullis_auth_decisions_total{decision=\"deny\",reason=\"certificate_bound_token\",route=\"default/api\"}")
             >= 2.0
     );
+}
+
+#[tokio::test]
+async fn a_token_bound_to_a_self_signed_certificate_rfc8705_s2_2() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    std::fs::write(path("ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(path("tls.crt"), &pki.server.0).unwrap();
+    std::fs::write(path("tls.key"), &pki.server.1).unwrap();
+    let up = upstream(|_req| async {
+        Response::new(Full::new(Bytes::from("ok")).map_err(|e| match e {}).boxed())
+    })
+    .await;
+    let files = [
+        ("p.yaml", support::policy()),
+        ("r.yaml", support::route("api", &format!("http://{up}"), "")),
+    ];
+    let token = bound_token(pki.clients[2].0.as_ref());
+    // Only CA-issued client certificates: the self-signed one is refused in the handshake.
+    let strict = Gateway::start(&files, |o| {
+        o.tls = Some((path("tls.crt"), path("tls.key")));
+        o.tls_client_ca = Some(path("ca.pem"));
+    })
+    .await;
+    assert_eq!(try_call(&strict, &pki, Some(2), &token).await, None);
+    // With any client certificate: the token passes with its own certificate, and only
+    // with it; CA-issued certificates still work.
+    for ca in [None, Some(path("ca.pem"))] {
+        let gw = Gateway::start(&files, |o| {
+            o.tls = Some((path("tls.crt"), path("tls.key")));
+            o.tls_client_ca = ca.clone();
+            o.tls_client_any_certificate = true;
+        })
+        .await;
+        assert_eq!(call(&gw, &pki, Some(2), &token).await, StatusCode::OK);
+        assert_eq!(
+            call(&gw, &pki, Some(0), &token).await,
+            StatusCode::UNAUTHORIZED,
+            "another certificate"
+        );
+        assert_eq!(
+            call(&gw, &pki, None, &token).await,
+            StatusCode::UNAUTHORIZED,
+            "no certificate"
+        );
+        let a = bound_token(pki.clients[0].0.as_ref());
+        assert_eq!(call(&gw, &pki, Some(0), &a).await, StatusCode::OK);
+    }
 }

@@ -223,6 +223,7 @@ async fn proxy(controller: SocketAddr, state_file: std::path::PathBuf) -> Runnin
         admin: "127.0.0.1:0".parse().unwrap(),
         tls: None,
         tls_client_ca: None,
+        tls_client_any_certificate: false,
         limits: Default::default(),
         subscriber: SubscriberOptions {
             controller: format!("http://{controller}").parse().unwrap(),

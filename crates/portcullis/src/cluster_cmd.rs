@@ -135,6 +135,13 @@ pub struct ProxyArgs {
     /// (`cnf.x5t#S256`, RFC 8705) are accepted only with the certificate they name.
     #[arg(long, requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// With --tls-cert: also accept client certificates that no CA of --tls-client-ca
+    /// issued, self-signed ones included (RFC 8705 section 2.2,
+    /// `self_signed_tls_client_auth`). The handshake still proves the client holds the
+    /// certificate's key, and a certificate-bound token names the exact certificate, so
+    /// binding needs no chain; nothing else trusts a client certificate.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_any_certificate: bool,
     #[command(flatten)]
     pub connections: crate::ConnectionArgs,
 }
@@ -337,6 +344,7 @@ pub async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         admin: args.admin,
         tls: args.tls_cert.zip(args.tls_key),
         tls_client_ca: args.tls_client_ca,
+        tls_client_any_certificate: args.tls_client_any_certificate,
         limits: {
             let mut limits = portcullis_proxy::Limits::default();
             args.connections.apply(&mut limits);

@@ -93,6 +93,13 @@ struct StandaloneArgs {
     /// (`cnf.x5t#S256`, RFC 8705) are accepted only with the certificate they name.
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// With --tls-cert: also accept client certificates that no CA of --tls-client-ca
+    /// issued, self-signed ones included (RFC 8705 section 2.2,
+    /// `self_signed_tls_client_auth`). The handshake still proves the client holds the
+    /// certificate's key, and a certificate-bound token names the exact certificate, so
+    /// binding needs no chain; nothing else trusts a client certificate.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_any_certificate: bool,
     /// Verified tokens (and introspection verdicts) cached per TokenPolicy, by the token's
     /// SHA-256. A token found there skips signature verification; revocations, lifetime and
     /// scopes are still checked on every request. Size it above the number of distinct
@@ -311,6 +318,7 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     opts.admin = args.admin;
     opts.tls = args.tls_cert.zip(args.tls_key);
     opts.tls_client_ca = args.tls_client_ca;
+    opts.tls_client_any_certificate = args.tls_client_any_certificate;
     args.connections.apply(&mut opts.limits);
     opts.compile.cache_capacity = args.token_cache_size;
     opts.unknown_kid_hold = args.key_refetch.unknown_kid_hold;

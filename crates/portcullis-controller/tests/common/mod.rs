@@ -155,6 +155,7 @@ pub async fn proxy(controller: SocketAddr, state_file: Option<std::path::PathBuf
         admin: "127.0.0.1:0".parse().unwrap(),
         tls: None,
         tls_client_ca: None,
+        tls_client_any_certificate: false,
         limits: Default::default(),
         subscriber: SubscriberOptions {
             controller: format!("http://{controller}").parse().unwrap(),
