@@ -15,17 +15,19 @@
 #      gateway and the provider's mTLS port), client certificates A and B from that CA, and a
 #      self-signed client certificate C (from no CA the gateway trusts);
 #   1. the provider (PORT/ADMIN_PORT, plus MTLS_PORT/MTLS_CERT/MTLS_KEY: an HTTPS listener asking
-#      for client certificates, and MTLS_CLIENT_CERT=A: `mtls-client`, self_signed_tls_client_auth,
-#      tls_client_certificate_bound_access_tokens), tests/dpop/echo.mjs (the upstream, which logs
-#      every request it gets), `portcullis standalone --tls-cert --tls-key --tls-client-ca` with
-#      three routes on 127.0.0.1: /required (JWTs, certificateBound: Required), /optional (JWTs,
+#      for client certificates, MTLS_CLIENT_CERT=A: `mtls-client`, self_signed_tls_client_auth,
+#      tls_client_certificate_bound_access_tokens, and MTLS_SELF_CLIENT_CERT=C: `mtls-self-client`,
+#      the same with the self-signed C), tests/dpop/echo.mjs (the upstream, which logs every
+#      request it gets), `portcullis standalone --tls-cert --tls-key --tls-client-ca
+#      --tls-client-any-certificate` (client certificates from no trusted CA, C included, pass
+#      the handshake; only the binding judges them) with three routes on 127.0.0.1: /required (JWTs, certificateBound: Required), /optional (JWTs,
 #      certificateBound: Optional), /opaque (introspection, certificateBound: Required);
 #   2. client.mjs: a bound JWT and a bound opaque token for mtls-client with certificate A at
-#      the provider's mTLS token endpoint alias, unbound tokens from orders-client, then calls
-#      through the gateway with certificate A, B, C or none;
+#      the provider's mTLS token endpoint alias, a bound JWT for mtls-self-client with C, unbound
+#      tokens from orders-client, then calls through the gateway with certificate A, B, C or none;
 #   3. checks.mjs: PASS/FAIL per case, each naming its RFC 8705 section: the token's
-#      cnf.x5t#S256 is A's thumbprint as openssl computes it; 200 only for the token with its
-#      certificate (and an unbound token where the policy is Optional); 401 invalid_token
+#      cnf.x5t#S256 is A's (mtls-self-client's: C's) thumbprint as openssl computes it; 200 only
+#      for the token with its certificate (and an unbound token where the policy is Optional); 401 invalid_token
 #      otherwise; the upstream got only the accepted requests;
 #   4. portcullis still running, no panic.
 set -uo pipefail
@@ -80,6 +82,7 @@ extendedKeyUsage=clientAuth"
 x5t() { openssl x509 -in "$1" -outform DER | openssl dgst -sha256 -binary | base64 | tr '+/' '-_' | tr -d '=\n'; }
 THUMB_A=$(x5t "$PKI/client-a.pem")
 THUMB_B=$(x5t "$PKI/client-b.pem")
+THUMB_C=$(x5t "$PKI/client-c.pem")
 
 read -r OIDC_PORT OIDC_ADMIN OIDC_MTLS GW_PORT GW_ADMIN <<<"$(free_ports 5)"
 ISSUER="http://127.0.0.1:$OIDC_PORT"
@@ -90,7 +93,7 @@ OPAQUE=https://opaque.portcullis.test
 # --- the OpenID provider ----------------------------------------------------------------------------
 (cd "$ROOT/e2e/oidc" && exec env PORT="$OIDC_PORT" ADMIN_PORT="$OIDC_ADMIN" MTLS_PORT="$OIDC_MTLS" \
   MTLS_CERT="$PKI/server.pem" MTLS_KEY="$PKI/server.key" MTLS_CLIENT_CERT="$PKI/client-a.pem" \
-  node provider.mjs) >"$WORK/provider.log" 2>&1 &
+  MTLS_SELF_CLIENT_CERT="$PKI/client-c.pem" node provider.mjs) >"$WORK/provider.log" 2>&1 &
 PIDS+=($!)
 wait_for_line "$WORK/provider.log" '^READY' $! 20 || die "the OpenID provider did not start" "$WORK/provider.log"
 
@@ -166,7 +169,7 @@ EOF
 "$BIN" standalone --manifests "$WORK/manifests" --listen "127.0.0.1:$GW_PORT" \
   --admin "127.0.0.1:$GW_ADMIN" --events-file - \
   --tls-cert "$PKI/server.pem" --tls-key "$PKI/server.key" --tls-client-ca "$PKI/ca.pem" \
-  >"$WORK/portcullis.log" 2>&1 &
+  --tls-client-any-certificate >"$WORK/portcullis.log" 2>&1 &
 GW_PID=$!
 PIDS+=("$GW_PID")
 ready=0
@@ -205,7 +208,7 @@ echo "client: $(head -c 4000 "$WORK/client.json")"
 
 echo
 echo "== checks"
-THUMB_A="$THUMB_A" THUMB_B="$THUMB_B" node "$ROOT/tests/mtls/checks.mjs" "$WORK/client.json" "$WORK/echo.log" | tee "$WORK/checks.txt"
+THUMB_A="$THUMB_A" THUMB_B="$THUMB_B" THUMB_C="$THUMB_C" node "$ROOT/tests/mtls/checks.mjs" "$WORK/client.json" "$WORK/echo.log" | tee "$WORK/checks.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || FAILED+=("$(grep -c '^FAIL' "$WORK/checks.txt") check(s)")
 
 if kill -0 "$GW_PID" 2>/dev/null && ! grep -q -i 'panicked' "$WORK/portcullis.log"; then

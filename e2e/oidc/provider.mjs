@@ -60,6 +60,12 @@
 //                  listener with that certificate; its access tokens carry
 //                  `cnf["x5t#S256"]`, the base64url SHA-256 of the certificate's DER (section
 //                  3.1); for resource https://api.portcullis.test they are JWTs as above.
+//   MTLS_SELF_CLIENT_CERT  a PEM certificate, typically self-signed (issued by no CA anyone
+//                  trusts): registers a second confidential client `mtls-self-client`, the same
+//                  as `mtls-client` (self_signed_tls_client_auth with that certificate in its
+//                  jwks, client_credentials, tls_client_certificate_bound_access_tokens) but
+//                  for that certificate; its tokens carry that certificate's x5t#S256.
+//                  Either variable may be set without the other.
 // Discovery also shows tls_client_certificate_bound_access_tokens and
 // self_signed_tls_client_auth among the token endpoint's authentication methods.
 import http from 'node:http';
@@ -97,9 +103,32 @@ function newKey() {
 // Mutual TLS (RFC 8705): the optional HTTPS listener and the certificate of `mtls-client`.
 const mtlsPort = process.env.MTLS_PORT ? Number(process.env.MTLS_PORT) : undefined;
 const mtlsBase = mtlsPort ? `https://127.0.0.1:${mtlsPort}` : undefined;
-const mtlsClient = process.env.MTLS_CLIENT_CERT
-  ? new X509Certificate(readFileSync(process.env.MTLS_CLIENT_CERT))
-  : undefined;
+const certFrom = (name) => (process.env[name]
+  ? new X509Certificate(readFileSync(process.env[name]))
+  : undefined);
+const mtlsClient = certFrom('MTLS_CLIENT_CERT');
+const mtlsSelfClient = certFrom('MTLS_SELF_CLIENT_CERT');
+
+// A client that authenticates with its certificate (self_signed_tls_client_auth: the
+// certificate in jwks.keys[0].x5c, matched by SHA-256 thumbprint) and gets certificate-bound
+// tokens only.
+function mtlsClientMetadata(clientId, cert) {
+  return {
+    client_id: clientId,
+    token_endpoint_auth_method: 'self_signed_tls_client_auth',
+    tls_client_certificate_bound_access_tokens: true,
+    jwks: {
+      keys: [{
+        ...cert.publicKey.export({ format: 'jwk' }),
+        x5c: [cert.raw.toString('base64')],
+      }],
+    },
+    grant_types: ['client_credentials'],
+    redirect_uris: [],
+    response_types: [],
+    scope: SCOPES.join(' '),
+  };
+}
 
 // The client certificate of the TLS connection a request came on, if any (the plain-HTTP
 // listener has none). oidc-provider takes an X509Certificate (its thumbprint is of `raw`).
@@ -150,24 +179,10 @@ function makeProvider() {
         scope: SCOPES.join(' '),
         dpop_bound_access_tokens: true,
       },
-      ...(mtlsClient ? [{
-        // The mTLS test client (tests/mtls): authenticates with its certificate
-        // (self_signed_tls_client_auth: the certificate in jwks.keys[0].x5c, matched by
-        // SHA-256 thumbprint) and gets certificate-bound tokens only.
-        client_id: 'mtls-client',
-        token_endpoint_auth_method: 'self_signed_tls_client_auth',
-        tls_client_certificate_bound_access_tokens: true,
-        jwks: {
-          keys: [{
-            ...mtlsClient.publicKey.export({ format: 'jwk' }),
-            x5c: [mtlsClient.raw.toString('base64')],
-          }],
-        },
-        grant_types: ['client_credentials'],
-        redirect_uris: [],
-        response_types: [],
-        scope: SCOPES.join(' '),
-      }] : []),
+      // The mTLS test clients (tests/mtls): `mtls-client` (MTLS_CLIENT_CERT, from the test
+      // CA) and `mtls-self-client` (MTLS_SELF_CLIENT_CERT, self-signed).
+      ...(mtlsClient ? [mtlsClientMetadata('mtls-client', mtlsClient)] : []),
+      ...(mtlsSelfClient ? [mtlsClientMetadata('mtls-self-client', mtlsSelfClient)] : []),
       {
         // The gateway's own client: it only introspects.
         client_id: 'portcullis-gateway',
@@ -234,7 +249,7 @@ function makeProvider() {
       dPoP: { enabled: true, requireNonce: () => false, allowReplay: false },
       // Certificate-bound access tokens and self-signed certificate client authentication
       // (RFC 8705). Only clients registered with tls_client_certificate_bound_access_tokens
-      // (mtls-client) get bound tokens; the others are as before.
+      // (mtls-client, mtls-self-client) get bound tokens; the others are as before.
       mTLS: {
         enabled: true,
         certificateBoundAccessTokens: true,

@@ -1,9 +1,10 @@
 // Judges client.mjs's JSON line (and what the upstream saw) for scripts/mtls-tests.sh.
 //
-//   THUMB_A=... THUMB_B=... node checks.mjs <client.json> <echo.log>
+//   THUMB_A=... THUMB_B=... THUMB_C=... node checks.mjs <client.json> <echo.log>
 //
-// THUMB_A / THUMB_B: the x5t#S256 of client certificates A and B as openssl computes them
-// (base64url SHA-256 of the DER), independently of the provider and the client.
+// THUMB_A / THUMB_B / THUMB_C: the x5t#S256 of client certificates A, B (from the test CA)
+// and C (self-signed) as openssl computes them (base64url SHA-256 of the DER), independently
+// of the provider and the client.
 // Prints a PASS, FAIL or SKIP line per check, each naming the RFC 8705 section it is about;
 // exits 1 when any failed.
 import { readFileSync } from 'node:fs';
@@ -38,6 +39,16 @@ check(
   `cnf ${JSON.stringify(t.cnf)}, openssl A ${thumbA}, B ${thumbB}, token_type ${t.token_type}, aud ${t.aud}, client_id ${t.client_id}`,
 );
 check('RFC 8705 s3: the bound token is still a Bearer token (token_type bearer)', t.token_type === 'bearer', t.token_type);
+const thumbC = process.env.THUMB_C;
+const self = t.self ?? {};
+const x5tC = self.cnf?.['x5t#S256'];
+check(
+  "RFC 8705 s2.2, s3.1: the provider issues mtls-self-client (self-signed certificate C) a JWT whose cnf.x5t#S256 is C's SHA-256 thumbprint (as openssl computes it)",
+  self.format === 'jwt' && Boolean(thumbC) && x5tC === thumbC && x5tC === self.thumbprint_c
+    && x5tC !== thumbA && x5tC !== thumbB && Object.keys(self.cnf ?? {}).length === 1
+    && self.client_id === 'mtls-self-client' && self.token_type === 'bearer',
+  `cnf ${JSON.stringify(self.cnf)}, openssl C ${thumbC}, token_type ${self.token_type}, aud ${self.aud}, client_id ${self.client_id}`,
+);
 check('the opaque token for the introspection route is opaque', t.opaque?.format === 'opaque', JSON.stringify(t.opaque));
 check('the orders-client token is unbound (no cnf)', t.unbound?.cnf === null && t.unbound?.token_type === 'bearer', JSON.stringify(t.unbound));
 const as = result.as;
@@ -48,13 +59,14 @@ check(
   JSON.stringify({ ...as, refused: undefined }),
 );
 for (const [name, label] of [
-  ['cert_b', 'with certificate B'],
-  ['no_cert', 'with no certificate at the mTLS endpoint'],
-  ['plain_http', 'at the plain-HTTP token endpoint (no TLS, no certificate)'],
+  ['cert_b', 'mtls-client with certificate B'],
+  ['no_cert', 'mtls-client with no certificate at the mTLS endpoint'],
+  ['plain_http', 'mtls-client at the plain-HTTP token endpoint (no TLS, no certificate)'],
+  ['self_cert_a', 'mtls-self-client with certificate A instead of its self-signed C'],
 ]) {
   const got = as.refused?.[name];
   check(
-    `RFC 8705 s2.2: the provider refuses mtls-client ${label} (invalid_client)`,
+    `RFC 8705 s2.2: the provider refuses ${label} (invalid_client)`,
     got && got.issued === false && got.error === 'invalid_client',
     JSON.stringify(got),
   );
@@ -73,9 +85,9 @@ const expectations = {
   resumed_2: { ...OK, resumed: true, label: 'RFC 8705 s3: the same on a resumed TLS session (certificate from the session) -> 200' },
   cert_b: { ...INVALID_TOKEN, label: 'RFC 8705 s3: the bound token with certificate B (same CA) -> 401 invalid_token' },
   no_cert: { ...INVALID_TOKEN, label: 'RFC 8705 s3: the bound token over TLS without a client certificate -> 401 invalid_token' },
-  // A certificate from no CA the gateway trusts: the handshake fails (no HTTP answer) or the
-  // token is refused.
-  untrusted_cert: { status: [null, 401], label: 'RFC 8705 s3: the bound token with self-signed certificate C (not from --tls-client-ca) -> handshake refused or 401' },
+  // A certificate from no CA the gateway trusts: with --tls-client-any-certificate the
+  // handshake takes it, and the binding refuses the token (it names A, not C).
+  untrusted_cert: { ...INVALID_TOKEN, label: 'RFC 8705 s3: the bound token (certificate A) with self-signed certificate C (accepted at the handshake by --tls-client-any-certificate) -> 401 invalid_token' },
   // The gateway's only proxy listener speaks TLS: a cleartext request gets no 2xx.
   plain_http: { status: [null, 400, 401, 403], label: 'RFC 8705 s3: the bound token in cleartext to the TLS listener -> no HTTP success' },
   unbound_no_cert: { ...INVALID_TOKEN, label: 'RFC 8705 s3 (certificateBound: Required): an unbound token, no certificate -> 401 invalid_token' },
@@ -88,6 +100,9 @@ const expectations = {
   opaque_b: { ...INVALID_TOKEN, label: 'RFC 8705 s3.2: bound opaque token with certificate B -> 401 invalid_token' },
   opaque_no_cert: { ...INVALID_TOKEN, label: 'RFC 8705 s3.2: bound opaque token without certificate -> 401 invalid_token' },
   opaque_unbound: { ...INVALID_TOKEN, label: 'RFC 8705 s3.2 (certificateBound: Required): unbound opaque token with certificate A -> 401 invalid_token' },
+  self_good: { ...OK, label: "RFC 8705 s2.2, s3: mtls-self-client's token + its self-signed certificate C (--tls-client-any-certificate) -> 200" },
+  self_cert_a: { ...INVALID_TOKEN, label: "RFC 8705 s3: mtls-self-client's token (bound to C) with certificate A (trusted CA) -> 401 invalid_token" },
+  self_no_cert: { ...INVALID_TOKEN, label: "RFC 8705 s3: mtls-self-client's token (bound to C) over TLS without a client certificate -> 401 invalid_token" },
   good_after: { ...OK, label: 'RFC 8705 s3: bound token + certificate A again at the end -> 200' },
 };
 

@@ -3,7 +3,9 @@
 // with its client certificate (self_signed_tls_client_auth, section 2.2) at the mTLS token
 // endpoint alias (section 5), gets a token bound to that certificate (cnf.x5t#S256, section
 // 3.1), and calls the API through the gateway over TLS with protectedResourceRequest; then the
-// same token from connections with another certificate, or none.
+// same token from connections with another certificate, or none. Then the same for
+// `mtls-self-client`, whose certificate C is self-signed (the gateway runs with
+// --tls-client-any-certificate, so it takes C at the handshake and judges the binding alone).
 //
 //   ISSUER=http://127.0.0.1:P RESOURCE=https://api.portcullis.test \
 //   API_URL=https://127.0.0.1:G CA=ca.pem CERT_A=a.pem KEY_A=a.key CERT_B=b.pem KEY_B=b.key \
@@ -16,7 +18,8 @@
 //      got through); CA (trusted for the gateway and the provider's mTLS port);
 //      CERT_A/KEY_A (the certificate registered for mtls-client), CERT_B/KEY_B (another
 //      certificate from the same CA, which the gateway also trusts), CERT_C/KEY_C (self-signed,
-//      from no CA the gateway trusts); CLIENT_ID (default mtls-client); BEARER_CLIENT_ID /
+//      from no CA the gateway trusts; registered for mtls-self-client); CLIENT_ID (default
+//      mtls-client); SELF_CLIENT_ID (default mtls-self-client); BEARER_CLIENT_ID /
 //      BEARER_CLIENT_SECRET (default orders-client: an unbound token); SCOPE (orders:read).
 //
 // Prints one JSON line: {"token": {...}, "as": {...}, "cases": {"<name>": {"status",
@@ -24,7 +27,8 @@
 // with {"error"} when discovery or the bound token failed.
 //
 // Authorization server cases (as.*): mtls-client with certificate B, with no certificate at
-// the mTLS port, and at the plain-HTTP token endpoint: each must be refused (invalid_client).
+// the mTLS port, and at the plain-HTTP token endpoint, and mtls-self-client with certificate
+// A: each must be refused (invalid_client).
 // Gateway cases (each one request unless said):
 //   good            cert A, bound JWT, /required (oauth4webapi + undici, HTTP/1.1)
 //   good_post       the same, POST with a body
@@ -33,7 +37,8 @@
 //                   session (its certificate comes from the session, not a new handshake)
 //   cert_b          the bound token from a connection with certificate B
 //   no_cert         the bound token from a TLS connection without a certificate
-//   untrusted_cert  the bound token with certificate C (self-signed; handshake may fail)
+//   untrusted_cert  the bound token with certificate C (self-signed: through the handshake
+//                   with --tls-client-any-certificate, but not the token's certificate)
 //   plain_http      the bound token in cleartext (node:http) to the gateway's TLS port
 //   unbound_no_cert / unbound_cert_a   an unbound token (orders-client) on /required
 //   opt_unbound     the unbound token on /optional (a bearer token there)
@@ -41,6 +46,8 @@
 //   opaque_a / opaque_b / opaque_no_cert  a bound opaque token (introspected; its cnf comes in
 //                   the introspection answer, section 3.2) on /opaque
 //   opaque_unbound  an unbound opaque token (orders-client) on /opaque, cert A
+//   self_good       cert C, mtls-self-client's bound JWT, /required
+//   self_cert_a / self_no_cert  that token with certificate A, or with none
 //   good_after      cert A again at the end
 import http from 'node:http';
 import http2 from 'node:http2';
@@ -221,6 +228,7 @@ async function main() {
   const certB = [read('CERT_B'), read('KEY_B')];
   const certC = [read('CERT_C'), read('KEY_C')];
   const clientId = env('CLIENT_ID', 'mtls-client');
+  const selfClientId = env('SELF_CLIENT_ID', 'mtls-self-client');
 
   const as = await oauth.processDiscoveryResponse(issuer, await oauth.discoveryRequest(issuer, insecure));
   const asInfo = {
@@ -270,6 +278,20 @@ async function main() {
     format: opaque.access_token.split('.').length === 3 ? 'jwt' : 'opaque',
   };
 
+  // mtls-self-client, self-signed certificate C (section 2.2).
+  const selfClient = { client_id: selfClientId, use_mtls_endpoint_aliases: true };
+  const selfBound = await boundToken(agents.c, selfClient);
+  const selfToken = selfBound.access_token;
+  const selfClaims = decodeJwt(selfToken);
+  tokenInfo.self = {
+    token_type: selfBound.token_type,
+    cnf: selfClaims.cnf ?? null,
+    thumbprint_c: thumbprint(certC[0]),
+    aud: selfClaims.aud,
+    client_id: selfClaims.client_id,
+    format: selfToken.split('.').length === 3 ? 'jwt' : 'opaque',
+  };
+
   // The authorization server refuses mtls-client without its certificate.
   const asCases = {
     cert_b: await tokenAttempt(() => boundToken(agents.b)),
@@ -277,6 +299,7 @@ async function main() {
     plain_http: await tokenAttempt(() => boundToken(
       new Agent(), { client_id: clientId, use_mtls_endpoint_aliases: false },
     )),
+    self_cert_a: await tokenAttempt(() => boundToken(agents.a, selfClient)),
   };
 
   // Unbound tokens (orders-client, client_secret_basic at the plain-HTTP endpoint).
@@ -334,6 +357,12 @@ async function main() {
   await run('opaque_b', (n) => viaLibrary(agents.b, '/opaque', n, opaque.access_token));
   await run('opaque_no_cert', (n) => viaLibrary(agents.none, '/opaque', n, opaque.access_token));
   await run('opaque_unbound', (n) => viaLibrary(agents.a, '/opaque', n, unboundOpaque.access_token));
+
+  // A token bound to a self-signed certificate (section 2.2 client, section 3 binding): only
+  // with that certificate.
+  await run('self_good', (n) => viaLibrary(agents.c, '/required', n, selfToken));
+  await run('self_cert_a', (n) => viaLibrary(agents.a, '/required', n, selfToken));
+  await run('self_no_cert', (n) => viaLibrary(agents.none, '/required', n, selfToken));
 
   await run('good_after', (n) => viaLibrary(agents.a, '/required', n, token));
 
