@@ -41,6 +41,8 @@ else
   PORTCULLIS_BIN="$PWD/${CARGO_TARGET_DIR:-target}/debug/portcullis" scripts/dpop-tests.sh
   echo "== mTLS: oauth4webapi gets a certificate-bound token from oidc-provider with a client certificate and calls through Portcullis over TLS; other certificates refused"
   PORTCULLIS_BIN="$PWD/${CARGO_TARGET_DIR:-target}/debug/portcullis" scripts/mtls-tests.sh
+  echo "== API catalog: the catalog page in Debian's headless Chromium (puppeteer-core): login, list, search, detail, deprecation banner; axe-core accessibility; screenshots in target/ci-artifacts/catalog"
+  PORTCULLIS_BIN="$PWD/${CARGO_TARGET_DIR:-target}/debug/portcullis" scripts/catalog-tests.sh
 fi
 if [ "${SKIP_FUZZ:-0}" = 1 ]; then
   echo "== fuzz smoke SKIPPED (SKIP_FUZZ=1)"

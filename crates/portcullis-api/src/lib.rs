@@ -40,8 +40,9 @@ pub use quota::{
 };
 pub use reason::{CompileReason, ConditionType};
 pub use route::{
-    ApiRoute, ApiRouteSpec, AuthMode, Backend, EscapedSlashAction, PathNormalization, PolicyRef,
-    RouteMatch, RouteRule, RouteTimeouts, SemicolonAction, ServiceBackend, UnderscoreHeaders,
+    ApiRoute, ApiRouteSpec, AuthMode, Backend, CatalogSpec, CatalogVisibility, EscapedSlashAction,
+    Lifecycle, LifecycleStage, Owner, PathNormalization, PolicyRef, RouteMatch, RouteRule,
+    RouteTimeouts, SemicolonAction, ServiceBackend, UnderscoreHeaders,
 };
 pub use status::{Condition, ConditionStatus, ProxiesStatus, ResourceStatus};
 pub use token_policy::{

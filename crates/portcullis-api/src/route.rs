@@ -24,6 +24,19 @@ use crate::status::ResourceStatus;
     doc = "ApiRoute exposes a backend on a set of hosts and says which token scopes each path and method demands.",
     printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.hosts"),
     printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policyRef.name"),
+    printcolumn(name = "Stage", type_ = "string", json_path = ".spec.lifecycle.stage"),
+    printcolumn(
+        name = "Sunset",
+        type_ = "string",
+        priority = 1,
+        json_path = ".spec.lifecycle.sunsetAt"
+    ),
+    printcolumn(
+        name = "Owner",
+        type_ = "string",
+        priority = 1,
+        json_path = ".spec.owner.team"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -119,6 +132,146 @@ pub struct ApiRouteSpec {
     /// scopes). Cannot be combined with `passAuthorization` or an `llm` backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp: Option<crate::mcp::McpSpec>,
+
+    /// Where the API is in its life, from draft to retired: `Draft` answers only tokens
+    /// holding the preview scope; `Deprecated` adds `Deprecation` (RFC 9745), `Sunset`
+    /// (RFC 8594) and a `Link` to the successor to every answer; `Retired`, or any stage
+    /// once `sunsetAt` has passed, answers 410 Gone without calling the backend. Default:
+    /// `Published`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
+
+    /// The team that owns this API and how to reach it, shown in the catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+
+    /// What the API does, in plain text, shown in the catalog.
+    #[schemars(length(max = 2000))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+
+    /// Keywords the catalog can be searched and filtered by.
+    #[schemars(
+        length(max = 16),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+        )
+    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+
+    /// Who sees this API in the catalog. Default: its own namespace only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogSpec>,
+}
+
+/// The lifecycle of an API.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.stage) || self.stage != 'Deprecated' || has(self.deprecatedAt)").message("a Deprecated route needs deprecatedAt: the Deprecation header (RFC 9745) carries that date"),
+    validation = Rule::new("!has(self.deprecatedAt) || !has(self.sunsetAt) || timestamp(self.deprecatedAt) <= timestamp(self.sunsetAt)").message("sunsetAt cannot come before deprecatedAt")
+)]
+pub struct Lifecycle {
+    /// `Draft`, `Published` (default), `Deprecated` or `Retired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<LifecycleStage>,
+    /// When the API was (or will be) deprecated, RFC 3339 (`2026-01-31T00:00:00Z`). Sent
+    /// as `Deprecation: @<seconds>` (RFC 9745 section 2) while the stage is `Deprecated`.
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$')").message("deprecatedAt must be an RFC 3339 date-time such as 2026-01-31T00:00:00Z"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprecated_at: Option<String>,
+    /// When the API stops answering, RFC 3339. Sent as `Sunset` (RFC 8594) while the stage
+    /// is `Deprecated`; from this instant on, every request is answered 410 Gone.
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$')").message("sunsetAt must be an RFC 3339 date-time such as 2026-06-30T00:00:00Z"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sunset_at: Option<String>,
+    /// Where callers should go instead: an absolute https:// (or http://) URL, sent as
+    /// `Link: <successor>; rel="successor-version"` and named in the 410 answer.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^\\\\s<>\"]+$')").message("successor must be an absolute http(s) URL without spaces, quotes or angle brackets"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<String>,
+    /// The scope a token needs to call a `Draft` route, besides what each rule demands.
+    /// Default `preview`.
+    #[schemars(length(min = 1, max = 128))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_scope: Option<String>,
+}
+
+/// Stages of an API's life.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum LifecycleStage {
+    /// Being built: only tokens with the preview scope may call it.
+    Draft,
+    /// In service.
+    #[default]
+    Published,
+    /// Still served, with deprecation headers; callers should move to the successor.
+    Deprecated,
+    /// No longer served: 410 Gone.
+    Retired,
+}
+
+impl LifecycleStage {
+    /// The stage in lower case, for labels and CSS classes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Published => "published",
+            Self::Deprecated => "deprecated",
+            Self::Retired => "retired",
+        }
+    }
+}
+
+/// Who owns an API.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Owner {
+    /// The owning team.
+    #[schemars(length(max = 128))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// How to reach it: an e-mail address, a chat channel or a URL.
+    #[schemars(length(max = 256))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
+}
+
+/// Who sees an API in the catalog.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.namespaces) || size(self.namespaces) == 0 || (has(self.visibility) && self.visibility == 'Namespaces')").message("namespaces only applies to visibility: Namespaces"))]
+pub struct CatalogSpec {
+    /// `Private` (default): viewers of this namespace (scope `catalog:namespace:<ns>`);
+    /// `Namespaces`: those and viewers of the listed namespaces; `Public`: every catalog
+    /// reader. `catalog:all` sees every API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<CatalogVisibility>,
+    /// With `Namespaces`: the other namespaces (teams) that see this API.
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+}
+
+/// Catalog visibility of an API.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum CatalogVisibility {
+    /// Its own namespace only.
+    #[default]
+    Private,
+    /// Its namespace and the listed ones.
+    Namespaces,
+    /// Every catalog reader.
+    Public,
 }
 
 /// Path normalization settings of a route. The first match is always made with slashes

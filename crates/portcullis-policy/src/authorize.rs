@@ -70,6 +70,37 @@ fn allow_public(rule: &CompiledRule) -> Decision<'_> {
 }
 
 impl Snapshot {
+    /// Who the credentials of `req` name under the TokenPolicy `policy` (`namespace/name`),
+    /// outside any route: for endpoints of the gateway's own such as the catalog. The
+    /// token is judged as on a route of that policy (signature, lifetime, audience,
+    /// revocations, sender constraints); scopes are the caller's to check. A token that
+    /// would need IO first (an unknown `kid`, an introspection not cached) is refused as
+    /// `IntrospectionUnavailable` or `UnknownKey`.
+    pub fn authenticate_for(
+        &self,
+        policy: &str,
+        req: &RequestParts<'_>,
+    ) -> Result<Arc<Principal>, DenyReason> {
+        let index = self
+            .policies
+            .iter()
+            .position(|p| &*p.id == policy)
+            .ok_or(DenyReason::UnknownIssuer)?;
+        let a = match self.authenticate(index, req) {
+            Ok(a) => a,
+            Err(NotAuthenticated::Deny(reason, ..)) => return Err(reason),
+            Err(NotAuthenticated::Pending(Need::Introspection { .. }, _)) => {
+                return Err(DenyReason::IntrospectionUnavailable);
+            }
+            Err(NotAuthenticated::Pending(..)) => return Err(DenyReason::UnknownKey),
+        };
+        let compiled = &self.policies[index];
+        let now = self.clock.now();
+        compiled.revocations.check(&a.digest, &a.principal, now)?;
+        check_binding(compiled, &a, req, now)?;
+        Ok(a.principal)
+    }
+
     /// Decides one request. `req.path` must be canonical: the output of
     /// [`Snapshot::canonical_target`] for the same host and method.
     pub fn authorize<'s>(&'s self, req: &RequestParts<'_>) -> Decision<'s> {
@@ -86,6 +117,15 @@ impl Snapshot {
         let Some(rule) = self.index.lookup(req.host, req.path, req.method) else {
             return deny(DenyReason::NoRoute, None, None, false);
         };
+        // A retired API is gone for everyone (410): nothing is read, nothing forwarded.
+        if rule
+            .info
+            .lifecycle
+            .as_ref()
+            .is_some_and(|l| l.retired(self.clock.now()))
+        {
+            return deny(DenyReason::Retired, Some(&rule.info), None, false);
+        }
         // RFC 6750 section 5.3: credentials that crossed the network in cleartext are
         // refused before they are read, so nothing is verified, cached or logged as valid.
         if rule.info.require_tls && req.scheme != "https" {
@@ -165,6 +205,15 @@ impl Snapshot {
         let Some(rule) = self.index.lookup(req.host, req.path, req.method) else {
             return deny(DenyReason::NoRoute, None, None, false);
         };
+        // A retired API is gone for everyone (410): nothing is read, nothing forwarded.
+        if rule
+            .info
+            .lifecycle
+            .as_ref()
+            .is_some_and(|l| l.retired(self.clock.now()))
+        {
+            return deny(DenyReason::Retired, Some(&rule.info), None, false);
+        }
         let route = Some(&rule.info);
         let Requirement::Token { policy: index, .. } = &rule.requirement else {
             return self.authorize(req);
@@ -384,6 +433,13 @@ impl Snapshot {
             .filter(|s| !p.has_scope(s))
             .map(|s| &**s)
             .collect();
+        // A draft answers only tokens with its preview scope, whatever the rule demands.
+        if let Some(l) = &rule.info.lifecycle
+            && l.stage == portcullis_api::LifecycleStage::Draft
+            && !p.has_scope(&l.preview_scope)
+        {
+            missing.push(&l.preview_scope);
+        }
         let mut any_ok = any.is_empty() || any.iter().any(|s| p.has_scope(s));
         let mut any_lists = vec![&**any];
         if let Some(mcp) = &rule.info.mcp {

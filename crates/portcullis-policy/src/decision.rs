@@ -278,6 +278,7 @@ impl Deny<'_> {
                 | DenyReason::McpOrigin
                 | DenyReason::McpDenied
                 | DenyReason::CleartextCredentials
+                | DenyReason::Retired
         ) {
             return None;
         }

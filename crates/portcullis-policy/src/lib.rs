@@ -16,6 +16,7 @@
 pub mod apikey;
 mod apikeys;
 mod authorize;
+pub mod catalog;
 mod clock;
 mod compile;
 mod credentials;

@@ -124,6 +124,9 @@ pub enum DenyReason {
     McpOrigin,
     /// MCP route: a method or tool the route refuses whatever the token holds (403).
     McpDenied,
+    /// The route is `Retired`, or past its `sunsetAt` (410 Gone, RFC 8594 section 1: the
+    /// resource is gone for good); no credential is read.
+    Retired,
 }
 
 impl DenyReason {
@@ -174,6 +177,7 @@ impl DenyReason {
         DenyReason::UseDpopNonce,
         DenyReason::McpOrigin,
         DenyReason::McpDenied,
+        DenyReason::Retired,
     ];
 
     /// The HTTP status this reason becomes.
@@ -184,6 +188,7 @@ impl DenyReason {
             MalformedHeader | DuplicateHeader | TokenInQuery | MultipleCredentials => 400,
             InsufficientScope | McpOrigin | McpDenied | CleartextCredentials => 403,
             IntrospectionUnavailable => 503,
+            Retired => 410,
             _ => 401,
         }
     }
@@ -197,7 +202,8 @@ impl DenyReason {
             | UnsupportedScheme
             | IntrospectionUnavailable
             | McpOrigin
-            | McpDenied => None,
+            | McpDenied
+            | Retired => None,
             MalformedHeader | DuplicateHeader | TokenInQuery | MultipleCredentials => {
                 Some("invalid_request")
             }
@@ -251,6 +257,7 @@ impl DenyReason {
             UseDpopNonce => "use_dpop_nonce",
             McpOrigin => "mcp_origin",
             McpDenied => "mcp_denied",
+            Retired => "retired",
             RevokedKey => "revoked_key",
             WrongTokenType => "wrong_token_type",
             UnforwardableClaim => "unforwardable_claim",
@@ -303,6 +310,7 @@ impl DenyReason {
             DpopRequired => "a DPoP-bound token and its proof are required",
             UseDpopNonce => "Resource server requires nonce in DPoP proof",
             McpDenied => "this MCP method or tool is not available",
+            Retired => "this API has been retired",
             WrongTokenType => "the token is not an access token",
             UnforwardableClaim => "a claim of the token cannot be passed on",
             InsufficientScope => "the token lacks a required scope",

@@ -63,6 +63,8 @@ pub struct Snapshot {
     pub(crate) max_token_bytes: usize,
     /// The AI gateway's OpenAPI document ([`crate::openapi::document`]).
     openapi: Arc<serde_json::Value>,
+    /// The API catalog's entries ([`crate::catalog::entries`]).
+    catalog: Arc<[crate::catalog::Entry]>,
 }
 
 impl Snapshot {
@@ -83,6 +85,7 @@ impl Snapshot {
             clock,
             max_token_bytes,
             openapi: Arc::new(crate::openapi::document(&[])),
+            catalog: Arc::new([]),
         }
     }
 
@@ -93,6 +96,15 @@ impl Snapshot {
 
     pub(crate) fn set_openapi(&mut self, doc: serde_json::Value) {
         self.openapi = Arc::new(doc);
+    }
+
+    /// The API catalog: every route in force, sorted by `namespace/name`.
+    pub fn catalog(&self) -> &[crate::catalog::Entry] {
+        &self.catalog
+    }
+
+    pub(crate) fn set_catalog(&mut self, entries: Vec<crate::catalog::Entry>) {
+        self.catalog = entries.into();
     }
 
     /// Sets the API keys of each policy (same order as the policies).
@@ -229,6 +241,7 @@ impl Snapshot {
             clock: self.clock.clone(),
             max_token_bytes: self.max_token_bytes,
             openapi: self.openapi.clone(),
+            catalog: self.catalog.clone(),
         })
     }
 

@@ -11,6 +11,7 @@
 //!  admin port: /metrics /healthz /readyz /config
 //! ```
 
+pub mod catalog;
 pub mod config;
 pub mod events;
 pub mod keywait;
@@ -67,6 +68,8 @@ pub struct StandaloneOptions {
     /// Where revocations made by identity events (Back-Channel Logout) are kept across
     /// restarts; `None` keeps them in memory only.
     pub events_file: Option<PathBuf>,
+    /// Serve the API catalog on this address, to readers the options name.
+    pub catalog: Option<(SocketAddr, catalog::CatalogOptions)>,
 }
 
 impl StandaloneOptions {
@@ -84,6 +87,7 @@ impl StandaloneOptions {
             unknown_kid_refetch: true,
             body_filters: None,
             events_file: None,
+            catalog: None,
             tls_client_ca: None,
             tls_client_any_certificate: false,
         }
@@ -100,6 +104,8 @@ pub struct Running {
     pub config: Arc<LiveConfig>,
     /// The metrics.
     pub metrics: Metrics,
+    /// Where the API catalog listens, when it is served.
+    pub catalog_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -181,6 +187,7 @@ async fn serve(
         admin_addr,
         config,
         metrics,
+        catalog_addr: None,
         shutdown,
     })
 }
@@ -258,6 +265,19 @@ pub async fn start_standalone(opts: StandaloneOptions) -> Result<Running, StartE
         )?,
     )
     .await?;
+    let mut running = running;
+    if let Some((addr, catalog_opts)) = opts.catalog.clone() {
+        let live = config.clone();
+        running.catalog_addr = Some(
+            catalog::start(
+                addr,
+                Arc::new(move || live.load()),
+                catalog_opts,
+                running.shutdown.subscribe(),
+            )
+            .await?,
+        );
+    }
     tokio::spawn(standalone::run_watch(
         watch,
         manifests,

@@ -40,6 +40,10 @@ pub struct Metrics {
     pub compile_duration: Histogram,
     /// Allowed requests by route, principal kind and consumer label ([`ConsumerLabels`]).
     pub consumer_requests: IntCounterVec,
+    /// Allowed calls to `Deprecated` routes, by route and consumer label: who still calls.
+    pub deprecated_requests: IntCounterVec,
+    /// Calls answered 410 because the route is retired (or past its sunset), by route.
+    pub retired_requests: IntCounterVec,
     /// The consumer label values handed out so far.
     pub consumer_labels: std::sync::Arc<ConsumerLabels>,
     /// The AI gateway's (`gen_ai`) metrics.
@@ -281,6 +285,20 @@ impl Metrics {
                     "Allowed requests, by route, principal kind (jwt, introspected, api_key) and consumer (the first 12 hex digits of the SHA-256 of its name; `other` past the cap)."
                 ),
                 &["route", "kind", "consumer"]
+            )),
+            deprecated_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "portcullis_deprecated_requests_total",
+                    "Allowed calls to Deprecated routes, by route and consumer (as in portcullis_consumer_requests_total; `none` without one): who still has to move to the successor."
+                ),
+                &["route", "consumer"]
+            )),
+            retired_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "portcullis_retired_requests_total",
+                    "Calls answered 410 Gone because their route is Retired or past its sunsetAt, by route."
+                ),
+                &["route"]
             )),
             consumer_labels: std::sync::Arc::new(ConsumerLabels::new(MAX_CONSUMER_LABELS)),
             gen_ai: crate::llm::GenAiMetrics::new(&registry),

@@ -33,6 +33,8 @@ use crate::metrics::Metrics;
 
 /// One object read from a manifest file.
 #[derive(Debug, Clone)]
+// Manifests are few and parsed once per reload: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Object {
     /// An ApiRoute.
     Route(ApiRoute),

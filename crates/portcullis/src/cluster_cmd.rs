@@ -83,6 +83,8 @@ pub struct ControllerArgs {
     /// addresses, which a certificate made for the Service does not list.
     #[arg(long, requires = "peer_ca")]
     pub peer_server_name: Option<String>,
+    #[command(flatten)]
+    pub catalog: crate::CatalogArgs,
 }
 
 /// `portcullis proxy`.
@@ -225,6 +227,7 @@ fn check_transport(args: &ControllerArgs) -> anyhow::Result<()> {
 
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     check_transport(&args)?;
+    let catalog = args.catalog.options()?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
@@ -313,6 +316,34 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         state,
         shutdown.clone(),
     ));
+    if let Some((addr, catalog_opts)) = catalog {
+        // The routes and policies published to proxies, with the key sets fetched:
+        // compiled again when the published version changes.
+        let publisher = publisher.clone();
+        let compiled: std::sync::Mutex<Option<(u64, Arc<portcullis_policy::Snapshot>)>> =
+            std::sync::Mutex::default();
+        let source: portcullis_proxy::catalog::SnapshotSource = Arc::new(move || {
+            let (version, sources) = publisher.current();
+            let mut c = compiled.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((v, s)) = &*c
+                && *v == version
+            {
+                return s.clone();
+            }
+            let out = portcullis_policy::compile_sources(
+                &portcullis_policy::CompileOptions::default(),
+                &sources,
+                None,
+            );
+            let s = Arc::new(out.snapshot);
+            *c = Some((version, s.clone()));
+            s
+        });
+        let at = portcullis_proxy::catalog::start(addr, source, catalog_opts, shutdown.clone())
+            .await
+            .with_context(|| format!("binding the catalog on {addr}"))?;
+        eprintln!("portcullis controller {identity}: API catalog on {at}");
+    }
     let opts = cluster::ControllerOptions {
         lease_namespace: args.lease_namespace,
         lease_name: args.lease_name,

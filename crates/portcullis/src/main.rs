@@ -71,6 +71,65 @@ enum Command {
     },
 }
 
+/// The API catalog's flags (`standalone` and `controller`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct CatalogArgs {
+    /// Serve the API catalog (a read-only web page and its JSON API under /api/v1) on this
+    /// address, e.g. 0.0.0.0:9802: every API a reader may see, what each rule demands,
+    /// the trusted issuers, owner, lifecycle, and the OpenAPI documents. Plain HTTP: put
+    /// TLS in front (an Ingress). Needs --catalog-policy.
+    #[arg(long, requires = "catalog_policy")]
+    pub catalog_listen: Option<std::net::SocketAddr>,
+    /// The TokenPolicy (`namespace/name`) whose tokens may read the catalog.
+    #[arg(long, requires = "catalog_listen")]
+    pub catalog_policy: Option<String>,
+    /// The scope a reader's token must hold. Readers see public APIs, those of the
+    /// namespaces their `catalog:namespace:<ns>` scopes name (and shared with them), or
+    /// every API with `catalog:all`.
+    #[arg(long, default_value = "catalog:read")]
+    pub catalog_scope: String,
+}
+
+impl CatalogArgs {
+    /// The catalog's address and options, when it is asked for.
+    pub fn options(
+        &self,
+    ) -> anyhow::Result<
+        Option<(
+            std::net::SocketAddr,
+            portcullis_proxy::catalog::CatalogOptions,
+        )>,
+    > {
+        let (Some(addr), Some(policy)) = (self.catalog_listen, self.catalog_policy.clone()) else {
+            return Ok(None);
+        };
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        match policy.split_once('/') {
+            Some((ns, name)) if valid(ns) && valid(name) => {}
+            _ => anyhow::bail!(
+                "--catalog-policy {policy:?}: expected namespace/name of a TokenPolicy"
+            ),
+        }
+        if self.catalog_scope.is_empty() || self.catalog_scope.contains(char::is_whitespace) {
+            anyhow::bail!(
+                "--catalog-scope {:?}: one scope, without spaces",
+                self.catalog_scope
+            );
+        }
+        Ok(Some((
+            addr,
+            portcullis_proxy::catalog::CatalogOptions {
+                policy,
+                scope: self.catalog_scope.clone(),
+            },
+        )))
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct StandaloneArgs {
     /// Directory of YAML manifests (ApiRoute, TokenPolicy, Secret), watched for changes.
@@ -113,6 +172,8 @@ struct StandaloneArgs {
     /// *.yml are read as manifests); `-` keeps them in memory only.
     #[arg(long)]
     events_file: Option<PathBuf>,
+    #[command(flatten)]
+    catalog: CatalogArgs,
     #[command(flatten)]
     key_refetch: KeyRefetchArgs,
     #[command(flatten)]
@@ -319,6 +380,7 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     opts.tls = args.tls_cert.zip(args.tls_key);
     opts.tls_client_ca = args.tls_client_ca;
     opts.tls_client_any_certificate = args.tls_client_any_certificate;
+    opts.catalog = args.catalog.options()?;
     args.connections.apply(&mut opts.limits);
     opts.compile.cache_capacity = args.token_cache_size;
     opts.unknown_kid_hold = args.key_refetch.unknown_kid_hold;

@@ -243,5 +243,6 @@ pub fn compile_with(
     );
     snapshot.set_api_keys(api_keys);
     snapshot.set_openapi(crate::openapi::document(&compiled_routes));
+    snapshot.set_catalog(crate::catalog::entries(&compiled_routes, policies));
     (snapshot, errors)
 }

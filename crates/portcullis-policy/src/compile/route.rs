@@ -137,6 +137,26 @@ pub(super) fn compile_route(
         },
     };
     let mcp = compile_mcp(r, policy.map(|p| &policies.compiled[p]), secrets, &mut errs);
+    let lifecycle = match spec
+        .lifecycle
+        .as_ref()
+        .map(crate::route::CompiledLifecycle::compile)
+    {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(l))) => Some(Arc::new(l)),
+        Some(Err((field, message))) => {
+            errs.push(route_error(
+                r,
+                format!("spec.lifecycle.{field}"),
+                CompileReason::Invalid,
+                message,
+            ));
+            None
+        }
+    };
+    let draft = lifecycle
+        .as_ref()
+        .is_some_and(|l| l.stage == portcullis_api::LifecycleStage::Draft);
     // Rules: validate everything before touching the index.
     let mut pending = Vec::new();
     let id: Arc<str> = format!("{ns}/{}", r.name_any()).into();
@@ -192,6 +212,16 @@ pub(super) fn compile_route(
                 ));
                 continue;
             }
+            // A draft answers only preview tokens: a public rule would answer anyone.
+            AuthMode::None if draft => {
+                errs.push(route_error(
+                    r,
+                    format!("{at}.auth"),
+                    CompileReason::Invalid,
+                    "a Draft route answers only tokens with the preview scope: it cannot have auth: none rules",
+                ));
+                continue;
+            }
             AuthMode::None => Requirement::Public,
             AuthMode::Required => Requirement::Token {
                 policy: policy.unwrap_or(usize::MAX),
@@ -233,6 +263,7 @@ pub(super) fn compile_route(
                     mcp: mcp.clone(),
                     serves_mcp_metadata: false,
                     require_tls: spec.require_tls,
+                    lifecycle: lifecycle.clone(),
                 },
                 methods: methods.into(),
                 requirement,

@@ -124,6 +124,22 @@ impl Pipeline {
         let allow = self
             .authorize_phase(&snapshot, &mut refreshed, head, uri, &target, log, tls)
             .await?;
+        // A deprecated API: counted by consumer, and every answer says so.
+        let lifecycle_headers = match &allow.route.lifecycle {
+            Some(l) if l.stage == portcullis_api::LifecycleStage::Deprecated => {
+                let consumer = match allow.principal.as_ref().and_then(|p| p.consumer.as_deref()) {
+                    Some(c) => self.metrics.consumer_labels.label(c),
+                    None => "none".into(),
+                };
+                self.metrics
+                    .deprecated_requests
+                    .with_label_values(&[&*allow.route.id, &consumer])
+                    .inc();
+                Some(l.headers.clone())
+            }
+            Some(l) if !l.headers.is_empty() => Some(l.headers.clone()),
+            _ => None,
+        };
         if allow.route.serves_mcp_metadata
             && let Some(mcp) = &allow.route.mcp
         {
@@ -138,6 +154,9 @@ impl Pipeline {
         let quota_headers = self.rate_limit_phase(&allow, log).await?;
         let mut forward = self.forward_phase(head, uri, &target, &allow, log, tls)?;
         forward.response_headers = quota_headers;
+        if let Some(h) = lifecycle_headers {
+            forward.response_headers.extend(h.iter().cloned());
+        }
         // RFC 9449 section 8.2: the next nonce, with the answer to a proof whose nonce is
         // about to expire.
         if let Some(nonce) = &allow.dpop_nonce
@@ -331,6 +350,14 @@ impl Pipeline {
                 if deny.reason != DenyReason::NoRoute {
                     self.count_decision(log);
                 }
+                if deny.reason == DenyReason::Retired
+                    && let Some(route) = deny.route
+                {
+                    self.metrics
+                        .retired_requests
+                        .with_label_values(&[&*route.id])
+                        .inc();
+                }
                 Err(deny_response(&deny))
             }
             Decision::Pending(_) => {
@@ -422,17 +449,33 @@ const DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
 /// The RFC 6750 answer to a denial.
 fn deny_response(deny: &Deny<'_>) -> Response<ProxyBody> {
     let status = StatusCode::from_u16(deny.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "error": deny.reason.error_code().unwrap_or(match deny.reason {
             DenyReason::NoRoute => "not_found",
             DenyReason::IntrospectionUnavailable => "temporarily_unavailable",
+            DenyReason::Retired => "gone",
             _ => "unauthorized",
         }),
         "reason": deny.reason.as_str(),
         "error_description": deny.reason.description(),
-    })
-    .to_string();
-    let mut resp = response(status, "application/json", body);
+    });
+    // 410 Gone: where the API went (RFC 8594 section 1), in the body and as a Link.
+    let lifecycle = deny.route.and_then(|r| r.lifecycle.as_ref());
+    let successor = lifecycle
+        .filter(|_| deny.reason == DenyReason::Retired)
+        .and_then(|l| l.successor.as_deref());
+    if deny.reason == DenyReason::Retired
+        && let Some(l) = lifecycle
+    {
+        body["successor"] = successor.into();
+        body["sunset_at"] = l.sunset_text.as_deref().into();
+    }
+    let mut resp = response(status, "application/json", body.to_string());
+    if let Some(u) = successor
+        && let Ok(v) = HeaderValue::from_str(&format!("<{u}>; rel=\"successor-version\""))
+    {
+        resp.headers_mut().insert(header::LINK, v);
+    }
     if let Some(challenge) = deny.www_authenticate()
         && let Ok(v) = HeaderValue::from_str(&challenge)
     {
