@@ -24,7 +24,7 @@ use crate::status::ResourceStatus;
     doc = "ApiRoute exposes a backend on a set of hosts and says which token scopes each path and method demands.",
     printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.hosts"),
     printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policyRef.name"),
-    printcolumn(name = "Stage", type_ = "string", json_path = ".spec.lifecycle.stage"),
+    printcolumn(name = "Stage", type_ = "string", json_path = ".status.stage"),
     printcolumn(
         name = "Sunset",
         type_ = "string",

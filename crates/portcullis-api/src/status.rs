@@ -31,6 +31,12 @@ pub struct ResourceStatus {
     /// TokenPolicy only: each Shared Signals stream's delivery and verification.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub streams: Vec<crate::events::StreamStatus>,
+
+    /// ApiRoute only: the lifecycle stage in effect (`Draft`, `Published`, `Deprecated`
+    /// or `Retired`; `Retired` once `sunsetAt` has passed, whatever `spec.lifecycle.stage`
+    /// says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
 }
 
 /// A status condition, as in Kubernetes `metav1.Condition`.

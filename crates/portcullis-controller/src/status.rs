@@ -35,6 +35,8 @@ pub struct ObjectReport<'a> {
     pub budgets: Vec<portcullis_api::BudgetStatus>,
     /// For a TokenPolicy with Shared Signals streams: their delivery and verification.
     pub streams: Vec<portcullis_api::StreamStatus>,
+    /// For an ApiRoute: the lifecycle stage in effect.
+    pub stage: Option<&'static str>,
 }
 
 fn condition(
@@ -200,6 +202,7 @@ pub fn desired(
         }),
         budgets: report.budgets.clone(),
         streams: report.streams.clone(),
+        stage: report.stage.map(str::to_owned),
     }
 }
 
@@ -210,6 +213,7 @@ pub fn differs(a: Option<&ResourceStatus>, b: &ResourceStatus) -> bool {
         || a.proxies != b.proxies
         || a.budgets != b.budgets
         || a.streams != b.streams
+        || a.stage != b.stage
         || a.conditions.len() != b.conditions.len()
     {
         return true;
@@ -248,6 +252,7 @@ mod tests {
                 keys: None,
                 budgets: Vec::new(),
                 streams: Vec::new(),
+                stage: None,
             },
             None,
             "t0",
@@ -280,6 +285,7 @@ mod tests {
                 keys: None,
                 budgets: Vec::new(),
                 streams: Vec::new(),
+                stage: None,
             },
             None,
             "t0",
@@ -298,6 +304,7 @@ mod tests {
                 keys: None,
                 budgets: Vec::new(),
                 streams: Vec::new(),
+                stage: None,
             },
             None,
             "t0",
@@ -319,6 +326,7 @@ mod tests {
                 keys: None,
                 budgets: Vec::new(),
                 streams: Vec::new(),
+                stage: None,
             },
             None,
             "t0",
@@ -343,6 +351,7 @@ mod tests {
                 keys: None,
                 budgets: Vec::new(),
                 streams: Vec::new(),
+                stage: None,
             },
             None,
             "t0",
@@ -364,6 +373,7 @@ mod tests {
                 keys: None,
                 budgets: Vec::new(),
                 streams: Vec::new(),
+                stage: None,
             },
             None,
             "t0",
@@ -376,6 +386,7 @@ mod tests {
                 keys: None,
                 budgets: Vec::new(),
                 streams: Vec::new(),
+                stage: None,
             },
             Some(&first),
             "t1",
@@ -391,6 +402,7 @@ mod tests {
                 keys: None,
                 budgets: Vec::new(),
                 streams: Vec::new(),
+                stage: None,
             },
             Some(&second),
             "t2",
@@ -419,6 +431,7 @@ mod tests {
                 keys: None,
                 budgets: Vec::new(),
                 streams: Vec::new(),
+                stage: None,
             },
             None,
             "t0",
@@ -451,6 +464,7 @@ mod tests {
                 keys: None,
                 budgets: Vec::new(),
                 streams: Vec::new(),
+                stage: None,
             },
             None,
             "t0",

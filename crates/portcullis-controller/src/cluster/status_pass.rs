@@ -54,6 +54,28 @@ struct Target {
     resource_version: Option<String>,
     current: Option<ResourceStatus>,
     object_ref: k8s_openapi::api::core::v1::ObjectReference,
+    /// An ApiRoute's lifecycle stage in effect.
+    stage: Option<&'static str>,
+}
+
+/// An ApiRoute's lifecycle stage in effect now (`Retired` past its `sunsetAt`), as the
+/// spec spells it.
+fn stage_of(r: &portcullis_api::ApiRoute) -> &'static str {
+    use portcullis_api::LifecycleStage;
+    let Some(l) = &r.spec.lifecycle else {
+        return "Published";
+    };
+    let past_sunset = l
+        .sunset_at
+        .as_deref()
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .is_some_and(|t| t <= k8s_openapi::jiff::Timestamp::now());
+    match (l.stage.unwrap_or_default(), past_sunset) {
+        (_, true) | (LifecycleStage::Retired, _) => "Retired",
+        (LifecycleStage::Draft, _) => "Draft",
+        (LifecycleStage::Deprecated, _) => "Deprecated",
+        (LifecycleStage::Published, _) => "Published",
+    }
 }
 
 impl StatusPlanner {
@@ -80,6 +102,7 @@ impl StatusPlanner {
                     resource_version: r.resource_version(),
                     current: r.status.clone(),
                     object_ref: r.object_ref(&()),
+                    stage: Some(stage_of(r)),
                 })
                 .chain(g.policies.values().map(|p| Target {
                     kind: "TokenPolicy",
@@ -88,6 +111,7 @@ impl StatusPlanner {
                     resource_version: p.resource_version(),
                     current: p.status.clone(),
                     object_ref: p.object_ref(&()),
+                    stage: None,
                 }))
                 .collect()
         };
@@ -128,6 +152,7 @@ impl StatusPlanner {
             resource_version,
             current,
             object_ref,
+            stage,
         } = t;
         let proxies = match programmed.get(&(kind.to_string(), key.clone())) {
             // A proxy holds this generation if it acknowledged a version at or after the
@@ -186,6 +211,7 @@ impl StatusPlanner {
             } else {
                 Vec::new()
             },
+            stage,
         };
         let desired = status::desired(&report, current.as_ref(), now);
         let status = if status::differs(current.as_ref(), &desired) {
@@ -226,5 +252,37 @@ impl StatusPlanner {
             status,
             events,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stage_of;
+
+    fn route(lifecycle: &str) -> portcullis_api::ApiRoute {
+        serde_yaml::from_str(&format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: r, namespace: ns}}\nspec:\n  hosts: [a.test]\n  policyRef: {{name: p}}\n  backend: {{url: 'http://127.0.0.1:9'}}\n  rules: [{{match: {{pathPrefix: /}}}}]\n{lifecycle}"
+        ))
+        .unwrap()
+    }
+
+    /// `status.stage` is the stage in effect: a sunset in the past retires any stage.
+    #[test]
+    fn the_stage_in_effect_is_retired_past_the_sunset() {
+        assert_eq!(stage_of(&route("")), "Published");
+        assert_eq!(stage_of(&route("  lifecycle: {stage: Draft}")), "Draft");
+        assert_eq!(
+            stage_of(&route(
+                "  lifecycle: {stage: Deprecated, deprecatedAt: '2020-01-01T00:00:00Z', sunsetAt: '2999-01-01T00:00:00Z'}"
+            )),
+            "Deprecated"
+        );
+        assert_eq!(
+            stage_of(&route(
+                "  lifecycle: {stage: Deprecated, deprecatedAt: '2020-01-01T00:00:00Z', sunsetAt: '2021-01-01T00:00:00Z'}"
+            )),
+            "Retired"
+        );
+        assert_eq!(stage_of(&route("  lifecycle: {stage: Retired}")), "Retired");
     }
 }

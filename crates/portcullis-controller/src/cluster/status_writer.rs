@@ -416,6 +416,7 @@ pub(crate) mod tests {
             }),
             budgets: Vec::new(),
             streams: Vec::new(),
+            stage: None,
         }
     }
 
