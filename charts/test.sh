@@ -17,7 +17,9 @@
 #      an LLM route on tools/llm-stub with its provider keys in a Secret: chat completions
 #      streamed and not, a provider 500, a rate-limited key; a TokenPolicy rate limit and
 #      an LLM token budget leased from the controller, its ledger checkpointed to the
-#      chart's ConfigMap), and Debian's
+#      chart's ConfigMap; the API catalog the controller serves (catalog.enabled): 401, 403,
+#      the quickstart route listed for a reader; a Deprecated and a Retired ApiRoute counted
+#      by the proxies), and Debian's
 #      Prometheus scraping all of it every second with the chart's alert rules loaded;
 #      then every dashboard and alert expression is evaluated through its HTTP API.
 # Needs: Go (helm, helm4, kube-apiserver, kubectl and etcd are built once into
@@ -88,10 +90,15 @@ if out=$(helm template "$release" "$chart" -n "$ns" --set controller.tls.secretN
   fail "controller.tls.secretName without proxySecretName was accepted"
 fi
 grep -qF "controller.tls.proxySecretName" <<<"$out" || fail "secretName without proxySecretName: unclear refusal: $out"
+if out=$(helm template "$release" "$chart" -n "$ns" --set catalog.enabled=true 2>&1); then
+  fail "catalog.enabled without catalog.policy was accepted"
+fi
+grep -qF "catalog.policy is required" <<<"$out" || fail "catalog.enabled without catalog.policy: unclear refusal: $out"
+grep -qE -- '--catalog-|name: [a-z0-9-]+-catalog$' "$work/default.yaml" && fail "the API catalog is rendered with the default values (must be opt-in)"
 kinds() { grep -h '^kind:' "$1" | sort -u | awk '{print $2}' | paste -sd, -; }
 echo "default: $(kinds "$work/default.yaml")"
 echo "all on:  $(kinds "$work/all.yaml")"
-for k in ServiceMonitor PrometheusRule HorizontalPodAutoscaler; do
+for k in ServiceMonitor PrometheusRule HorizontalPodAutoscaler Ingress; do
   grep -q "^kind: $k\$" "$work/default.yaml" && fail "$k rendered with the default values (must be opt-in)"
   grep -q "^kind: $k\$" "$work/all.yaml" || fail "$k not rendered with $tests/values-all.yaml"
 done
@@ -130,6 +137,8 @@ expect_rejected "at '/controller/leaseDuration'" --set controller.leaseDuration=
 expect_rejected "at '/image/pullPolicy'" --set image.pullPolicy=Sometimes
 expect_rejected "at '/controller/quota/configMapName'" --set controller.quota.configMapName=Quota_Ledger
 expect_rejected "at '/controller/tls/enabled': got string, want boolean" --set controller.tls.enabled=yes
+expect_rejected "at '/catalog/policy'" --set catalog.enabled=true --set catalog.policy=default
+expect_rejected "additional properties 'hostname' not allowed" --set 'catalog.ingress.hosts[0].hostname=x'
 
 step "no wildcard in the rendered RBAC"
 for f in "$work/default.yaml" "$work/all.yaml"; do
@@ -176,7 +185,7 @@ for cfg in default all plain; do
     || fail "the API server refused objects of the $cfg configuration"
   want=Deployment,Service,ServiceAccount,ClusterRole,ClusterRoleBinding,Role,RoleBinding,PodDisruptionBudget,NetworkPolicy,ConfigMap
   [ $cfg != plain ] && want=$want,Secret
-  [ $cfg = all ] && want=$want,HorizontalPodAutoscaler,ServiceMonitor,PrometheusRule
+  [ $cfg = all ] && want=$want,HorizontalPodAutoscaler,ServiceMonitor,PrometheusRule,Ingress
   echo "$cfg: $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["items"]))' "$work/$cfg.json") objects accepted"
   python3 $tests/check_rendered.py "$work/$cfg.json" --kinds "$want" \
     --help-controller "$work/help-controller.txt" --help-proxy "$work/help-proxy.txt"
@@ -258,12 +267,12 @@ for a in d["spec"]["template"]["spec"]["containers"][0]["args"]:
     print(f"{flag}={overrides[flag]}" if flag in overrides else a)
 PY
 }
-echo_port=$(free_port); c_port=$(free_port); cm_port=$(free_port)
+echo_port=$(free_port); c_port=$(free_port); cm_port=$(free_port); cat_port=$(free_port)
 p_ports=("$(free_port)" "$(free_port)"); a_ports=("$(free_port)" "$(free_port)")
 "$pc" echo --listen "127.0.0.1:$echo_port" 2> "$work/echo.log" & pids+=($!)
 # The certificates are the ones helm install generated (the Secrets' files); the
 # controller is reached at 127.0.0.1, so the proxies verify the Service's name instead.
-mapfile -t cargs < <(deploy_args controller --listen="127.0.0.1:$c_port" --metrics-listen="127.0.0.1:$cm_port" --prune-interval=1s --lease-duration=3s \
+mapfile -t cargs < <(deploy_args controller --listen="127.0.0.1:$c_port" --metrics-listen="127.0.0.1:$cm_port" --catalog-listen="127.0.0.1:$cat_port" --prune-interval=1s --lease-duration=3s \
   --advertise-url="https://127.0.0.1:$c_port" --tls-cert="$work/tls/ctl/tls.crt" --tls-key="$work/tls/ctl/tls.key" \
   --tls-client-ca="$work/tls/ctl/ca.crt" --peer-ca="$work/tls/ctl/ca.crt")
 echo "controller ${cargs[*]}"
@@ -326,6 +335,31 @@ sed -i 's/^apiVersion:/---\napiVersion:/' "$work/app.yaml"
 kc apply -f "$work/app.yaml" >/dev/null
 kc wait --for=condition=Programmed --timeout=60s -n $app apiroute/orders tokenpolicy/default >/dev/null \
   || fail "ApiRoute/TokenPolicy not Programmed (controller RBAC or TokenReview?)"
+
+step "the API catalog on the controller (catalog.enabled): /healthz, 401 without a token, the quickstart route for a reader"
+cat_url=http://127.0.0.1:$cat_port
+cat_policy=$(printf '%s\n' "${cargs[@]}" | sed -n 's/^--catalog-policy=//p')
+[ "$cat_policy" = "$app/default" ] || fail "the controller Deployment passes --catalog-policy=$cat_policy, not the quickstart's $app/default"
+wait_for "the catalog's /healthz" 20 curl -fs "$cat_url/healthz"
+s=$(curl -s -o /dev/null -w '%{http_code}' "$cat_url/healthz")
+[ "$s" = 200 ] || fail "catalog /healthz answered $s"
+s=$(curl -s -o /dev/null -w '%{http_code}' "$cat_url/api/v1/apis")
+[ "$s" = 401 ] || fail "catalog /api/v1/apis without a token answered $s, not 401"
+cat_tok=$("$pc" token mint --key examples/quickstart/dev-private.pem --sub alice --scope 'catalog:read catalog:all' --ttl 10m)
+no_cat_tok=$("$pc" token mint --key examples/quickstart/dev-private.pem --sub bob --scope orders:read --ttl 10m)
+s=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $no_cat_tok" "$cat_url/api/v1/apis")
+[ "$s" = 403 ] || fail "catalog /api/v1/apis with a token without catalog:read answered $s, not 403"
+catalog_lists_orders() {
+  [ "$(curl -s -o "$work/catalog.json" -w '%{http_code}' -H "Authorization: Bearer $cat_tok" "$cat_url/api/v1/apis")" = 200 ] || return 1
+  python3 - "$work/catalog.json" "$app" orders <<'PY2'
+import json, sys
+apis = json.load(open(sys.argv[1]))["apis"]
+sys.exit(0 if any(a.get("namespace") == sys.argv[2] and a.get("name") == sys.argv[3] for a in apis) else 1)
+PY2
+}
+for _ in $(seq 1 100); do catalog_lists_orders 2>/dev/null && break; sleep 0.2; done
+catalog_lists_orders || fail "the catalog does not list $app/orders for a catalog:read token of $cat_policy: $(head -c 600 "$work/catalog.json")"
+echo "catalog on :$cat_port: /healthz 200, /api/v1/apis 401 without a token, 403 without catalog:read, lists $app/orders for a catalog:read token"
 kc apply -f - >/dev/null <<YML
 apiVersion: portcullis.dev/v1alpha1
 kind: ApiRoute
@@ -486,6 +520,56 @@ quota_metrics() {
 }
 wait_for "quota metrics on both proxies and a successful checkpoint on the controller" 30 quota_metrics
 
+step "API lifecycle: a Deprecated route served with its headers, a Retired one answered 410 Gone, both counted by the proxies"
+# Copies of the quickstart route: the dashboard's "API lifecycle" panels and the alert
+# PortcullisRetiredRouteStillCalled read the counters these calls (and the steady traffic
+# below) move on both proxies.
+kc apply -f - >/dev/null <<YML
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: legacy, namespace: $app}
+spec:
+  hosts: [legacy.test]
+  policyRef: {name: default}
+  backend: {url: "http://127.0.0.1:$echo_port"}
+  lifecycle:
+    stage: Deprecated
+    deprecatedAt: "2025-01-01T00:00:00Z"
+    sunsetAt: "2099-01-01T00:00:00Z"
+    successor: https://shop.test/v2/orders
+  rules: [{match: {pathPrefix: /orders}, requiredScopes: ["orders:read"]}]
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: gone, namespace: $app}
+spec:
+  hosts: [gone.test]
+  policyRef: {name: default}
+  backend: {url: "http://127.0.0.1:$echo_port"}
+  lifecycle: {stage: Retired, successor: https://shop.test/v2/orders}
+  rules: [{match: {pathPrefix: /orders}, requiredScopes: ["orders:read"]}]
+YML
+kc wait --for=condition=Programmed --timeout=60s -n $app apiroute/legacy apiroute/gone >/dev/null \
+  || fail "the lifecycle ApiRoutes are not Programmed: $("$KUBECTL" get apiroutes legacy gone -n $app -o jsonpath='{range .items[*]}{.metadata.name}: {.status.conditions}{"\n"}{end}')"
+life_tok=$("$pc" token mint --key examples/quickstart/dev-private.pem --sub erin --scope orders:read --ttl 10m)
+lifecycle_served() {
+  for p in "${p_ports[@]}"; do
+    curl -s -D "$work/legacy.headers" -o /dev/null -H "Host: legacy.test" -H "Authorization: Bearer $life_tok" "http://127.0.0.1:$p/orders" || return 1
+    head -n 1 "$work/legacy.headers" | grep -q ' 200' && grep -qi '^deprecation:' "$work/legacy.headers" || return 1
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Host: gone.test" -H "Authorization: Bearer $life_tok" "http://127.0.0.1:$p/orders")" = 410 ] || return 1
+  done
+}
+wait_for "the Deprecated route served with a Deprecation header and the Retired one 410 on both proxies" 10 lifecycle_served
+lifecycle_metrics() {
+  for a in "${a_ports[@]}"; do
+    curl -fs "http://127.0.0.1:$a/metrics" > "$work/lifecycle.metrics" || return 1
+    grep -Eq "^portcullis_deprecated_requests_total\{[^}]*route=\"$app/legacy\"[^}]*\} [1-9]" "$work/lifecycle.metrics" || return 1
+    grep -Eq "^portcullis_deprecated_requests_total\{[^}]*consumer=" "$work/lifecycle.metrics" || return 1
+    grep -Eq "^portcullis_retired_requests_total\{[^}]*route=\"$app/gone\"[^}]*\} [1-9]" "$work/lifecycle.metrics" || return 1
+  done
+}
+wait_for "portcullis_deprecated_requests_total{route,consumer} and portcullis_retired_requests_total{route} on both proxies" 10 lifecycle_metrics
+
 step "traffic through both proxies: 200, 401, 403, 404 (and LLM calls in the steady traffic)"
 key=examples/quickstart/dev-private.pem
 good=$("$pc" token mint --key $key --sub alice --scope orders:read --ttl 10m --jti live-good)
@@ -501,6 +585,7 @@ steady_traffic() {
   while [ $SECONDS -lt $end ]; do
     for p in "${p_ports[@]}"; do
       code $app.test "$p" "$steady"; code $app.test "$p" "$scoped"; code $app.test "$p"
+      code legacy.test "$p" "$steady"; code gone.test "$p" "$steady"
       chat "$p" gpt-4o-mini false; chat "$p" gpt-4o-mini true; chat "$p" flaky false
     done >/dev/null
     sleep 0.2

@@ -167,6 +167,44 @@ def main():
         quota_cm = cflags.get("--quota-configmap")
         check(bool(quota_cm), "controller: --quota-configmap names the ledger ConfigMap the Role grants")
 
+        # The API catalog (catalog.enabled): --catalog-listen on the `catalog` container
+        # port, a Service <controller>-catalog that selects the controller pods and targets
+        # that port, and an optional Ingress whose every backend is that Service's port.
+        catalog_on = "--catalog-listen" in cflags
+        check(catalog_on == ("catalog" in cports), "controller: --catalog-listen with a `catalog` container port, or neither")
+        catalog_svc_name = f"{ctl['metadata']['name']}-catalog"
+        catalog_svc = services.get(catalog_svc_name)
+        if catalog_on:
+            listen = cflags["--catalog-listen"]
+            check(listen == f"0.0.0.0:{cports.get('catalog')}",
+                  f"controller: --catalog-listen=0.0.0.0:<catalog port> ({listen})")
+            check(re.fullmatch(r"[a-z0-9-]+/[a-z0-9.-]+", cflags.get("--catalog-policy", "")) is not None,
+                  f"controller: --catalog-policy names a TokenPolicy namespace/name ({cflags.get('--catalog-policy')})")
+            check(catalog_svc is not None, f"catalog: Service {catalog_svc_name} rendered")
+        else:
+            check(catalog_svc is None and not by_kind.get("Ingress"), "catalog off: no catalog Service, no Ingress")
+        if catalog_svc:
+            labels = ctl["spec"]["template"]["metadata"]["labels"]
+            sel = catalog_svc["spec"].get("selector", {})
+            check(bool(sel) and all(labels.get(k) == v for k, v in sel.items()),
+                  f"catalog Service selects the controller pods ({sel})")
+            check(sel.get("app.kubernetes.io/component") == "controller", "catalog Service selects no proxies")
+            sports = catalog_svc["spec"]["ports"]
+            check(len(sports) == 1 and sports[0].get("targetPort") in ("catalog", cports.get("catalog")),
+                  f"catalog Service targets the controller's `catalog` port ({sports})")
+            for ing in by_kind.get("Ingress", []):
+                n = ing["metadata"]["name"]
+                backends = [path["backend"] for rule in ing["spec"].get("rules", []) for path in rule.get("http", {}).get("paths", [])]
+                if "defaultBackend" in ing["spec"]:
+                    backends.append(ing["spec"]["defaultBackend"])
+                check(bool(backends), f"Ingress {n}: has backends")
+                for b in backends:
+                    svc = b.get("service", {})
+                    port = svc.get("port", {})
+                    check(svc.get("name") == catalog_svc_name, f"Ingress {n}: backend is Service {catalog_svc_name} ({svc.get('name')})")
+                    check(any(port.get("name") == sp.get("name") if "name" in port else port.get("number") == sp["port"] for sp in sports),
+                          f"Ingress {n}: backend port {port} is a port of {catalog_svc_name}")
+
     # RBAC: no wildcards anywhere, and only the verbs the controller uses.
     allowed = {"get", "list", "watch", "create", "update", "patch", "delete"}
     for kind in ("ClusterRole", "Role"):
@@ -207,15 +245,23 @@ def main():
             check(rule.get("resourceNames") == [quota_cm],
                   f"Role: configmaps {rule['verbs']} only on --quota-configmap's {quota_cm} ({rule.get('resourceNames')})")
 
-    # NetworkPolicy: only the proxies (and configured metrics scrapers) reach the controller.
+    # NetworkPolicy: only the proxies (and configured metrics scrapers) reach the controller;
+    # the API catalog's port, when served, is open to every peer (and nothing else is).
+    cports = {}
+    if ctl:
+        cports = {p["name"]: p["containerPort"] for p in ctl["spec"]["template"]["spec"]["containers"][0].get("ports", [])}
     for np in by_kind.get("NetworkPolicy", []):
         sel = np["spec"]["podSelector"]["matchLabels"]
         check(sel.get("app.kubernetes.io/component") == "controller", "NetworkPolicy selects the controller")
-        push_rules = 0
+        push_rules = catalog_rules = 0
         for rule in np["spec"]["ingress"]:
             froms = rule.get("from", [])
-            check(bool(froms), "NetworkPolicy: every ingress rule names its peers")
             ports = [p.get("port") for p in rule.get("ports", [])]
+            if ports == ["catalog"]:
+                catalog_rules += 1
+                check(not froms, f"NetworkPolicy: the catalog port is open to every peer ({froms})")
+                continue
+            check(bool(froms), f"NetworkPolicy: every ingress rule but the catalog's names its peers (ports {ports})")
             component = [f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") for f in froms]
             proxies = [f for f, c in zip(froms, component) if c == "proxy"]
             if ports == ["push"]:
@@ -228,6 +274,8 @@ def main():
                 check(ports == ["metrics"], f"NetworkPolicy: a rule for ports {ports}")
                 check(not proxies, "NetworkPolicy: the metrics rule is for scrapers")
         check(push_rules == 1, "NetworkPolicy: one rule for the push port, the proxies'")
+        check(catalog_rules == (1 if "catalog" in cports else 0),
+              f"NetworkPolicy: one rule opening the catalog port when the controller serves it, none otherwise ({catalog_rules})")
     if "NetworkPolicy" in a.kinds:
         check(bool(by_kind.get("NetworkPolicy")), "a NetworkPolicy")
 
