@@ -163,6 +163,8 @@ pub struct QuotaService {
     store: Mutex<Option<Arc<dyn CheckpointStore>>>,
     http: HttpClient<HttpConnector, Full<Bytes>>,
     peer_tls: Option<PeerTls>,
+    /// Relays only to https leaders: this replica serves TLS, so its peers must too.
+    https_only: bool,
     metrics: Metrics,
     /// Budget use by policy (`namespace/name`), for status.
     usage: Mutex<HashMap<String, Vec<BudgetStatus>>>,
@@ -198,6 +200,7 @@ impl QuotaService {
             store: Mutex::new(None),
             http: HttpClient::builder(TokioExecutor::new()).build(http),
             peer_tls: None,
+            https_only: false,
             metrics,
             usage: Mutex::default(),
         }
@@ -206,6 +209,15 @@ impl QuotaService {
     /// Relays to an https leader verified (and, for mutual TLS, authenticated) by `tls`.
     pub fn with_peer_tls(mut self, tls: PeerTls) -> Self {
         self.peer_tls = Some(tls);
+        self.https_only = true;
+        self
+    }
+
+    /// Relays only to a leader that advertises https: the advertised URL comes from a
+    /// Lease, and a plain http one would carry the proxies' tokens in cleartext to
+    /// whoever wrote it.
+    pub fn https_only(mut self) -> Self {
+        self.https_only = true;
         self
     }
 
@@ -399,6 +411,13 @@ impl QuotaService {
     ) -> Result<http::Response<hyper::body::Incoming>, RelayFailure> {
         use RelayFailure::Unreachable;
         if req.uri().scheme() != Some(&http::uri::Scheme::HTTPS) {
+            if self.https_only {
+                warn!(
+                    leader = %req.uri(),
+                    "the leader advertises a plain http endpoint; relays go over TLS only"
+                );
+                return Err(Unreachable);
+            }
             return self.http.request(req).await.map_err(|_| Unreachable);
         }
         let Some(tls) = &self.peer_tls else {
@@ -707,6 +726,40 @@ mod tests {
             .lease(ask(1), Some(HeaderValue::from_static("Bearer expired")))
             .await;
         assert!(g.unavailable && reconnect);
+    }
+
+    /// A replica serving TLS never relays a proxy's token to a plain http URL (a Lease
+    /// anyone with Lease access could have rewritten): the leader listening there sees
+    /// nothing.
+    #[tokio::test]
+    async fn a_tls_replica_refuses_to_relay_to_a_plain_http_leader() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let leader = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", leader.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok(_conn) = leader.accept().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let svc = QuotaService::new(Metrics::new()).https_only();
+        let (_tx, rx) = watch::channel(false);
+        svc.attach(
+            rx,
+            Arc::new(move || Some(url.clone())),
+            Arc::new(MemStore::default()),
+        );
+        let (g, _) = svc
+            .lease(ask(1), Some(HeaderValue::from_static("Bearer proxy-token")))
+            .await;
+        assert!(g.unavailable);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            0,
+            "the token went to an http leader"
+        );
     }
 
     #[tokio::test]

@@ -175,10 +175,11 @@ impl Viewer {
     /// their namespace; shared ones to their namespace and the listed ones.
     pub fn sees(&self, e: &Entry) -> bool {
         let member = |ns: &str| self.namespaces.iter().any(|n| n == ns);
-        self.all
-            || e.visibility == "Public"
+        let team = self.all
             || member(&e.namespace)
-            || (e.visibility == "Namespaces" && e.shared_with.iter().any(|n| member(n)))
+            || (e.visibility == "Namespaces" && e.shared_with.iter().any(|n| member(n)));
+        // A draft is not announced to the whole cluster: only its own and sharing teams.
+        team || (e.visibility == "Public" && e.lifecycle.stage != LifecycleStage::Draft.as_str())
     }
 }
 
@@ -260,11 +261,19 @@ fn entry(r: &ApiRoute, policies: &[TokenPolicy]) -> Entry {
     } else {
         "http"
     };
-    let openapi = spec
-        .backend
-        .llm
-        .is_some()
-        .then(|| crate::openapi::document(&[r]));
+    let openapi = spec.backend.llm.is_some().then(|| {
+        let mut doc = crate::openapi::document(&[r]);
+        // A prompt endpoint's description is its system prompt: the route's own, not
+        // for every catalog reader.
+        if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+            for ops in paths.values_mut().filter_map(|o| o.as_object_mut()) {
+                for op in ops.values_mut().filter_map(|o| o.as_object_mut()) {
+                    op.remove("description");
+                }
+            }
+        }
+        doc
+    });
     let id = format!("{namespace}/{name}");
     let mut haystack = vec![
         id.clone(),
@@ -356,6 +365,15 @@ mod tests {
         assert_eq!(ids(&nobody), ["other/c"]);
         let all = Viewer::from_scopes(["catalog:all"]);
         assert_eq!(ids(&all).len(), 3);
+        // A public draft: its team sees it, the rest of the cluster not yet.
+        let draft = base(
+            "other",
+            "d",
+            "  catalog: {visibility: Public}\n  lifecycle: {stage: Draft}\n",
+        );
+        let e2 = entries(&[&draft], &[]);
+        assert!(!shop.sees(&e2[0]));
+        assert!(Viewer::from_scopes(["catalog:namespace:other"]).sees(&e2[0]));
         // Search: words of the id, scopes, hosts; tags and scopes exactly.
         assert!(e[0].matches("OTHER/c"));
         assert!(e[0].matches("orders:read a.test"));

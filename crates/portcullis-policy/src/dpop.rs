@@ -144,8 +144,9 @@ impl NonceKey {
         URL_SAFE_NO_PAD.encode(raw)
     }
 
-    /// Whether `nonce` is one this key issued for the current or the previous window.
-    pub(crate) fn check(&self, nonce: &str, now: i64) -> NonceState {
+    /// Whether `nonce` is one this key issued for the current or the previous window (or
+    /// the next one, when it begins within `skew`: another proxy's clock may run ahead).
+    pub(crate) fn check(&self, nonce: &str, now: i64, skew: i64) -> NonceState {
         let Ok(raw) = URL_SAFE_NO_PAD.decode(nonce) else {
             return NonceState::Invalid;
         };
@@ -154,7 +155,9 @@ impl NonceKey {
         };
         let window = i64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
         let current = now.div_euclid(self.lifetime);
-        let state = if window == current {
+        let ahead = window == current + 1
+            && window.saturating_mul(self.lifetime).saturating_sub(now) <= skew;
+        let state = if window == current || ahead {
             NonceState::Current
         } else if window == current - 1 {
             NonceState::Previous
@@ -340,7 +343,7 @@ pub(crate) fn check_proof(
     // used, so the retry section 9 asks for is a new proof anyway.
     let mut accepted = ProofAccepted::default();
     if let Some(key) = &cfg.nonce {
-        match str_claim("nonce").map_or(NonceState::Invalid, |n| key.check(n, now)) {
+        match str_claim("nonce").map_or(NonceState::Invalid, |n| key.check(n, now, skew)) {
             NonceState::Current => {}
             NonceState::Previous => accepted.next_nonce = Some(key.issue(now)),
             NonceState::Invalid => return Err(DenyReason::UseDpopNonce),
@@ -428,27 +431,34 @@ mod tests {
     fn rfc9449_section_9_nonces_are_issued_checked_and_expire() {
         let k = NonceKey::new(&[7; 32], "https://issuer.example", 300);
         let n = k.issue(1_000_000);
-        assert_eq!(k.check(&n, 1_000_000), NonceState::Current);
-        assert_eq!(k.check(&n, 1_000_000 + 300), NonceState::Previous);
-        assert_eq!(k.check(&n, 1_000_000 + 600), NonceState::Invalid, "expired");
+        assert_eq!(k.check(&n, 1_000_000, 0), NonceState::Current);
+        assert_eq!(k.check(&n, 1_000_000 + 300, 0), NonceState::Previous);
         assert_eq!(
-            k.check(&n, 1_000_000 - 300),
+            k.check(&n, 1_000_000 + 600, 0),
+            NonceState::Invalid,
+            "expired"
+        );
+        assert_eq!(
+            k.check(&n, 1_000_000 - 300, 0),
             NonceState::Invalid,
             "from the future"
         );
         // Another key, or the same key for another issuer, makes other nonces.
         let other = NonceKey::new(&[8; 32], "https://issuer.example", 300);
-        assert_eq!(other.check(&n, 1_000_000), NonceState::Invalid);
+        assert_eq!(other.check(&n, 1_000_000, 0), NonceState::Invalid);
         let elsewhere = NonceKey::new(&[7; 32], "https://other.example", 300);
-        assert_eq!(elsewhere.check(&n, 1_000_000), NonceState::Invalid);
+        assert_eq!(elsewhere.check(&n, 1_000_000, 0), NonceState::Invalid);
         // A forged window with the old tag, a truncated or garbled nonce.
         let mut raw = URL_SAFE_NO_PAD.decode(&n).unwrap();
         raw[7] ^= 1;
         let moved = URL_SAFE_NO_PAD.encode(&raw);
-        assert_eq!(k.check(&moved, 1_000_000), NonceState::Invalid);
-        assert_eq!(k.check(&n[..n.len() - 2], 1_000_000), NonceState::Invalid);
-        assert_eq!(k.check("not base64!", 1_000_000), NonceState::Invalid);
-        assert_eq!(k.check("", 1_000_000), NonceState::Invalid);
+        assert_eq!(k.check(&moved, 1_000_000, 0), NonceState::Invalid);
+        assert_eq!(
+            k.check(&n[..n.len() - 2], 1_000_000, 0),
+            NonceState::Invalid
+        );
+        assert_eq!(k.check("not base64!", 1_000_000, 0), NonceState::Invalid);
+        assert_eq!(k.check("", 1_000_000, 0), NonceState::Invalid);
         assert!(
             !format!("{k:?}").contains("7, 7"),
             "the key is never printed"

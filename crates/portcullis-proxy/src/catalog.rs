@@ -25,15 +25,22 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use portcullis_policy::catalog::{Entry, Viewer};
 use portcullis_policy::{DenyReason, HeaderField, RequestParts, Snapshot};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-/// The cookie the login form sets.
+/// The cookie the login form sets on a loopback host (plain http in development).
 pub const COOKIE: &str = "portcullis_catalog";
+/// The cookie elsewhere: `__Host-` makes browsers keep it to this exact host, over https,
+/// with `Path=/`, so a sibling subdomain cannot plant or shadow it (RFC 6265bis 4.1.3.2).
+pub const HOST_COOKIE: &str = "__Host-portcullis_catalog";
+/// Most connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 1024;
+/// Longest life of one connection (a page load needs a few requests).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
 /// How the catalog authenticates its readers.
 #[derive(Debug, Clone)]
@@ -57,24 +64,33 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let opts = Arc::new(opts);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     info!(addr = ?listener.local_addr().ok(), policy = %opts.policy, "API catalog listening");
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let (stream, _peer) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             _ = shutdown.changed() => break,
         };
         let (source, opts) = (source.clone(), opts.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req: Request<Incoming>| {
                 let (source, opts) = (source.clone(), opts.clone());
                 async move { Ok::<_, Infallible>(handle(req, &source, &opts).await) }
             });
-            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            b.http1()
+            // HTTP/1.1 only (browsers behind an Ingress), each head within 10 s, and no
+            // connection kept past its lifetime.
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            if let Err(e) = b.serve_connection(TokioIo::new(stream), service).await {
-                debug!(error = %e, "catalog connection ended");
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Err(e)) => debug!(error = %e, "catalog connection ended"),
+                Err(_) => debug!("catalog connection closed at the end of its lifetime"),
+                Ok(Ok(())) => {}
             }
         });
     }
@@ -111,15 +127,18 @@ async fn handle(
             );
             return r;
         }
+        (&Method::POST, "/login" | "/logout") if cross_site(req.headers()) => {
+            // A form posted from another site: login CSRF (signing the victim in as the
+            // attacker) or a forced sign-out.
+            return html(
+                StatusCode::FORBIDDEN,
+                &message_page("Not allowed", "Sign in from this site's own form.", false),
+            );
+        }
         (&Method::POST, "/login") => return login(req, source, opts).await,
         (&Method::POST, "/logout") => {
             let mut r = redirect("/");
-            r.headers_mut().insert(
-                header::SET_COOKIE,
-                HeaderValue::from_static(
-                    "portcullis_catalog=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
-                ),
-            );
+            clear_cookie(&mut r, req.headers());
             return r;
         }
         (&Method::GET | &Method::HEAD, _) => {}
@@ -135,7 +154,15 @@ async fn handle(
     let snapshot = source();
     let viewer = match reader(req.headers(), &snapshot, opts) {
         Ok(v) => v,
-        Err(refusal) => return refused(refusal, api, opts),
+        Err(refusal) => {
+            let mut r = refused(refusal, api, opts);
+            // A cookie that no longer signs in is dropped, so the form shows again.
+            if req.headers().get(header::AUTHORIZATION).is_none() && cookie(req.headers()).is_some()
+            {
+                clear_cookie(&mut r, req.headers());
+            }
+            return r;
+        }
     };
     let now = snapshot_now();
     let visible: Vec<&Entry> = snapshot
@@ -265,13 +292,71 @@ fn reader(
     Ok(Viewer::from_scopes(principal.scopes.iter().map(|s| &**s)))
 }
 
+/// Whether the request's Host is a loopback name (development over plain http).
+fn loopback(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| {
+            if h.starts_with('[') {
+                h.split_once(']')
+                    .map_or(h, |(a, _)| a)
+                    .trim_start_matches('[')
+            } else {
+                h.split(':').next().unwrap_or(h)
+            }
+        })
+        .is_some_and(|h| matches!(h, "localhost" | "127.0.0.1" | "::1"))
+}
+
+/// The cookie's name for this request's host.
+fn cookie_name(headers: &HeaderMap) -> &'static str {
+    if loopback(headers) {
+        COOKIE
+    } else {
+        HOST_COOKIE
+    }
+}
+
+/// Sets `r` to clear the catalog cookie.
+fn clear_cookie(r: &mut Response<Body>, headers: &HeaderMap) {
+    let secure = if loopback(headers) { "" } else { "; Secure" };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}",
+        cookie_name(headers)
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+}
+
+/// Whether a form POST comes from another site (`Sec-Fetch-Site`, or an `Origin` whose
+/// host is not this one).
+fn cross_site(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && !matches!(site, "same-origin" | "none")
+    {
+        return true;
+    }
+    match (
+        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
+        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
+    ) {
+        (None, _) => false,
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_none_or(|(_, authority)| !authority.eq_ignore_ascii_case(host)),
+        (Some(_), None) => true,
+    }
+}
+
 /// The catalog cookie's token, if the request carries exactly one.
 fn cookie(headers: &HeaderMap) -> Option<String> {
+    let name = cookie_name(headers);
     let mut found = None;
     for v in headers.get_all(header::COOKIE) {
         for pair in v.to_str().ok()?.split(';') {
             if let Some((k, val)) = pair.trim().split_once('=')
-                && k == COOKIE
+                && k == name
                 && !val.is_empty()
             {
                 if found.is_some() {
@@ -289,18 +374,25 @@ async fn login(
     source: &SnapshotSource,
     opts: &CatalogOptions,
 ) -> Response<Body> {
-    let loopback = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host))
-        .is_some_and(|h| matches!(h, "localhost" | "127.0.0.1" | "[::1]"));
-    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    let name = cookie_name(req.headers());
+    let loopback = loopback(req.headers());
+    let body = match tokio::time::timeout(
+        Duration::from_secs(10),
+        Limited::new(req.into_body(), 64 * 1024).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
             return html(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &message_page("Too large", "The form is too large.", false),
+            );
+        }
+        Err(_) => {
+            return html(
+                StatusCode::REQUEST_TIMEOUT,
+                &message_page("Too slow", "The form took too long to arrive.", false),
             );
         }
     };
@@ -346,7 +438,7 @@ async fn login(
     let secure = if loopback { "" } else { "; Secure" };
     let mut r = redirect("/");
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=28800{secure}"
+        "{name}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=28800{secure}"
     )) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -974,8 +1066,68 @@ mod tests {
     }
 
     #[test]
+    fn forms_posted_from_another_site_are_cross_site() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        assert!(!cross_site(&h(&[("host", "catalog.test")])));
+        assert!(!cross_site(&h(&[
+            ("host", "catalog.test"),
+            ("origin", "https://catalog.test"),
+            ("sec-fetch-site", "same-origin")
+        ])));
+        assert!(cross_site(&h(&[
+            ("host", "catalog.test"),
+            ("origin", "https://evil.test")
+        ])));
+        assert!(cross_site(&h(&[
+            ("host", "catalog.test"),
+            ("origin", "null")
+        ])));
+        assert!(cross_site(&h(&[
+            ("host", "catalog.test"),
+            ("sec-fetch-site", "same-site")
+        ])));
+        assert!(cross_site(&h(&[
+            ("host", "catalog.test"),
+            ("sec-fetch-site", "cross-site")
+        ])));
+    }
+
+    #[test]
+    fn the_host_cookie_is_used_off_loopback() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::HOST,
+            HeaderValue::from_static("catalog.example.com"),
+        );
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("portcullis_catalog=planted"),
+        );
+        assert_eq!(
+            cookie(&h),
+            None,
+            "the unprefixed cookie is not read off loopback"
+        );
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-portcullis_catalog=tok"),
+        );
+        assert_eq!(cookie(&h).as_deref(), Some("tok"));
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("[::1]:9802"));
+        assert!(loopback(&h));
+    }
+
+    #[test]
     fn the_cookie_is_read_once_and_never_twice() {
         let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("localhost:9802"));
         h.insert(
             header::COOKIE,
             HeaderValue::from_static("a=1; portcullis_catalog=tok; b=2"),
@@ -987,6 +1139,7 @@ mod tests {
         );
         assert_eq!(cookie(&h), None, "two tokens: neither");
         let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1"));
         h.insert(
             header::COOKIE,
             HeaderValue::from_static("portcullis_catalog="),

@@ -53,6 +53,11 @@ async fn deprecated_routes_say_so_and_retired_routes_are_gone() {
         "<https://api.test/v2>; rel=\"successor-version\""
     );
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // Refusals say so too (RFC 9745 section 2: any response of the resource).
+    let r = send(&gw, "GET", "/orders", &[], String::new()).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["deprecation"], "@1767225600");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
     assert_eq!(
         gw.metric("portcullis_deprecated_requests_total{consumer=\"none\",route=\"default/v1\"}"),
         1.0

@@ -267,6 +267,8 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
                 .and(args.tls_cert.clone().zip(args.tls_key.clone())),
             server_name: args.peer_server_name.clone(),
         }),
+        // Serving TLS: never relay a proxy's token to a plain http URL a Lease names.
+        None if args.tls_cert.is_some() => quota.https_only(),
         None => quota,
     });
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
@@ -335,7 +337,13 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
                 &sources,
                 None,
             );
-            let s = Arc::new(out.snapshot);
+            let mut snapshot = out.snapshot;
+            // Verified tokens and seen DPoP proofs carry over where the trust settings
+            // did not change.
+            if let Some((_, previous)) = &*c {
+                snapshot.inherit_caches(previous);
+            }
+            let s = Arc::new(snapshot);
             *c = Some((version, s.clone()));
             s
         });

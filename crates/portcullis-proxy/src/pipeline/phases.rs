@@ -471,6 +471,12 @@ fn deny_response(deny: &Deny<'_>) -> Response<ProxyBody> {
         body["sunset_at"] = l.sunset_text.as_deref().into();
     }
     let mut resp = response(status, "application/json", body.to_string());
+    // A deprecated API says so on every answer, refusals included (RFC 9745 section 2).
+    if let Some(l) = lifecycle.filter(|l| l.stage == portcullis_api::LifecycleStage::Deprecated) {
+        for (k, v) in l.headers.iter() {
+            resp.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
     if let Some(u) = successor
         && let Ok(v) = HeaderValue::from_str(&format!("<{u}>; rel=\"successor-version\""))
     {
