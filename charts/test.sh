@@ -551,6 +551,11 @@ spec:
 YML
 kc wait --for=condition=Programmed --timeout=60s -n $app apiroute/legacy apiroute/gone >/dev/null \
   || fail "the lifecycle ApiRoutes are not Programmed: $("$KUBECTL" get apiroutes legacy gone -n $app -o jsonpath='{range .items[*]}{.metadata.name}: {.status.conditions}{"\n"}{end}')"
+# status.stage (the Stage printer column) is the stage in effect, written through the
+# chart's RBAC.
+wait_for "status.stage Deprecated and Retired" 30 bash -c \
+  "[ \"\$('$KUBECTL' get apiroutes legacy gone -n $app -o jsonpath='{.items[*].status.stage}')\" = 'Deprecated Retired' ]"
+"$KUBECTL" get apiroutes legacy gone -n $app | grep -q 'Deprecated' || fail "kubectl get apiroutes shows no Stage column"
 life_tok=$("$pc" token mint --key examples/quickstart/dev-private.pem --sub erin --scope orders:read --ttl 10m)
 lifecycle_served() {
   for p in "${p_ports[@]}"; do
