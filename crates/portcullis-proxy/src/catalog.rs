@@ -332,10 +332,12 @@ fn clear_cookie(r: &mut Response<Body>, headers: &HeaderMap) {
 /// Whether a form POST comes from another site (`Sec-Fetch-Site`, or an `Origin` whose
 /// host is not this one).
 fn cross_site(headers: &HeaderMap) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
-        && !matches!(site, "same-origin" | "none")
-    {
-        return true;
+    // A browser that says where the request comes from is believed: a page cannot set
+    // this header (a forbidden header name).
+    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        Some("same-origin" | "none") => return false,
+        Some(_) => return true,
+        None => {}
     }
     match (
         headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
@@ -975,7 +977,9 @@ fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        // `same-origin`, not `no-referrer`: the latter makes a browser send `Origin: null`
+        // on the catalog's own form posts (Fetch, "append a request Origin header").
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -1095,6 +1099,12 @@ mod tests {
         assert!(cross_site(&h(&[
             ("host", "catalog.test"),
             ("sec-fetch-site", "cross-site")
+        ])));
+        // A browser's Sec-Fetch-Site wins over an Origin of `null`.
+        assert!(!cross_site(&h(&[
+            ("host", "catalog.test"),
+            ("origin", "null"),
+            ("sec-fetch-site", "same-origin")
         ])));
     }
 
