@@ -152,6 +152,14 @@ async fn metadata_is_served_without_a_token_at_the_path_suffixed_uri_rfc9728_s3(
             doc["scopes_supported"],
             json!(["admin", "mcp", "tools:call"])
         );
+        // RFC 9728 section 2: DPoP proofs the issuer accepts (its defaults here), not
+        // required (dpop mode Optional).
+        let algs = doc["dpop_signing_alg_values_supported"].as_array().unwrap();
+        assert!(
+            algs.contains(&json!("ES256")) && algs.contains(&json!("EdDSA")),
+            "{algs:?}"
+        );
+        assert_eq!(doc["dpop_bound_access_tokens_required"], false);
     }
     assert!(seen.lock().unwrap().is_empty(), "served by the gateway");
 }

@@ -580,7 +580,28 @@ fn compile_mcp(
         scopes.extend(rule.any_scopes.iter().cloned());
     }
     match crate::mcp::compile(spec, &issuers, &scopes, credential) {
-        Ok(m) => Some(Arc::new(m)),
+        Ok(mut m) => {
+            // RFC 9728 section 2: the DPoP proof algorithms the route's issuers accept, and
+            // whether every one of them requires DPoP-bound tokens.
+            if let Some(p) = policy
+                && let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&m.metadata)
+            {
+                let configs: Vec<&crate::dpop::DpopConfig> = p.dpop.values().collect();
+                let mut algs: Vec<String> = configs
+                    .iter()
+                    .flat_map(|c| c.algorithms.iter().map(|a| format!("{a:?}")))
+                    .collect();
+                algs.sort();
+                algs.dedup();
+                if !algs.is_empty() {
+                    doc["dpop_signing_alg_values_supported"] = algs.into();
+                    doc["dpop_bound_access_tokens_required"] =
+                        (!configs.is_empty() && configs.iter().all(|c| c.required)).into();
+                    m.metadata = doc.to_string().into();
+                }
+            }
+            Some(Arc::new(m))
+        }
         Err((path, message)) => {
             errs.push(route_error(r, path, CompileReason::Invalid, message));
             None
