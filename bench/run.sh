@@ -12,6 +12,9 @@
 #               Portcullis with a 1-entry token cache (every request verifies a signature)
 #   percore     the proxy pinned to CPU 0 (one worker/thread), wrk and upstream on CPU 1
 #   latency     a fixed moderate RATE (vegeta, constant rate): p50/p99 and added over direct
+#   dpop        Portcullis with DPoP (RFC 9449) on the issuer: the one token as Bearer, then
+#               DPoP-bound tokens with a fresh proof per request (bench/dpop.lua), both also
+#               with the proxy pinned to CPU 0; any non-200 answer fails the run
 # Peak RSS (VmHWM) of every server, and Portcullis' idle RSS before its first request.
 #
 # Environment:
@@ -24,7 +27,11 @@
 #   PORTCULLIS_ARGS="--workers 0"   extra flags for every `portcullis standalone` (A/B runs)
 #   SKIP_INSTALL=1                  do not install missing tools
 #   ONLY="direct nginx haproxy portcullis"   run a subset of targets
-#   SECTIONS="saturation tokens percore latency"   run a subset of sections
+#   SECTIONS="saturation tokens percore latency dpop"   run a subset of sections
+#   DPOP_KEYS=16  DPOP_MAX_AGE=300  DPOP_GUESS_RPS=20000  DPOP_HEADROOM=2
+#                                   DPoP client keys (one bound token each), the policy's
+#                                   dpop.maxAge (s), the rate the warm-up's proofs are sized
+#                                   for, and proofs per expected request (see bench/README.md)
 #   RESULTS_DIR=dir                 where raw output and configs are kept
 #                                   (default: a new /tmp/portcullis-bench.XXXXXX)
 set -Eeuo pipefail
@@ -37,10 +44,14 @@ WARMUP=${WARMUP:-3s}
 REVOCATIONS=${REVOCATIONS:-100}
 PORT_BASE=${PORT_BASE:-18080}
 ONLY=${ONLY:-direct nginx haproxy portcullis}
-SECTIONS=${SECTIONS:-saturation tokens percore latency}
+SECTIONS=${SECTIONS:-saturation tokens percore latency dpop}
 RATE=${RATE:-2000}
 LATENCY_DURATION=${LATENCY_DURATION:-10s}
 TOKENS=${TOKENS:-10000}
+DPOP_KEYS=${DPOP_KEYS:-16}
+DPOP_MAX_AGE=${DPOP_MAX_AGE:-300}
+DPOP_GUESS_RPS=${DPOP_GUESS_RPS:-20000}
+DPOP_HEADROOM=${DPOP_HEADROOM:-2}
 VEGETA_VERSION=v12.13.0
 BENCH_CACHE=${BENCH_CACHE:-$HOME/.cache/portcullis-bench}
 export PATH="$BENCH_CACHE/bin:$PATH"
@@ -139,6 +150,110 @@ mint_token() {
     grep -v '^#' "$DEV_KEY" >"$RESULTS_DIR/dev-key-nocomment.pem"
     echo "$header.$claims.$(printf '%s' "$header.$claims" |
         openssl dgst -sha256 -sign "$RESULTS_DIR/dev-key-nocomment.pem" -binary | b64url)"
+}
+
+# --- DPoP ---------------------------------------------------------------------------------------
+
+DPOP_VENV=$BENCH_CACHE/dpop-venv
+DPOP_PY=$DPOP_VENV/bin/python
+
+# A venv with `cryptography` for bench/dpop_proofs.py, made once.
+ensure_dpop_venv() {
+    "$DPOP_PY" -c 'import cryptography' 2>/dev/null && return 0
+    [[ ${SKIP_INSTALL:-} == 1 ]] && die "missing: $DPOP_VENV with cryptography (and SKIP_INSTALL=1)"
+    log "creating $DPOP_VENV (cryptography, for the DPoP proofs)"
+    python3 -m venv "$DPOP_VENV" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    "$DPOP_VENV/bin/pip" install -q cryptography >&2
+    "$DPOP_PY" -c 'import cryptography' || die "cryptography does not import in $DPOP_VENV"
+}
+
+# secs DURATION: wrk's 500ms / 15s / 2m / 1h (or a bare number of seconds) in seconds.
+secs() {
+    awk -v d="$1" 'BEGIN { n = d + 0; u = substr(d, length(d));
+        if (d ~ /ms$/) n /= 1000; else if (u == "m") n *= 60; else if (u == "h") n *= 3600; print n }'
+}
+
+# DPOP_KEYS ES256 client keys, a token bound to each (cnf.jkt, `token mint --claim`), and
+# manifests with dpop on the issuer: the bench policy plus
+# `dpop: {mode: Optional, algorithms: [ES256], maxAge: DPOP_MAX_AGE}` (Optional: the
+# unbound bench token still passes as Bearer, for the bearer rows on the same instance).
+prepare_dpop() {
+    # A proof's iat is when it was made: the last one sent must still be within maxAge.
+    awk -v d="$(secs "$DURATION")" -v m="$DPOP_MAX_AGE" 'BEGIN { exit !(d + 60 <= m) }' ||
+        die "DURATION=$DURATION plus a minute (making the proofs) does not fit in DPOP_MAX_AGE=${DPOP_MAX_AGE}s"
+    ensure_dpop_venv
+    log "dpop: $DPOP_KEYS client keys and bound tokens (cryptography $("$DPOP_PY" -c 'import cryptography; print(cryptography.__version__)'))"
+    local i=0 jkt
+    DPOP_TOKENS_FILE=$RESULTS_DIR/dpop-tokens.txt
+    : >"$DPOP_TOKENS_FILE"
+    while read -r jkt; do
+        i=$((i + 1))
+        "$PORTCULLIS_BIN" token mint --key "$DEV_KEY" --sub "bench-dpop-$i" --scope orders:read \
+            --ttl 1h --jti "bench-dpop-$i" --claim "cnf={\"jkt\":\"$jkt\"}" >>"$DPOP_TOKENS_FILE"
+    done < <("$DPOP_PY" "$ROOT/bench/dpop_proofs.py" keys "$RESULTS_DIR/dpop-keys" "$DPOP_KEYS")
+    [[ $(wc -l <"$DPOP_TOKENS_FILE") == "$DPOP_KEYS" ]] || die "minted $(wc -l <"$DPOP_TOKENS_FILE") bound tokens, wanted $DPOP_KEYS"
+    local dir=$RESULTS_DIR/manifests-dpop
+    mkdir -p "$dir"
+    cp "$RESULTS_DIR/manifests/route.yaml" "$dir/"
+    grep -q '^      algorithms: \[RS256\]$' "$RESULTS_DIR/manifests/policy.yaml" ||
+        die "the bench policy has no '      algorithms: [RS256]' line to put dpop after"
+    sed "/^      algorithms: \[RS256\]$/a\\
+      dpop: {mode: Optional, algorithms: [ES256], maxAge: ${DPOP_MAX_AGE}s}" \
+        "$RESULTS_DIR/manifests/policy.yaml" >"$dir/policy.yaml"
+}
+
+# make_proofs PREFIX N PORT [THREADS]: N proofs for GET http://127.0.0.1:PORT/orders, into
+# PREFIX.0 .. PREFIX.(THREADS-1) (one file per wrk thread: no proof is in two threads).
+make_proofs() {
+    local prefix=$1 n=$2 port=$3 threads=${4:-$THREADS} made
+    made=$("$DPOP_PY" "$ROOT/bench/dpop_proofs.py" proofs "$RESULTS_DIR/dpop-keys" "$DPOP_TOKENS_FILE" \
+        GET "http://127.0.0.1:$port/orders" "$n" "$threads" "$prefix")
+    [[ $made -ge $n ]] || die "made $made proofs, wanted $n"
+}
+
+# dpop_count RATE DURATION: proofs for DURATION at RATE requests/s, times DPOP_HEADROOM,
+# plus 1000 per wrk thread (wrk's threads do not run at exactly the same pace).
+dpop_count() {
+    awk -v r="$1" -v d="$(secs "$2")" -v h="$DPOP_HEADROOM" -v t="$THREADS" \
+        'BEGIN { printf "%d\n", r * d * h + 1000 * t }'
+}
+
+# Portcullis' answers so far, from /metrics: "200s 499s OTHERS". 499: the client closed
+# the connection before the answer, as wrk does with its requests in flight when it stops.
+status_counts() {
+    curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" |
+        awk '/^portcullis_requests_total\{/ { if ($1 ~ /code="200"/) ok += $2; else if ($1 ~ /code="499"/) cut += $2; else bad += $2 }
+             END {printf "%d %d %d\n", ok, cut, bad}'
+}
+
+# dpop_status AUTH [PROOF]: the status of GET /orders with `Authorization: AUTH` (and the
+# DPoP header).
+dpop_status() {
+    local h=(-H "Authorization: $1")
+    [[ -n ${2:-} ]] && h+=(-H "DPoP: $2")
+    curl -s -o /dev/null -w '%{http_code}' --max-time 5 "${h[@]}" "http://127.0.0.1:$PORTCULLIS_PORT/orders" || true
+}
+
+# Before DPoP rows: a proof passes once (200), again 401 (replay), a proof of another key
+# 401, the bound token as Bearer 401, as DPoP without a proof 401.
+expect_dpop_enforced() {
+    local prefix=$RESULTS_DIR/proofs-check-$1 tok1 p1 p2 code
+    make_proofs "$prefix" 2 "$PORTCULLIS_PORT" 1
+    tok1=$(sed -n 1p "$DPOP_TOKENS_FILE")
+    p1=$(awk '$1 == 1 {print $2; exit}' "$prefix.0")
+    p2=$(awk '$1 != 1 {print $2; exit}' "$prefix.0")
+    rm -f "$prefix.0"
+    [[ -n $p1 && -n $p2 ]] || die "dpop: no check proofs (DPOP_KEYS must be >= 2)"
+    code=$(dpop_status "DPoP $tok1" "$p1")
+    [[ $code == 200 ]] || die "dpop: a fresh proof got $code, expected 200"
+    code=$(dpop_status "DPoP $tok1" "$p1")
+    [[ $code == 401 ]] || die "dpop: a replayed proof got $code, expected 401"
+    code=$(dpop_status "DPoP $tok1" "$p2")
+    [[ $code == 401 ]] || die "dpop: another key's proof got $code, expected 401"
+    code=$(dpop_status "Bearer $tok1")
+    [[ $code == 401 ]] || die "dpop: the bound token as Bearer got $code, expected 401"
+    code=$(dpop_status "DPoP $tok1")
+    [[ $code == 401 ]] || die "dpop: DPoP without a proof got $code, expected 401"
 }
 
 # --- configs ----------------------------------------------------------------------------------
@@ -290,6 +405,9 @@ EOF
 
 # Per row: requests/s, wrk's p50/p99, peak RSS after the row, non-2xx, socket errors, notes.
 declare -A RPS P50 P99 RSS NON2XX ERRS NOTE
+# Rows that must see only 200s (the dpop section): set STRICT=1 around them. FAILED: why not.
+STRICT=0
+FAILED=()
 # Per target at the constant rate: p50/p99 in ms, and anything odd.
 declare -A LAT50 LAT99 LATNOTE
 ROWS=()
@@ -314,25 +432,50 @@ cache_counts() {
              END {printf "%d %d\n", h, m}'
 }
 
-# run_wrk ROW PORT PID [CPUS] [tokens]: warm up, measure, record. CPUS pins wrk; `tokens`
-# sends the TOKENS distinct tokens round-robin instead of the one token.
+# run_wrk ROW PORT PID [CPUS] [tokens|dpop]: warm up, measure, record. CPUS pins wrk;
+# `tokens` sends the TOKENS distinct tokens round-robin instead of the one token; `dpop`
+# sends DPoP-bound tokens, each request with a proof of its own (bench/dpop.lua): the
+# warm-up's proofs are sized for DPOP_GUESS_RPS, the measurement's for the warm-up's rate.
 run_wrk() {
     local row=$1 port=$2 pid=$3 cpus=${4:-} mode=${5:-} out=$RESULTS_DIR/wrk-$1.txt
     local url="http://127.0.0.1:$port/orders"
-    local args=(-t "$THREADS" -c "$CONNECTIONS") extra=() runner=()
+    local args=(-t "$THREADS" -c "$CONNECTIONS") extra=() runner=() warm_out=/dev/null
+    local proofs=$RESULTS_DIR/proofs-$row nwarm nmeasure
     [[ -n $cpus ]] && runner=(taskset -c "$cpus")
     if [[ $mode == tokens ]]; then
         args+=(-s "$ROOT/bench/tokens.lua")
         extra=(-- "$TOKENS_FILE" "$THREADS")
+    elif [[ $mode == dpop ]]; then
+        args+=(-s "$ROOT/bench/dpop.lua")
+        extra=(-- "$proofs-warmup" "$DPOP_TOKENS_FILE")
+        warm_out=$RESULTS_DIR/wrk-$row-warmup.txt
+        nwarm=$(dpop_count "$DPOP_GUESS_RPS" "$WARMUP")
+        log "$row: $nwarm proofs for the warm-up"
+        make_proofs "$proofs-warmup" "$nwarm" "$port"
     else
         args+=(-H "Authorization: Bearer $TOKEN")
     fi
     log "$row: warm-up $WARMUP"
-    "${runner[@]}" wrk "${args[@]}" -d "$WARMUP" "$url" "${extra[@]}" >/dev/null
-    local before=""
+    "${runner[@]}" wrk "${args[@]}" -d "$WARMUP" "$url" "${extra[@]}" >"$warm_out"
+    if [[ $mode == dpop ]]; then
+        rm -f "$proofs-warmup".*
+        grep -q 'requests without a proof 0$' "$warm_out" ||
+            log "$row: the warm-up ran out of proofs ($(grep '^dpop:' "$warm_out")); its rate, so the measurement's proofs, are overestimated"
+        nmeasure=$(dpop_count "$(awk '/^Requests\/sec:/ {print $2}' "$warm_out")" "$DURATION")
+        # Every proof stays in the replay cache for the whole run (maxAge + 2 x skew): its
+        # million entries per policy bound one instance's proofs.
+        ((nwarm + nmeasure < 990000)) ||
+            die "$row: $nwarm + $nmeasure proofs overflow Portcullis' replay cache (1,000,000 per policy); shorten DURATION"
+        log "$row: $nmeasure proofs for $DURATION (the warm-up's rate x $DPOP_HEADROOM)"
+        make_proofs "$proofs" "$nmeasure" "$port"
+        extra=(-- "$proofs" "$DPOP_TOKENS_FILE")
+    fi
+    local before="" codes_before=""
     [[ $row == portcullis* ]] && before=$(cache_counts)
+    ((STRICT)) && codes_before=$(status_counts)
     log "$row: measuring $DURATION ($CONNECTIONS connections, $THREADS threads${cpus:+, wrk on CPU $cpus})"
     "${runner[@]}" wrk "${args[@]}" -d "$DURATION" --latency "$url" "${extra[@]}" >"$out"
+    [[ $mode == dpop ]] && rm -f "$proofs".*
     RPS[$row]=$(awk '/^Requests\/sec:/ {print $2}' "$out")
     P50[$row]=$(awk '/^ +50%/ {print $2}' "$out")
     P99[$row]=$(awk '/^ +99%/ {print $2}' "$out")
@@ -347,6 +490,33 @@ run_wrk() {
         NOTE[$row]=$(awk -v b="$before" -v a="$after" 'BEGIN {
             split(b, x, " "); split(a, y, " "); h = y[1] - x[1]; m = y[2] - x[2];
             if (h + m > 0) printf "token cache hits %.1f%%", 100 * h / (h + m) }')
+    fi
+    if ((STRICT)); then
+        # Only 200s count: a stale or replayed proof is answered 401, fast.
+        local why=() codes_after bad cut noproof
+        codes_after=$(status_counts)
+        read -r cut bad < <(awk -v b="$codes_before" -v a="$codes_after" \
+            'BEGIN { split(b, x, " "); split(a, y, " "); print y[2] - x[2], y[3] - x[3] }')
+        [[ -n ${NON2XX[$row]} ]] && why+=("wrk saw ${NON2XX[$row]%% *} non-2xx")
+        [[ -n ${ERRS[$row]} ]] && why+=("socket errors: ${ERRS[$row]}")
+        ((bad == 0)) || why+=("Portcullis answered $bad non-200")
+        # More 499s than twice the connections: not just the requests in flight when the
+        # warm-up and the measurement stopped.
+        ((cut <= 2 * CONNECTIONS)) || why+=("$cut requests closed by the client (499)")
+        if [[ $mode == dpop ]]; then
+            noproof=$(sed -n 's/^dpop: proofs used [0-9]*, requests without a proof \([0-9]*\)$/\1/p' "$out")
+            [[ -n $noproof ]] || why+=("no proof count from dpop.lua")
+            ((${noproof:-0} == 0)) || why+=("$noproof requests without a proof (raise DPOP_HEADROOM)")
+            NOTE[$row]="${NOTE[$row]:+${NOTE[$row]}, }$(sed -n 's/^dpop: proofs used \([0-9]*\),.*/\1/p' "$out") of $nmeasure proofs used"
+        fi
+        if ((${#why[@]})); then
+            local IFS=';'
+            NOTE[$row]="${NOTE[$row]:+${NOTE[$row]}, }FAILED: ${why[*]}"
+            FAILED+=("$row: ${why[*]}")
+            unset IFS
+        else
+            NOTE[$row]="${NOTE[$row]:+${NOTE[$row]}, }all 200"
+        fi
     fi
     ROWS+=("$row")
 }
@@ -386,6 +556,11 @@ print_tables() {
     echo "wrk -d $DURATION -c $CONNECTIONS -t $THREADS --latency; $(nproc) CPUs. *-10k rows: $TOKENS distinct"
     echo "tokens round-robin; *-1core rows: the server pinned to CPU 0, wrk and the upstream on CPU 1."
     echo "peak-RSS: VmHWM after the row, summed over the server's processes (direct: the upstream)."
+    if section dpop; then
+        echo "dpop rows: the issuer with dpop {mode: Optional, algorithms: [ES256], maxAge: ${DPOP_MAX_AGE}s};"
+        echo "*-bearer: the one unbound token as Bearer; *-dpop: $DPOP_KEYS DPoP-bound tokens, one ES256"
+        echo "proof per request, never reused. Any non-200 in these rows fails the run."
+    fi
     if section latency && [[ -n ${LAT50[*]:-} ]]; then
         printf '\nConstant rate %s requests/s for %s (vegeta), one token:\n' "$RATE" "$LATENCY_DURATION"
         printf '%-12s %9s %9s %12s %12s  %s\n' target p50-ms p99-ms added-p50 added-p99 notes
@@ -405,6 +580,10 @@ print_tables() {
     echo "  portcullis-10k / portcullis               $(ratio "${RPS[portcullis-10k]:-}" "${RPS[portcullis]:-}")   goal >= 0.8"
     echo "  portcullis-nocache / haproxy-10k          $(ratio "${RPS[portcullis-nocache]:-}" "${RPS[haproxy-10k]:-}")   goal > 1.0"
     echo "  portcullis-1core / nginx-1core            $(ratio "${RPS[portcullis-1core]:-}" "${RPS[nginx-1core]:-}")"
+    if section dpop; then
+        echo "  portcullis-dpop / portcullis-bearer       $(ratio "${RPS[portcullis-dpop]:-}" "${RPS[portcullis-bearer]:-}")"
+        echo "  portcullis-dpop-1core / -bearer-1core     $(ratio "${RPS[portcullis-dpop-1core]:-}" "${RPS[portcullis-bearer-1core]:-}")"
+    fi
     echo "  added p99 at $RATE/s (ms)                  $(awk -v a="${LAT99[portcullis]:-}" -v b="${LAT99[direct]:-}" 'BEGIN { if (a == "" || b == "") print "-"; else printf "%.3f", a - b }')   goal <= 1"
     echo "  portcullis RSS idle / peak                 ${IDLE_RSS:--} / $(awk -v k="${RSS[portcullis-nocache]:-${RSS[portcullis]:-0}}" 'BEGIN {printf "%.1f MiB", k / 1024}')   goal <= 20 / 40 MiB"
     echo
@@ -432,7 +611,7 @@ start_portcullis() {
     fi
     [[ ${1:-} == -- ]] && shift
     start "$name" env RUST_LOG=warn "${runner[@]}" "$PORTCULLIS_BIN" standalone \
-        --manifests "$RESULTS_DIR/manifests" \
+        --manifests "${MANIFESTS:-$RESULTS_DIR/manifests}" \
         --listen "127.0.0.1:$PORTCULLIS_PORT" --admin "127.0.0.1:$ADMIN_PORT" "$@" ${PORTCULLIS_ARGS:-}
     local pid=$STARTED_PID
     wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" 200 "$pid" "$name"
@@ -580,7 +759,38 @@ main() {
         pin "$all" "${UPSTREAM_PIDS[@]}"
     fi
 
+    if section dpop && wants portcullis; then
+        prepare_dpop
+        STRICT=1
+        MANIFESTS=$RESULTS_DIR/manifests-dpop
+        start_portcullis portcullis-dpop
+        pid=$STARTED_PID
+        expect_dpop_enforced portcullis-dpop
+        run_wrk portcullis-bearer "$PORTCULLIS_PORT" "$pid"
+        run_wrk portcullis-dpop "$PORTCULLIS_PORT" "$pid" "" dpop
+        stop "$pid"
+        if ((cpus >= 2)); then
+            pin 1 "${UPSTREAM_PIDS[@]}"
+            start_portcullis portcullis-dpop-1core taskset 0 -- --workers 1
+            pid=$STARTED_PID
+            expect_dpop_enforced portcullis-dpop-1core
+            run_wrk portcullis-bearer-1core "$PORTCULLIS_PORT" "$pid" 1
+            run_wrk portcullis-dpop-1core "$PORTCULLIS_PORT" "$pid" 1 dpop
+            stop "$pid"
+            pin "0-$((cpus - 1))" "${UPSTREAM_PIDS[@]}"
+        fi
+        STRICT=0
+        unset MANIFESTS
+    fi
+
     print_tables
+    if ((${#FAILED[@]})); then
+        local f
+        for f in "${FAILED[@]}"; do
+            log "FAILED $f"
+        done
+        die "${#FAILED[@]} row(s) saw answers other than 200: their RPS is not a DPoP figure"
+    fi
 }
 
 main "$@"
