@@ -233,23 +233,9 @@ ROUTES=7
   >"$WORK/portcullis.log" 2>&1 &
 GW_PID=$!
 PIDS+=("$GW_PID")
-ready=0
-for ((i = 0; i < 200; i++)); do
-  kill -0 "$GW_PID" 2>/dev/null || break
-  if curl -fsS "http://127.0.0.1:$GW_ADMIN/readyz" >/dev/null 2>&1 \
-    && curl -fsS "http://127.0.0.1:$GW_ADMIN/config" 2>/dev/null \
-      | node -e 'let s="";process.stdin.on("data",(c)=>s+=c).on("end",()=>{const c=JSON.parse(s);process.exit(c.stats.routes===Number(process.argv[1])&&c.errors.length===0?0:1)})' "$ROUTES" \
-    && [ "$(curl -sS -o /dev/null -w '%{http_code}' "$CATALOG/healthz" 2>/dev/null)" = 200 ]; then
-    ready=1
-    break
-  fi
-  sleep 0.1
-done
-if [ "$ready" != 1 ]; then
-  curl -sS "http://127.0.0.1:$GW_ADMIN/config" >"$WORK/config.json" 2>&1
-  die "portcullis did not become ready with $ROUTES routes, no errors and the catalog's /healthz answering 200" \
+gateway_ready "$GW_PID" "$GW_ADMIN" "$ROUTES" "$CATALOG/healthz" \
+  || die "portcullis did not become ready with $ROUTES routes, no errors and the catalog's /healthz answering 200" \
     "$WORK/config.json" "$WORK/portcullis.log"
-fi
 echo "== up: gateway 127.0.0.1:$GW_PORT (admin $GW_ADMIN), catalog $CATALOG, work dir $WORK"
 
 # --- tokens -----------------------------------------------------------------------------------------

@@ -140,22 +140,9 @@ else
     --admin "127.0.0.1:$GW_ADMIN" --events-file - >"$WORK/portcullis.log" 2>&1 &
   GW_PID=$!
   PIDS+=("$GW_PID")
-  ready=0
-  for ((i = 0; i < 200; i++)); do
-    kill -0 "$GW_PID" 2>/dev/null || break
-    if curl -fsS "http://127.0.0.1:$GW_ADMIN/readyz" >/dev/null 2>&1 \
-      && curl -fsS "http://127.0.0.1:$GW_ADMIN/config" 2>/dev/null \
-        | node -e 'let s="";process.stdin.on("data",(c)=>s+=c).on("end",()=>{const c=JSON.parse(s);process.exit(c.stats.routes===2&&c.errors.length===0?0:1)})'; then
-      ready=1
-      break
-    fi
-    sleep 0.1
-  done
-  if [ "$ready" != 1 ]; then
-    curl -sS "http://127.0.0.1:$GW_ADMIN/config" >"$WORK/config.json" 2>&1
-    die "portcullis did not become ready with the route and no errors (does it know dpop: {mode: $DPOP_MODE}?)" \
+  gateway_ready "$GW_PID" "$GW_ADMIN" 2 \
+    || die "portcullis did not become ready with the routes and no errors (does it know dpop: {mode: $DPOP_MODE}?)" \
       "$WORK/config.json" "$WORK/portcullis.log" "$WORK/manifests/dpop.yaml"
-  fi
 fi
 echo "== up: provider $ISSUER, upstream $UPSTREAM, gateway $GATEWAY (admin $GW_ADMIN), work dir $WORK"
 

@@ -172,22 +172,9 @@ EOF
   --tls-client-any-certificate >"$WORK/portcullis.log" 2>&1 &
 GW_PID=$!
 PIDS+=("$GW_PID")
-ready=0
-for ((i = 0; i < 200; i++)); do
-  kill -0 "$GW_PID" 2>/dev/null || break
-  if curl -fsS "http://127.0.0.1:$GW_ADMIN/readyz" >/dev/null 2>&1 \
-    && curl -fsS "http://127.0.0.1:$GW_ADMIN/config" 2>/dev/null \
-      | node -e 'let s="";process.stdin.on("data",(c)=>s+=c).on("end",()=>{const c=JSON.parse(s);process.exit(c.stats.routes===3&&c.errors.length===0?0:1)})'; then
-    ready=1
-    break
-  fi
-  sleep 0.1
-done
-if [ "$ready" != 1 ]; then
-  curl -sS "http://127.0.0.1:$GW_ADMIN/config" >"$WORK/config.json" 2>&1
-  die "portcullis did not become ready with the 3 routes and no errors" \
+gateway_ready "$GW_PID" "$GW_ADMIN" 3 \
+  || die "portcullis did not become ready with the 3 routes and no errors" \
     "$WORK/config.json" "$WORK/portcullis.log" "$WORK/manifests/mtls.yaml"
-fi
 echo "== up: provider $ISSUER (mTLS https://127.0.0.1:$OIDC_MTLS), upstream $UPSTREAM, gateway $GATEWAY (admin $GW_ADMIN), work dir $WORK"
 
 # --- the client and the checks ---------------------------------------------------------------------

@@ -60,3 +60,22 @@ wait_for_line() { # file pattern pid seconds
   done
   return 1
 }
+
+# gateway_ready PID ADMIN_PORT ROUTES [URL]: waits (up to 20 s) until the gateway PID is
+# ready on ADMIN_PORT with exactly ROUTES routes and no config errors (and, when given,
+# URL answers 200); returns 1 otherwise, after saving its /config to $WORK/config.json.
+gateway_ready() {
+  local pid=$1 admin=$2 routes=$3 url=${4:-} i
+  for ((i = 0; i < 200; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    if curl -fsS "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 \
+      && curl -fsS "http://127.0.0.1:$admin/config" 2>/dev/null \
+        | node -e 'let s="";process.stdin.on("data",(c)=>s+=c).on("end",()=>{const c=JSON.parse(s);process.exit(c.stats.routes===Number(process.argv[1])&&c.errors.length===0?0:1)})' "$routes" \
+      && { [ -z "$url" ] || [ "$(curl -sS -o /dev/null -w '%{http_code}' "$url" 2>/dev/null)" = 200 ]; }; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  curl -sS "http://127.0.0.1:$admin/config" >"$WORK/config.json" 2>&1
+  return 1
+}
