@@ -193,13 +193,19 @@ pub(crate) struct ReplayCache {
 
 #[derive(Debug, Default)]
 struct Seen {
-    /// Proof -> (remembered until, the client key's thumbprint).
-    proofs: HashMap<[u8; 32], (i64, [u8; 32])>,
-    /// Live proofs per client key.
-    by_key: HashMap<[u8; 32], usize>,
-    /// When expired proofs were last swept out (at most once a second).
+    /// Proof (the first 128 bits of its digest) -> (remembered until, the client key's
+    /// thumbprint, its first 64 bits): 32 bytes an entry. A digest collision only refuses
+    /// a fresh proof as a replay (closed), and needs about 2^64 proofs.
+    proofs: HashMap<[u8; 16], (i64, u64)>,
+    /// Live proofs per client key (by the first 64 bits of its thumbprint).
+    by_key: HashMap<u64, usize>,
+    /// When expired proofs were last swept out.
     swept: i64,
 }
+
+/// How often expired proofs are swept out even while the cache has room, so its memory
+/// follows the proofs of the last `maxAge` rather than growing to the capacity.
+const SWEEP_EVERY: i64 = 30;
 
 impl ReplayCache {
     pub(crate) fn new(capacity: usize) -> Self {
@@ -213,13 +219,16 @@ impl ReplayCache {
     /// Records a proof of client key `jkt`; false when it was seen before, or there is no
     /// room (the cache, or this key's share of it, is full of live proofs).
     fn first_use(&self, proof: [u8; 32], jkt: [u8; 32], until: i64, now: i64) -> bool {
+        let proof: [u8; 16] = proof[..16].try_into().expect("16 bytes");
+        let jkt = u64::from_be_bytes(jkt[..8].try_into().expect("8 bytes"));
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if s.proofs.get(&proof).is_some_and(|(t, _)| *t > now) {
             return false;
         }
         let full = s.proofs.len() >= self.capacity
             || s.by_key.get(&jkt).is_some_and(|n| *n >= self.per_key);
-        if full && s.swept < now {
+        // Swept when full (at most once a second), and every SWEEP_EVERY seconds anyway.
+        if (full && s.swept < now) || now.saturating_sub(s.swept) >= SWEEP_EVERY {
             s.swept = now;
             let Seen { proofs, by_key, .. } = &mut *s;
             proofs.retain(|_, (t, k)| {
@@ -230,6 +239,9 @@ impl ReplayCache {
                 live
             });
             by_key.retain(|_, n| *n > 0);
+            if proofs.capacity() > 4 * proofs.len().max(1024) {
+                proofs.shrink_to_fit();
+            }
         }
         if s.proofs.len() >= self.capacity || s.by_key.get(&jkt).is_some_and(|n| *n >= self.per_key)
         {
@@ -243,6 +255,16 @@ impl ReplayCache {
         }
         *s.by_key.entry(jkt).or_default() += 1;
         true
+    }
+
+    /// Proofs remembered now (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .proofs
+            .len()
     }
 }
 
@@ -483,5 +505,13 @@ mod tests {
             !c.first_use([3; 32], a, 300, 151),
             "replayed after the sweep"
         );
+        // With room to spare, expired proofs still leave within SWEEP_EVERY seconds.
+        let c = ReplayCache::new(1000);
+        for i in 0..50u8 {
+            assert!(c.first_use([i; 32], a, 10, 0));
+        }
+        assert_eq!(c.len(), 50);
+        assert!(c.first_use([200; 32], a, 100, SWEEP_EVERY));
+        assert_eq!(c.len(), 1, "the 50 expired proofs were swept");
     }
 }
