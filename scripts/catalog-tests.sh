@@ -260,13 +260,7 @@ if [ "$browser_status" != 0 ]; then
   [ -s "$WORK/browser.err" ] && tail -n 20 "$WORK/browser.err"
 fi
 
-if kill -0 "$GW_PID" 2>/dev/null && ! grep -q -i 'panicked' "$WORK/portcullis.log"; then
-  echo "PASS gateway still running, no panic"
-else
-  echo "FAIL gateway exited or panicked"
-  FAILED+=("gateway exited or panicked")
-  grep -n -i -A5 'panicked' "$WORK/portcullis.log" | head -n 20
-fi
+check_gateway_alive
 if grep -q -F -- "$CANARY" "$WORK/portcullis.log"; then
   echo "FAIL the LLM provider key (Secret value) is in the gateway's log or events"
   FAILED+=("provider key in the log")
@@ -288,10 +282,4 @@ echo
 shots=("$ARTIFACTS"/*.png)
 [ -e "${shots[0]}" ] || shots=()
 echo "== screenshots (${#shots[@]}) in $ARTIFACTS: ${shots[*]##*/}"
-echo "== $(($(date +%s) - START))s"
-if [ "${#FAILED[@]}" -gt 0 ]; then
-  echo "FAILED (${#FAILED[@]}):"
-  printf '  - %s\n' "${FAILED[@]}"
-  exit 1
-fi
-echo "all catalog checks passed"
+finish catalog

@@ -164,19 +164,7 @@ echo "== checks"
 EXPECT_ALGS=ES256 node "$ROOT/tests/dpop/checks.mjs" "$WORK/client.json" "$WORK/echo.log" | tee "$WORK/checks.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || FAILED+=("$(grep -c '^FAIL' "$WORK/checks.txt") check(s)")
 
-if kill -0 "$GW_PID" 2>/dev/null && ! grep -q -i 'panicked' "$WORK/portcullis.log"; then
-  echo "PASS gateway still running, no panic"
-else
-  echo "FAIL gateway exited or panicked"
-  FAILED+=("gateway exited or panicked")
-  grep -n -i -A5 'panicked' "$WORK/portcullis.log" | head -n 20
-fi
+check_gateway_alive
 
 echo
-echo "== $(($(date +%s) - START))s"
-if [ "${#FAILED[@]}" -gt 0 ]; then
-  echo "FAILED (${#FAILED[@]}):"
-  printf '  - %s\n' "${FAILED[@]}"
-  exit 1
-fi
-echo "all DPoP checks passed"
+finish DPoP

@@ -196,10 +196,4 @@ step "what the MCP server saw" node "$ROOT/tests/mcp/checks.mjs" upstream
 step "portcullis still running, no panic" gateway_healthy
 
 echo
-echo "== $(($(date +%s) - START))s"
-if [ "${#FAILED[@]}" -gt 0 ]; then
-  echo "FAILED (${#FAILED[@]}):"
-  printf '  - %s\n' "${FAILED[@]}"
-  exit 1
-fi
-echo "all MCP checks passed"
+finish MCP

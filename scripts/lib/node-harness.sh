@@ -1,4 +1,4 @@
-# Shared by the Node-driven suites (scripts/mcp-tests.sh, scripts/dpop-tests.sh): a work
+# Shared by the Node-driven suites (scripts/{mcp,dpop,mtls,catalog}-tests.sh): a work
 # directory, the processes started (stopped on exit, also on failure or Ctrl-C), failures
 # recorded, npm dependencies installed when missing or stale, free loopback ports, and
 # waiting for a process's readiness line. Source it with HARNESS (the suite's name, for the
@@ -78,4 +78,28 @@ gateway_ready() {
   done
   curl -sS "http://127.0.0.1:$admin/config" >"$WORK/config.json" 2>&1
   return 1
+}
+
+# check_gateway_alive: PASS when the gateway ($GW_PID) still runs and its log
+# ($WORK/portcullis.log) holds no panic; a recorded FAIL otherwise.
+check_gateway_alive() {
+  if kill -0 "$GW_PID" 2>/dev/null && ! grep -q -i 'panicked' "$WORK/portcullis.log"; then
+    echo "PASS gateway still running, no panic"
+  else
+    echo "FAIL gateway exited or panicked"
+    FAILED+=("gateway exited or panicked")
+    grep -n -i -A5 'panicked' "$WORK/portcullis.log" | head -n 20
+  fi
+}
+
+# finish WHAT: the time since $START, then every recorded failure (exit 1), or
+# "all WHAT checks passed".
+finish() {
+  echo "== $(($(date +%s) - START))s"
+  if [ "${#FAILED[@]}" -gt 0 ]; then
+    echo "FAILED (${#FAILED[@]}):"
+    printf '  - %s\n' "${FAILED[@]}"
+    exit 1
+  fi
+  echo "all $1 checks passed"
 }
