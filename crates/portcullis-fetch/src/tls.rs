@@ -46,25 +46,45 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| TlsError::Read {
-            path: p.to_owned(),
-            source,
-        })
-    };
-    let cert_pem = read(cert)?;
-    let key_pem = read(key)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+fn read(p: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(p).map_err(|source| TlsError::Read {
+        path: p.to_owned(),
+        source,
+    })
+}
+
+/// The PEM certificates of `path` (at least one).
+fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
-        return Err(TlsError::Empty(cert.to_owned()));
+        return Err(TlsError::Empty(path.to_owned()));
     }
-    let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
+    Ok(certs)
+}
+
+/// The PEM private key of `path`.
+fn read_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+    rustls_pemfile::private_key(&mut read(path)?.as_slice())
         .ok()
         .flatten()
-        .ok_or_else(|| TlsError::Empty(key.to_owned()))?;
+        .ok_or_else(|| TlsError::Empty(path.to_owned()))
+}
+
+/// The CA certificates of `path` as trust anchors (at least one).
+fn read_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(path)? {
+        roots.add(c).map_err(|_| TlsError::Empty(path.to_owned()))?;
+    }
+    Ok(roots)
+}
+
+fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let certs = read_certs(cert)?;
+    let key_der = read_key(key)?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let signing = provider
         .key_provider
@@ -198,17 +218,7 @@ fn server_acceptor(
         })),
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let pem = std::fs::read(&ca).map_err(|source| TlsError::Read {
-                path: ca.clone(),
-                source,
-            })?;
-            let mut roots = rustls::RootCertStore::empty();
-            for c in rustls_pemfile::certs(&mut pem.as_slice()).filter_map(Result::ok) {
-                roots.add(c).map_err(|_| TlsError::Empty(ca.clone()))?;
-            }
-            if roots.is_empty() {
-                return Err(TlsError::Empty(ca));
-            }
+            let roots = read_roots(&ca)?;
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider.clone(),
@@ -263,22 +273,7 @@ pub fn client_config(
     client_cert: Option<(&Path, &Path)>,
     alpn: &[&[u8]],
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| TlsError::Read {
-            path: p.to_owned(),
-            source,
-        })
-    };
-    let pem = read(ca)?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()).filter_map(Result::ok) {
-        roots
-            .add(cert)
-            .map_err(|_| TlsError::Empty(ca.to_owned()))?;
-    }
-    if roots.is_empty() {
-        return Err(TlsError::Empty(ca.to_owned()));
-    }
+    let roots = read_roots(ca)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -286,25 +281,12 @@ pub fn client_config(
         .with_root_certificates(roots);
     let mut config = match client_cert {
         None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let (cert_pem, key_pem) = (read(cert)?, read(key)?);
-            let chain: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-                .filter_map(Result::ok)
-                .collect();
-            if chain.is_empty() {
-                return Err(TlsError::Empty(cert.to_owned()));
-            }
-            let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
-                .ok()
-                .flatten()
-                .ok_or_else(|| TlsError::Empty(key.to_owned()))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| TlsError::Key {
-                    path: key.to_owned(),
-                    message: e.to_string(),
-                })?
-        }
+        Some((cert, key)) => builder
+            .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+            .map_err(|e| TlsError::Key {
+                path: key.to_owned(),
+                message: e.to_string(),
+            })?,
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)

@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use portcullis_policy::catalog::{Entry, Viewer};
-use portcullis_policy::{DenyReason, HeaderField, RequestParts, Snapshot};
+use portcullis_policy::{Credentials, DenyReason, HeaderField, RequestParts, Snapshot};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info};
@@ -258,31 +258,19 @@ fn reader(
     snapshot: &Snapshot,
     opts: &CatalogOptions,
 ) -> Result<Viewer, Refusal> {
+    let mut credentials = Credentials::from_headers(headers);
+    // `Authorization` or the cookie: the routes' API-key headers are not read here.
+    credentials.headers = None;
     let from_cookie;
-    let authorization = match headers.get(header::AUTHORIZATION) {
-        Some(v) => v.as_bytes(),
-        None => match cookie(headers) {
-            Some(t) => {
-                from_cookie = format!("Bearer {t}");
-                from_cookie.as_bytes()
-            }
-            None => return Err(Refusal::NoCredential),
-        },
-    };
-    let field = |name: header::HeaderName| {
-        let mut all = headers.get_all(name).iter();
-        match (all.next(), all.next()) {
-            (None, _) => HeaderField::Absent,
-            (Some(v), None) => HeaderField::One(v.as_bytes()),
-            _ => HeaderField::Duplicated,
-        }
-    };
+    if !credentials.authorization.is_present() {
+        let Some(token) = cookie(headers) else {
+            return Err(Refusal::NoCredential);
+        };
+        from_cookie = format!("Bearer {token}");
+        credentials.authorization = HeaderField::One(from_cookie.as_bytes());
+    }
     let mut parts = RequestParts::new("GET", "catalog", "/");
-    parts.credentials.authorization = match field(header::AUTHORIZATION) {
-        HeaderField::Absent => HeaderField::One(authorization),
-        other => other,
-    };
-    parts.credentials.dpop = field(header::HeaderName::from_static("dpop"));
+    parts.credentials = credentials;
     let principal = snapshot
         .authenticate_for(&opts.policy, &parts)
         .map_err(Refusal::Refused)?;
