@@ -218,7 +218,37 @@ pub enum LifecycleStage {
     Retired,
 }
 
+impl Lifecycle {
+    /// `sunsetAt` in seconds since the epoch, when it is a valid date-time.
+    pub fn sunset_seconds(&self) -> Option<i64> {
+        self.sunset_at
+            .as_deref()
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .map(|t| t.as_second())
+    }
+
+    /// The stage in effect at `now` (seconds since the epoch): `Retired` from `sunsetAt`
+    /// on, whatever `stage` says.
+    pub fn stage_at(&self, now: i64) -> LifecycleStage {
+        if self.sunset_seconds().is_some_and(|t| now >= t) {
+            LifecycleStage::Retired
+        } else {
+            self.stage.unwrap_or_default()
+        }
+    }
+}
+
 impl LifecycleStage {
+    /// The stage as the spec spells it (`Draft`, `Published`, ...), for status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Draft => "Draft",
+            Self::Published => "Published",
+            Self::Deprecated => "Deprecated",
+            Self::Retired => "Retired",
+        }
+    }
+
     /// The stage in lower case, for labels and CSS classes.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -54,9 +54,9 @@ pub struct Entry {
     /// The OpenAPI document of an LLM route (its API and prompt endpoints).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub openapi: Option<serde_json::Value>,
-    /// `sunsetAt` in seconds.
+    /// The lifecycle as written, for the stage in effect.
     #[serde(skip)]
-    sunset_at: Option<i64>,
+    spec_lifecycle: portcullis_api::Lifecycle,
     /// Lower-cased text searched by [`Entry::matches`].
     #[serde(skip)]
     haystack: String,
@@ -119,11 +119,7 @@ pub struct Lifecycle {
 impl Entry {
     /// The stage in effect at `now`: `Retired` once past `sunsetAt`.
     pub fn stage_at(&self, now: i64) -> &'static str {
-        if self.sunset_at.is_some_and(|t| now >= t) {
-            LifecycleStage::Retired.as_str()
-        } else {
-            self.lifecycle.stage
-        }
+        self.spec_lifecycle.stage_at(now).as_str()
     }
 
     /// Whether free text `q` (case-insensitive, every word) occurs in the name,
@@ -319,11 +315,7 @@ fn entry(r: &ApiRoute, policies: &[TokenPolicy]) -> Entry {
         },
         mcp_resource: spec.mcp.as_ref().map(|m| m.resource.clone()),
         openapi,
-        sunset_at: l
-            .sunset_at
-            .as_deref()
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .map(|t| t.as_second()),
+        spec_lifecycle: l,
         haystack: haystack.join("\n").to_lowercase(),
     }
 }

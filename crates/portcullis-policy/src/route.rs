@@ -82,15 +82,6 @@ impl CompiledLifecycle {
             || self.sunset_at.is_some_and(|t| now >= t)
     }
 
-    /// The stage in effect at `now` (`Retired` once past `sunsetAt`).
-    pub fn stage_at(&self, now: i64) -> portcullis_api::LifecycleStage {
-        if self.retired(now) {
-            portcullis_api::LifecycleStage::Retired
-        } else {
-            self.stage
-        }
-    }
-
     /// Compiles `spec.lifecycle`; `None` when it says nothing beyond `Published`, an error
     /// message (and the field) for a bad date.
     pub fn compile(l: &portcullis_api::Lifecycle) -> Result<Option<Self>, (&'static str, String)> {

@@ -99,6 +99,15 @@ async fn call(
     )
 }
 
+/// A GET with `Authorization: <authorization>`.
+async fn get(
+    addr: SocketAddr,
+    path: &str,
+    authorization: &str,
+) -> (StatusCode, http::HeaderMap, String) {
+    call(addr, "GET", path, &[("authorization", authorization)], "").await
+}
+
 fn ids(body: &str) -> Vec<String> {
     let v: Value = serde_json::from_str(body).unwrap();
     v["apis"]
@@ -182,43 +191,18 @@ async fn the_catalog_shows_each_reader_what_it_may_see_and_never_a_secret() {
             .contains("default-src 'none'")
     );
     // A valid token without the catalog scope: 403. A revoked one: 401.
-    let (s, _, _) = call(
-        at,
-        "GET",
-        "/api/v1/apis",
-        &[(
-            "authorization",
-            &format!("Bearer {}", mint("orders:read", "r-2")),
-        )],
-        "",
-    )
-    .await;
+    let no_scope = format!("Bearer {}", mint("orders:read", "r-2"));
+    let (s, _, _) = get(at, "/api/v1/apis", &no_scope).await;
     assert_eq!(s, 403);
-    let (s, _, _) = call(
-        at,
-        "GET",
-        "/api/v1/apis",
-        &[(
-            "authorization",
-            &format!("Bearer {}", mint("catalog:read catalog:all", "revoked-1")),
-        )],
-        "",
-    )
-    .await;
+    let revoked = format!("Bearer {}", mint("catalog:read catalog:all", "revoked-1"));
+    let (s, _, _) = get(at, "/api/v1/apis", &revoked).await;
     assert_eq!(s, 401, "a revoked token reads the catalog");
-    let (s, _, _) = call(
-        at,
-        "GET",
-        "/api/v1/apis",
-        &[("authorization", "Bearer not-a-token")],
-        "",
-    )
-    .await;
+    let (s, _, _) = get(at, "/api/v1/apis", "Bearer not-a-token").await;
     assert_eq!(s, 401);
 
     // What alice (namespace default) sees: her namespace, the public API, the one shared
     // with her namespace; not other/secret-api.
-    let (s, _, body) = call(at, "GET", "/api/v1/apis", &[("authorization", &auth)], "").await;
+    let (s, _, body) = get(at, "/api/v1/apis", &auth).await;
     assert_eq!(s, 200);
     assert_eq!(
         ids(&body),
@@ -231,33 +215,19 @@ async fn the_catalog_shows_each_reader_what_it_may_see_and_never_a_secret() {
         ]
     );
     everything.push_str(&body);
-    let (s, _, _) = call(
-        at,
-        "GET",
-        "/apis/other/secret-api",
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    let (s, _, _) = get(at, "/apis/other/secret-api", &auth).await;
     assert_eq!(s, 404);
-    let (s, _, _) = call(
-        at,
-        "GET",
-        "/api/v1/apis/other/secret-api",
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    let (s, _, _) = get(at, "/api/v1/apis/other/secret-api", &auth).await;
     assert_eq!(s, 404);
     // catalog:all sees it.
     let all = format!("Bearer {}", mint("catalog:read catalog:all", "r-3"));
-    let (_, _, body) = call(at, "GET", "/api/v1/apis", &[("authorization", &all)], "").await;
+    let (_, _, body) = get(at, "/api/v1/apis", &all).await;
     assert!(ids(&body).contains(&"other/secret-api".to_owned()));
 
     // Search: free text, tag, scope.
     let search = |q: &'static str| {
         let auth = auth.clone();
-        async move { ids(&call(at, "GET", q, &[("authorization", &auth)], "").await.2) }
+        async move { ids(&get(at, q, &auth).await.2) }
     };
     assert_eq!(search("/api/v1/apis?q=legacy").await, ["default/orders-v1"]);
     assert_eq!(
@@ -272,7 +242,7 @@ async fn the_catalog_shows_each_reader_what_it_may_see_and_never_a_secret() {
     assert_eq!(search("/api/v1/apis?scope=orders%3Aread").await.len(), 4);
 
     // The list page and a detail page: escaped, with the rules' scopes and the issuers.
-    let (s, _, list) = call(at, "GET", "/?q=orders", &[("authorization", &auth)], "").await;
+    let (s, _, list) = get(at, "/?q=orders", &auth).await;
     assert_eq!(s, 200);
     assert!(
         list.contains(r#"<a class="api-name" href="/apis/default/orders">default/orders</a>"#),
@@ -284,63 +254,28 @@ async fn the_catalog_shows_each_reader_what_it_may_see_and_never_a_secret() {
         "unescaped description in the list"
     );
     everything.push_str(&list);
-    let (s, _, detail) = call(
-        at,
-        "GET",
-        "/apis/default/orders",
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    let (s, _, detail) = get(at, "/apis/default/orders", &auth).await;
     assert_eq!(s, 200);
     assert!(detail.contains("Orders &lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(detail.contains(r#"<table id="rules">"#) && detail.contains("orders:read"));
     assert!(detail.contains(support::ISSUER));
     assert!(detail.contains("commerce@example.com"));
     everything.push_str(&detail);
-    let (_, _, deprecated) = call(
-        at,
-        "GET",
-        "/apis/default/orders-v1",
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    let (_, _, deprecated) = get(at, "/apis/default/orders-v1", &auth).await;
     assert!(deprecated.contains(r#"id="deprecation-banner""#));
     assert!(deprecated.contains(r#"<a href="https://orders.test/v2">"#));
     // The LLM route: its OpenAPI document, rendered and as JSON.
-    let (_, _, llm) = call(
-        at,
-        "GET",
-        "/apis/default/assistant",
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    let (_, _, llm) = get(at, "/apis/default/assistant", &auth).await;
     assert!(
         llm.contains(r#"id="openapi""#) && llm.contains("/v1/chat/completions"),
         "{llm}"
     );
     everything.push_str(&llm);
-    let (s, _, doc) = call(
-        at,
-        "GET",
-        "/api/v1/apis/default/assistant/openapi.json",
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    let (s, _, doc) = get(at, "/api/v1/apis/default/assistant/openapi.json", &auth).await;
     assert_eq!(s, 200);
     let doc: Value = serde_json::from_str(&doc).unwrap();
     assert!(doc["paths"]["/v1/chat/completions"]["post"].is_object());
-    let (_, _, one) = call(
-        at,
-        "GET",
-        "/api/v1/apis/default/assistant",
-        &[("authorization", &auth)],
-        "",
-    )
-    .await;
+    let (_, _, one) = get(at, "/api/v1/apis/default/assistant", &auth).await;
     everything.push_str(&one);
     // Never a secret, a key, a backend address or the reader's token.
     for needle in [SECRET_KEY, "-----BEGIN", "127.0.0.1:9", &reader, "\"n\":"] {

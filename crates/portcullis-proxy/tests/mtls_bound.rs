@@ -125,8 +125,9 @@ async fn try_call(
     Some(send.send_request(req).await.ok()?.status())
 }
 
-#[tokio::test]
-async fn a_certificate_bound_token_needs_its_certificate_rfc8705_s3() {
+/// The PKI, a directory holding `ca.pem`, `tls.crt` and `tls.key`, and the manifests of
+/// a route `api` to an upstream answering `ok`.
+async fn setup() -> (Pki, tempfile::TempDir, [(&'static str, String); 2]) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
@@ -138,16 +139,21 @@ async fn a_certificate_bound_token_needs_its_certificate_rfc8705_s3() {
         Response::new(Full::new(Bytes::from("ok")).map_err(|e| match e {}).boxed())
     })
     .await;
-    let gw = Gateway::start(
-        &[
-            ("p.yaml", support::policy()),
-            ("r.yaml", support::route("api", &format!("http://{up}"), "")),
-        ],
-        |o| {
-            o.tls = Some((path("tls.crt"), path("tls.key")));
-            o.tls_client_ca = Some(path("ca.pem"));
-        },
-    )
+    let files = [
+        ("p.yaml", support::policy()),
+        ("r.yaml", support::route("api", &format!("http://{up}"), "")),
+    ];
+    (pki, dir, files)
+}
+
+#[tokio::test]
+async fn a_certificate_bound_token_needs_its_certificate_rfc8705_s3() {
+    let (pki, dir, files) = setup().await;
+    let path = |n: &str| dir.path().join(n);
+    let gw = Gateway::start(&files, |o| {
+        o.tls = Some((path("tls.crt"), path("tls.key")));
+        o.tls_client_ca = Some(path("ca.pem"));
+    })
     .await;
     let token = bound_token(pki.clients[0].0.as_ref());
     assert_eq!(call(&gw, &pki, Some(0), &token).await, StatusCode::OK);
@@ -173,21 +179,8 @@ async fn a_certificate_bound_token_needs_its_certificate_rfc8705_s3() {
 
 #[tokio::test]
 async fn a_token_bound_to_a_self_signed_certificate_rfc8705_s2_2() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let pki = pki();
-    let dir = tempfile::tempdir().unwrap();
+    let (pki, dir, files) = setup().await;
     let path = |n: &str| dir.path().join(n);
-    std::fs::write(path("ca.pem"), &pki.ca_pem).unwrap();
-    std::fs::write(path("tls.crt"), &pki.server.0).unwrap();
-    std::fs::write(path("tls.key"), &pki.server.1).unwrap();
-    let up = upstream(|_req| async {
-        Response::new(Full::new(Bytes::from("ok")).map_err(|e| match e {}).boxed())
-    })
-    .await;
-    let files = [
-        ("p.yaml", support::policy()),
-        ("r.yaml", support::route("api", &format!("http://{up}"), "")),
-    ];
     let token = bound_token(pki.clients[2].0.as_ref());
     // Only CA-issued client certificates: the self-signed one is refused in the handshake.
     let strict = Gateway::start(&files, |o| {

@@ -61,21 +61,14 @@ struct Target {
 /// An ApiRoute's lifecycle stage in effect now (`Retired` past its `sunsetAt`), as the
 /// spec spells it.
 fn stage_of(r: &portcullis_api::ApiRoute) -> &'static str {
-    use portcullis_api::LifecycleStage;
-    let Some(l) = &r.spec.lifecycle else {
-        return "Published";
-    };
-    let past_sunset = l
-        .sunset_at
-        .as_deref()
-        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
-        .is_some_and(|t| t <= k8s_openapi::jiff::Timestamp::now());
-    match (l.stage.unwrap_or_default(), past_sunset) {
-        (_, true) | (LifecycleStage::Retired, _) => "Retired",
-        (LifecycleStage::Draft, _) => "Draft",
-        (LifecycleStage::Deprecated, _) => "Deprecated",
-        (LifecycleStage::Published, _) => "Published",
-    }
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    r.spec
+        .lifecycle
+        .as_ref()
+        .map_or(portcullis_api::LifecycleStage::Published, |l| {
+            l.stage_at(now)
+        })
+        .name()
 }
 
 impl StatusPlanner {
